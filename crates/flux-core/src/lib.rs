@@ -1,2 +1,9 @@
 //! The FLUX.1 text-to-image pipeline on ONNX Runtime: tokenizers, text encoders, flow-matching
 //! sampler, VAE decode and image encoding, owned by one engine thread. Synchronous.
+
+// Module ownership while the crate is being built in parallel:
+//   numerics (pure, no ORT): rng, sampling, denoise, pixels
+//   runtime and models: error, runtime, model, tensors, tokenizer, pipeline, safety, engine
+pub mod error;
+
+pub use error::{FluxError, Result};

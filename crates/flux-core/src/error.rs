@@ -1,0 +1,60 @@
+//! The one error type of flux-core.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in flux-core. Structured variants so callers (the engine, the
+/// facade, the HTTP layer) can tell bad input from a broken model from a runtime failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FluxError {
+    /// The ONNX Runtime shared library could not be found or loaded.
+    #[error("ONNX Runtime is not available: {reason}. {hint}")]
+    RuntimeUnavailable { reason: String, hint: String },
+
+    /// An execution provider that was asked for cannot run here (never a silent CPU fallback).
+    #[error("execution provider {provider} was requested but cannot be used: {reason}")]
+    ExecutionProvider { provider: String, reason: String },
+
+    /// A model folder is missing a file or a graph does not have the expected interface.
+    #[error("invalid model at {}: {problems:?}", path.display())]
+    InvalidModel { path: PathBuf, problems: Vec<String> },
+
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+
+    /// A configuration file (scheduler config, manifest) could not be parsed.
+    #[error("cannot parse {}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+
+    /// Tokenization failed.
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+
+    /// A request this model cannot serve (size not a multiple of 16, zero steps, ...).
+    #[error("invalid input: {param}: {message}")]
+    InvalidInput { param: &'static str, message: String },
+
+    /// An array did not have the shape an operation needs.
+    #[error("shape mismatch in {op}: expected {expected}, got {got:?}")]
+    Shape { op: &'static str, expected: String, got: Vec<usize> },
+
+    /// ONNX Runtime failed while running a graph.
+    #[error("ONNX Runtime error in {stage}: {source}")]
+    Ort { stage: &'static str, #[source] source: ort::Error },
+
+    /// Encoding the output image failed.
+    #[error("image encoding failed: {0}")]
+    ImageEncode(String),
+
+    /// The job was cancelled between two denoising steps.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// The engine thread is gone or its queue is full / closed.
+    #[error("engine unavailable: {0}")]
+    Engine(String),
+}
+
+/// Result alias for flux-core.
+pub type Result<T, E = FluxError> = std::result::Result<T, E>;
