@@ -1,5 +1,150 @@
 //! The `flux` command line: generate images, serve the HTTP API, print the schema.
+//!
+//! Exit codes: 0 success, 2 bad usage or bad input (clap's errors, request validation, a bad
+//! backend spec), 1 anything else. Errors print as one line; `-v` adds the cause chain.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+mod generate;
+mod schema;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  flux generate \"a lighthouse on a cliff at dusk\" -o out
+  flux generate \"a red fox in the snow\" --size square --steps 20 --seed 42 --format png
+  flux generate \"a red fox\" --model /models/FLUX.1-dev-onnx
+  FLUX_API_KEY=sk-... flux generate \"a red fox\" --backend https://flux.example.com
+  flux serve --allow-unauthenticated --listen 127.0.0.1:8080
+  flux serve --api-key-file keys.txt --model /models/FLUX.1-dev-onnx
+  flux schema --openapi -o openapi.json
+
+With no --model or --backend, flux uses the tiny FLUX model bundled in the binary: it makes
+abstract images and exists to try the tool end to end. Logs go to stderr; set RUST_LOG to tune them.";
+
+/// Text-to-image generation with FLUX.1 on ONNX Runtime.
+#[derive(Debug, Parser)]
+#[command(name = "flux", version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Print the full cause chain of errors, and more logs.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate images from a prompt and write them to a folder.
+    Generate(generate::GenerateArgs),
+    /// Serve the HTTP API (POST /api/v1/flux/dev) over a local model or a remote backend.
+    Serve(serve::ServeArgs),
+    /// Print or write the JSON Schema of the API's wire types, or its OpenAPI document.
+    Schema(schema::SchemaArgs),
+}
+
+/// Marks an error as the user's input being wrong: exit code 2 instead of 1.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // clap prints help/version to stdout with exit 0 and usage errors to stderr with 2.
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
+    let verbose = cli.verbose;
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args, verbose),
+        Command::Serve(args) => serve::run(args, verbose),
+        Command::Schema(args) => schema::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error, verbose);
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn report(error: &anyhow::Error, verbose: bool) {
+    eprintln!("error: {error}");
+    if verbose {
+        for cause in error.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+    } else if error.chain().nth(1).is_some() {
+        eprintln!("  (run with -v for details)");
+    }
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let bad_input = error.chain().any(|cause| {
+        cause.is::<BadInput>()
+            || cause.is::<flux_types::RequestError>()
+            || matches!(
+                cause.downcast_ref::<flux_facade::FacadeError>(),
+                Some(flux_facade::FacadeError::InvalidBackend { .. })
+            )
+            || matches!(
+                cause.downcast_ref::<flux_types::GeneratorError>(),
+                Some(flux_types::GeneratorError::InvalidRequest { .. })
+            )
+    });
+    if bad_input { 2 } else { 1 }
+}
+
+/// Installs the stderr log subscriber: `RUST_LOG` when set, else `default_level` for flux's own
+/// crates and warnings for the rest.
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "warn,flux={default_level},flux_facade={default_level},flux_core={default_level},flux_remote={default_level}"
+        ))
+    });
+    // A second installation can only fail in tests that call this twice; logs then go to the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A multi-threaded tokio runtime for one command.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_input_anywhere_in_the_chain_exits_2() {
+        let error = anyhow::Error::new(BadInput("nope".into())).context("while generating");
+        assert_eq!(exit_code(&error), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("disk full")), 1);
+    }
 }

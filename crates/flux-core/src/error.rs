@@ -17,11 +17,18 @@ pub enum FluxError {
 
     /// A model folder is missing a file or a graph does not have the expected interface.
     #[error("invalid model at {}: {problems:?}", path.display())]
-    InvalidModel { path: PathBuf, problems: Vec<String> },
+    InvalidModel {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 
     /// A file could not be read.
     #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// A configuration file (scheduler config, manifest) could not be parsed.
     #[error("cannot parse {}: {message}", path.display())]
@@ -33,15 +40,26 @@ pub enum FluxError {
 
     /// A request this model cannot serve (size not a multiple of 16, zero steps, ...).
     #[error("invalid input: {param}: {message}")]
-    InvalidInput { param: &'static str, message: String },
+    InvalidInput {
+        param: &'static str,
+        message: String,
+    },
 
     /// An array did not have the shape an operation needs.
     #[error("shape mismatch in {op}: expected {expected}, got {got:?}")]
-    Shape { op: &'static str, expected: String, got: Vec<usize> },
+    Shape {
+        op: &'static str,
+        expected: String,
+        got: Vec<usize>,
+    },
 
     /// ONNX Runtime failed while running a graph.
     #[error("ONNX Runtime error in {stage}: {source}")]
-    Ort { stage: &'static str, #[source] source: ort::Error },
+    Ort {
+        stage: &'static str,
+        #[source]
+        source: ort::Error,
+    },
 
     /// Encoding the output image failed.
     #[error("image encoding failed: {0}")]

@@ -4,6 +4,15 @@
 // Module ownership while the crate is being built in parallel:
 //   numerics (pure, no ORT): rng, sampling, denoise, pixels
 //   runtime and models: error, runtime, model, tensors, tokenizer, pipeline, safety, engine
+pub mod denoise;
 pub mod error;
+pub mod model;
+pub mod rng;
+pub mod runtime;
+pub mod safety;
+pub mod sampling;
+pub mod tensors;
+pub mod tokenizer;
 
 pub use error::{FluxError, Result};
+pub use runtime::{ONNXRUNTIME_VERSION, RuntimeKind, ensure_runtime, init_runtime};

@@ -8,26 +8,70 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
+    /// 400: the body is not JSON, or not a JSON object.
     InvalidJson,
+    /// 400: a field breaks a rule (missing, wrong JSON type, out of range, unknown name).
     InvalidParameter,
+    /// 400: the body has a field the API does not know.
     UnknownField,
+    /// 401: missing or unknown API key.
     Unauthorized,
+    /// 404: unknown route, or a file that does not exist (any more).
     NotFound,
+    /// 409: a request with the same `Idempotency-Key` is still running.
     IdempotencyConflict,
+    /// 422: the `Idempotency-Key` was used before with a different body.
     IdempotencyMismatch,
+    /// 413: the body is over 64 KiB.
     PayloadTooLarge,
+    /// 415: the body is not `application/json`.
     UnsupportedMediaType,
+    /// 429: this API key is over its request rate; see `Retry-After`.
     RateLimited,
+    /// 429: the generation queue is full and nothing was queued; see `Retry-After`.
     Overloaded,
+    /// 500: generation failed.
     InferenceFailed,
+    /// 503: the model is still loading.
     NotReady,
+    /// 503: the server is draining for shutdown.
     ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The wire name (`"invalid_parameter"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::UnknownField => "unknown_field",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::IdempotencyMismatch => "idempotency_mismatch",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::InferenceFailed => "inference_failed",
+            ErrorCode::NotReady => "not_ready",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The `error` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApiError {
+    /// Machine-readable code.
     pub code: ErrorCode,
+    /// Human-readable explanation; for a bad body it names the field and the rule.
     pub message: String,
     /// The request field at fault, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,6 +81,8 @@ pub struct ApiError {
 /// The body of every non-2xx answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ApiError,
+    /// The request's id, also sent as the `X-Request-Id` header.
     pub request_id: String,
 }

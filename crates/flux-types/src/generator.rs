@@ -86,7 +86,10 @@ pub enum GeneratorError {
     /// The request is valid on the wire but this backend cannot serve it (e.g. a size its model
     /// does not support).
     #[error("{message}")]
-    InvalidRequest { param: Option<String>, message: String },
+    InvalidRequest {
+        param: Option<String>,
+        message: String,
+    },
     /// The generation was cancelled (the caller went away).
     #[error("the generation was cancelled")]
     Cancelled,

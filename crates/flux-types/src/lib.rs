@@ -9,15 +9,16 @@ pub mod generator;
 pub mod openapi;
 pub mod request;
 pub mod response;
+pub mod schema;
 pub mod validation;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use generator::{
-    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError,
-    Progress, ProgressFn,
+    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, Progress,
+    ProgressFn,
 };
 pub use request::{
     GenerateRequest, ImageSize, ImageSizePreset, OutputFormat, ValidRequest, parse_request,
 };
 pub use response::{GenerateResponse, ImageRef, Timings};
-pub use validation::{RequestError, Violation};
+pub use validation::{RequestError, Rule, Violation};

@@ -1,0 +1,333 @@
+//! `flux generate`: one request through a backend, images written to a folder.
+
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use flux_facade::Backend;
+use flux_types::{Generation, Progress, ProgressFn, ValidRequest};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value, json};
+
+use crate::BadInput;
+
+/// Which model or server does the work.
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// Where to generate: `local` (the bundled tiny model), `local:/path/to/model`,
+    /// `http(s)://host:port` (a flux server; API key from FLUX_API_KEY) or `failover:URL,URL,...`.
+    #[arg(long, env = "FLUX_BACKEND", value_name = "SPEC")]
+    pub backend: Option<String>,
+
+    /// A model folder in the FLUX.1-dev ONNX layout (clip.opt/, t5.opt/, transformer.opt/,
+    /// vae.opt/, tokenizer/, tokenizer_2/, scheduler/); same as `--backend local:DIR`.
+    /// Default: the tiny model bundled in the binary.
+    #[arg(long, env = "FLUX_MODEL", value_name = "DIR")]
+    pub model: Option<PathBuf>,
+}
+
+impl BackendArgs {
+    /// The backend these flags name; conflicting or malformed flags are bad input.
+    pub fn resolve(&self) -> anyhow::Result<Backend> {
+        let backend = match &self.backend {
+            Some(spec) => spec.parse::<Backend>()?,
+            None => Backend::default(),
+        };
+        let backend = match (&self.model, backend) {
+            (None, backend) => backend,
+            (Some(dir), Backend::Local { model_dir: None }) => Backend::Local {
+                model_dir: Some(dir.clone()),
+            },
+            (Some(dir), other) => {
+                return Err(BadInput(format!(
+                    "--model {} and --backend {other} name two different backends; give one",
+                    dir.display()
+                ))
+                .into());
+            }
+        };
+        if let Backend::Local {
+            model_dir: Some(dir),
+        } = &backend
+            && !dir.is_dir()
+        {
+            return Err(BadInput(format!("model folder {} does not exist", dir.display())).into());
+        }
+        Ok(backend.with_api_key(flux_facade::backend::api_key_from_env()))
+    }
+}
+
+/// Encoded output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Jpeg,
+    Png,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  flux generate \"a lighthouse on a cliff at dusk\"
+  flux generate \"a red fox in the snow\" --size 768x512 -n 2 --steps 20 --seed 42 -o out
+  flux generate \"a red fox\" --format png --model /models/FLUX.1-dev-onnx
+
+Prints the path of each image written, then `seed: N`; the same request with that seed on the same
+model gives the same images. Values are checked by the API's rules, with the API's messages.")]
+pub struct GenerateArgs {
+    /// What to draw (1 to 1000 characters).
+    pub prompt: String,
+
+    /// Image size: a preset (square_hd 1024x1024, square 512x512, portrait_4_3 768x1024,
+    /// portrait_16_9 576x1024, landscape_4_3 1024x768, landscape_16_9 1024x576) or WIDTHxHEIGHT
+    /// with multiples of 16 in 64..=2048. [default: landscape_4_3]
+    #[arg(long, short = 's', value_name = "PRESET|WxH")]
+    pub size: Option<String>,
+
+    /// Number of images, 1 to 4. [default: 1]
+    #[arg(
+        long = "num-images",
+        short = 'n',
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub num_images: Option<i64>,
+
+    /// Denoising steps, 1 to 50. [default: 28]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub steps: Option<i64>,
+
+    /// Guidance scale, 1 to 20. [default: 3.5]
+    #[arg(long, short = 'g', value_name = "G", allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
+
+    /// Seed of the initial noise, 0 to 4294967295. [default: random, printed]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    pub seed: Option<i64>,
+
+    /// Image format.
+    #[arg(long, short = 'f', value_enum, default_value = "jpeg")]
+    pub format: FormatArg,
+
+    /// Folder to write the images to (created if missing). Existing files are never overwritten.
+    #[arg(long, short = 'o', value_name = "DIR", default_value = ".")]
+    pub output: PathBuf,
+
+    /// Skip the safety checker (no image is flagged).
+    #[arg(long)]
+    pub no_safety_checker: bool,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+pub fn run(args: GenerateArgs, verbose: bool) -> anyhow::Result<()> {
+    crate::init_logging(if verbose { "info" } else { "warn" });
+    let request = build_request(&args)?;
+    let backend = args.backend.resolve()?;
+    fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
+
+    let interactive = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+    let runtime = crate::runtime()?;
+    let generation = runtime.block_on(generate(backend, request.clone(), interactive))?;
+
+    let paths = write_images(
+        &args.output,
+        &generation,
+        request.output_format().extension(),
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    for path in &paths {
+        writeln!(stdout, "{}", path.display())?;
+    }
+    writeln!(stdout, "seed: {}", generation.seed)?;
+    for (index, flagged) in generation.has_nsfw_concepts.iter().enumerate() {
+        if *flagged {
+            eprintln!("warning: the safety checker flagged image {}", index + 1);
+        }
+    }
+    Ok(())
+}
+
+async fn generate(
+    backend: Backend,
+    request: ValidRequest,
+    interactive: bool,
+) -> anyhow::Result<Generation> {
+    let loading = interactive.then(|| {
+        let spinner = ProgressBar::new_spinner().with_message(format!("starting {backend}"));
+        spinner.enable_steady_tick(Duration::from_millis(100));
+        spinner
+    });
+    let description = backend.to_string();
+    let generator = tokio::task::spawn_blocking(move || backend.start())
+        .await
+        .context("the backend start-up task failed")?
+        .with_context(|| format!("cannot start backend {description}"))?;
+    if let Some(spinner) = loading {
+        spinner.finish_and_clear();
+    }
+    let bar = interactive.then(|| progress_bar(request.num_inference_steps()));
+    let progress: Option<ProgressFn> = bar.clone().map(|bar| {
+        Arc::new(move |event: Progress| {
+            bar.set_length(u64::from(event.total_steps));
+            bar.set_position(u64::from(event.step));
+        }) as ProgressFn
+    });
+    let result = generator.generate(request, progress).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(result?)
+}
+
+fn progress_bar(steps: u32) -> ProgressBar {
+    let bar = ProgressBar::new(u64::from(steps));
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} denoising [{bar:30}] step {pos}/{len} {elapsed}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Builds the API request body from the flags and runs it through the API's own validation, so a
+/// bad value gets the message the HTTP API would give.
+fn build_request(args: &GenerateArgs) -> anyhow::Result<ValidRequest> {
+    let mut body = Map::new();
+    body.insert("prompt".into(), json!(args.prompt));
+    if let Some(size) = &args.size {
+        body.insert("image_size".into(), size_value(size));
+    }
+    if let Some(n) = args.num_images {
+        body.insert("num_images".into(), json!(n));
+    }
+    if let Some(steps) = args.steps {
+        body.insert("num_inference_steps".into(), json!(steps));
+    }
+    if let Some(guidance) = args.guidance {
+        if !guidance.is_finite() {
+            return Err(BadInput(format!(
+                "guidance_scale must be a finite number between 1 and 20, got {guidance}"
+            ))
+            .into());
+        }
+        body.insert("guidance_scale".into(), json!(guidance));
+    }
+    if let Some(seed) = args.seed {
+        body.insert("seed".into(), json!(seed));
+    }
+    let format = match args.format {
+        FormatArg::Jpeg => "jpeg",
+        FormatArg::Png => "png",
+    };
+    body.insert("output_format".into(), json!(format));
+    body.insert(
+        "enable_safety_checker".into(),
+        json!(!args.no_safety_checker),
+    );
+    let bytes = serde_json::to_vec(&Value::Object(body))?;
+    Ok(flux_types::parse_request(&bytes)?)
+}
+
+/// `WxH` becomes `{"width": W, "height": H}`; anything else is sent as a preset name, which the
+/// validation accepts or refuses with the list of presets.
+fn size_value(size: &str) -> Value {
+    let dimensions = size.split_once(['x', 'X']).and_then(|(width, height)| {
+        Some((
+            width.trim().parse::<i64>().ok()?,
+            height.trim().parse::<i64>().ok()?,
+        ))
+    });
+    match dimensions {
+        Some((width, height)) => json!({ "width": width, "height": height }),
+        None => json!(size),
+    }
+}
+
+/// Writes each image as `flux-<seed>-<n>.<ext>`, adding `-2`, `-3`, ... when a name is taken.
+fn write_images(
+    dir: &Path,
+    generation: &Generation,
+    extension: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths = Vec::with_capacity(generation.images.len());
+    for (index, image) in generation.images.iter().enumerate() {
+        let stem = format!("flux-{}-{}", generation.seed, index + 1);
+        let path = write_new_file(dir, &stem, extension, &image.bytes)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+fn write_new_file(
+    dir: &Path,
+    stem: &str,
+    extension: &str,
+    bytes: &[u8],
+) -> anyhow::Result<PathBuf> {
+    for attempt in 1..10_000 {
+        let name = if attempt == 1 {
+            format!("{stem}.{extension}")
+        } else {
+            format!("{stem}-{attempt}.{extension}")
+        };
+        let path = dir.join(name);
+        // create_new: an existing file (from an earlier run) is never overwritten, even in a race.
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                file.write_all(bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                return Ok(path);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot create {}", path.display()));
+            }
+        }
+    }
+    anyhow::bail!(
+        "no free file name for {stem}.{extension} in {}",
+        dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_map_to_the_wire_forms() {
+        assert_eq!(size_value("64x48"), json!({"width": 64, "height": 48}));
+        assert_eq!(size_value("512X768"), json!({"width": 512, "height": 768}));
+        assert_eq!(size_value("square"), json!("square"));
+        assert_eq!(size_value("huge"), json!("huge"));
+    }
+
+    #[test]
+    fn existing_files_are_not_overwritten() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let first = write_new_file(dir.path(), "flux-1-1", "png", b"one")?;
+        let second = write_new_file(dir.path(), "flux-1-1", "png", b"two")?;
+        assert_eq!(
+            first.file_name().and_then(|n| n.to_str()),
+            Some("flux-1-1.png")
+        );
+        assert_eq!(
+            second.file_name().and_then(|n| n.to_str()),
+            Some("flux-1-1-2.png")
+        );
+        assert_eq!(fs::read(first)?, b"one");
+        assert_eq!(fs::read(second)?, b"two");
+        Ok(())
+    }
+}

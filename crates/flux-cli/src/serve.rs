@@ -1,0 +1,226 @@
+//! `flux serve`: the HTTP API over a local model (the bundled one by default) or a remote backend.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use flux_remote::{RateLimit, Server, ServerConfig};
+
+use crate::BadInput;
+use crate::generate::BackendArgs;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  flux serve --allow-unauthenticated
+  flux serve --api-key-file keys.txt --listen 0.0.0.0:8080 --public-url https://flux.example.com
+  FLUX_API_KEYS=key1,key2 flux serve --model /models/FLUX.1-dev-onnx --queue-depth 4
+  flux serve --backend https://upstream.example.com --allow-unauthenticated
+
+  curl -s http://127.0.0.1:8080/api/v1/flux/dev -H 'Content-Type: application/json' \\
+       -H 'Authorization: Bearer key1' -d '{\"prompt\": \"a red fox in the snow\", \"seed\": 42}'
+
+Every flag also reads the environment variable shown. Without API keys the server refuses to start
+unless --allow-unauthenticated is given. SIGTERM or Ctrl-C drains: running and queued generations
+finish and are answered, then the server exits.")]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
+    #[arg(
+        long,
+        env = "FLUX_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+
+    /// File with one API key per line (`#` comments allowed). FLUX_API_KEYS (comma-separated)
+    /// adds more.
+    #[arg(long, env = "FLUX_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Accept requests without an API key (a wrong key is still refused). Logged loudly.
+    #[arg(long, env = "FLUX_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// Per-key request rate: `<n>/<s|min|h>[,burst=<n>]`, or `off`.
+    #[arg(
+        long,
+        env = "FLUX_RATE_LIMIT",
+        value_name = "RATE",
+        default_value = "60/min,burst=10"
+    )]
+    pub rate_limit: String,
+
+    /// Generations admitted at once (running and queued); beyond it requests get 429 overloaded.
+    #[arg(long, env = "FLUX_QUEUE_DEPTH", value_name = "N", default_value_t = 16)]
+    pub queue_depth: usize,
+
+    /// Folder for generated images. [default: <temp dir>/flux-files]
+    #[arg(long, env = "FLUX_FILES_DIR", value_name = "DIR")]
+    pub files_dir: Option<PathBuf>,
+
+    /// Base of image URLs in responses (e.g. https://flux.example.com). [default: http://<listen>]
+    #[arg(long, env = "FLUX_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// How long images and idempotency records are kept: e.g. 90s, 30m, 24h, 7d.
+    #[arg(
+        long,
+        env = "FLUX_RETENTION",
+        value_name = "DURATION",
+        default_value = "24h"
+    )]
+    pub retention: String,
+
+    /// Longest wait for one generation, queueing included (then 500): e.g. 10m.
+    #[arg(
+        long,
+        env = "FLUX_REQUEST_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10m"
+    )]
+    pub request_timeout: String,
+
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "FLUX_JSON_LOGS")]
+    pub json_logs: bool,
+}
+
+pub fn run(args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
+    let config = server_config(&args)?;
+    if args.json_logs {
+        flux_remote::init_logging(true).context("cannot set up logging")?;
+    } else {
+        crate::init_logging(if verbose { "debug" } else { "info" });
+    }
+    config
+        .validate()
+        .map_err(|error| BadInput(error.to_string()))?;
+    let backend = args.backend.resolve()?;
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let description = backend.to_string();
+        let queue_capacity = config.queue_depth;
+        let generator =
+            tokio::task::spawn_blocking(move || start_backend(&backend, queue_capacity))
+                .await
+                .context("the backend start-up task failed")?
+                .with_context(|| format!("cannot start backend {description}"))?;
+        let server = Server::bind(config, generator).await?;
+        let address = server.local_addr()?;
+        // Scripts and tests read the bound address (port 0) from this line.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "flux server listening on http://{address}")?;
+        stdout.flush()?;
+        drop(stdout);
+        server.run(flux_remote::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
+fn start_backend(
+    backend: &flux_facade::Backend,
+    queue_capacity: usize,
+) -> Result<std::sync::Arc<dyn flux_types::Generator>, flux_facade::FacadeError> {
+    // The engine's own queue must hold everything the server admits, so that an admitted request
+    // is never refused by the layer below.
+    let options = flux_facade::local::LocalOptions {
+        queue_capacity,
+        ..flux_facade::local::LocalOptions::default()
+    };
+    backend.start_with(&options)
+}
+
+fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let keys_env = std::env::var("FLUX_API_KEYS").ok();
+    let api_keys = flux_remote::load_api_keys(args.api_key_file.as_deref(), keys_env.as_deref())
+        .map_err(|error| BadInput(error.to_string()))?;
+    let rate_limit = match args.rate_limit.trim() {
+        "off" | "none" => None,
+        text => Some(
+            text.parse::<RateLimit>()
+                .map_err(|error| BadInput(error.to_string()))?,
+        ),
+    };
+    let mut config = ServerConfig {
+        listen: args.listen,
+        api_keys,
+        allow_unauthenticated: args.allow_unauthenticated,
+        rate_limit,
+        queue_depth: args.queue_depth,
+        public_url: args.public_url.clone(),
+        retention: parse_duration("--retention", &args.retention)?,
+        request_timeout: parse_duration("--request-timeout", &args.request_timeout)?,
+        json_logs: args.json_logs,
+        ..ServerConfig::default()
+    };
+    if let Some(dir) = &args.files_dir {
+        config.files_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+/// `90s`, `30m`, `24h`, `7d`, or a plain number of seconds.
+fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || {
+        BadInput(format!(
+            "{flag} {text:?} is not a duration; use e.g. 90s, 30m, 24h or 7d"
+        ))
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds_per_unit = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad().into()),
+    };
+    let seconds = number.checked_mul(seconds_per_unit).ok_or_else(bad)?;
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() -> anyhow::Result<()> {
+        assert_eq!(
+            parse_duration("--retention", "90")?,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration("--retention", "30m")?,
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            parse_duration("--retention", "24h")?,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            parse_duration("--retention", "7d")?,
+            Duration::from_secs(604_800)
+        );
+        for bad in ["", "h", "5 weeks", "-5s", "1.5h"] {
+            let error = parse_duration("--retention", bad)
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                error.is_some_and(|e| e.contains("not a duration")),
+                "{bad:?}"
+            );
+        }
+        Ok(())
+    }
+}

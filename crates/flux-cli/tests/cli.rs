@@ -1,0 +1,478 @@
+//! The built `flux` binary end to end: `generate` with the bundled tiny model from an empty
+//! folder, bad input → exit 2 with the API's messages, `serve` answering the README's curl body,
+//! and a SIGTERM drain. The first test to run also provisions ONNX Runtime and extracts the
+//! bundled model into the cache (`FLUX_RS_CACHE_DIR`), the first-run path of a fresh machine.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+
+/// The body of the README's curl example (keep the two identical).
+const README_CURL_BODY: &str = r#"{"prompt": "a lighthouse on a cliff at dusk", "image_size": "square", "num_inference_steps": 4, "seed": 42}"#;
+
+fn flux() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flux"));
+    // The tests choose the backend themselves; a developer's environment must not leak in.
+    for name in [
+        "FLUX_BACKEND",
+        "FLUX_MODEL",
+        "FLUX_API_KEY",
+        "FLUX_API_KEYS",
+        "FLUX_LISTEN",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(flux()
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `paths..., "seed: N"` from `flux generate`'s stdout.
+fn parse_generate_output(stdout: &str) -> anyhow::Result<(Vec<String>, u64)> {
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    let seed_line = lines.pop().context("no output")?;
+    let seed = seed_line
+        .strip_prefix("seed: ")
+        .context("last line is not `seed: N`")?
+        .parse()?;
+    Ok((lines.into_iter().map(str::to_owned).collect(), seed))
+}
+
+#[test]
+fn generate_with_the_bundled_model_from_any_folder_and_reproduce_by_seed() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let args = [
+        "generate",
+        "a lighthouse on a cliff at dusk",
+        "--size",
+        "96x64",
+        "--steps",
+        "2",
+    ];
+    let first = run_in(
+        cwd.path(),
+        &[&args[..], &["--format", "png", "-o", "out"]].concat(),
+    )?;
+    ensure!(
+        first.status.success(),
+        "flux generate failed: {}",
+        text(&first.stderr)
+    );
+    let (paths, seed) = parse_generate_output(&text(&first.stdout))?;
+    ensure!(seed <= 4_294_967_295, "seed {seed} out of range");
+    ensure!(paths.len() == 1, "one image expected, got {paths:?}");
+    ensure!(
+        paths[0] == format!("out/flux-{seed}-1.png"),
+        "unexpected path {}",
+        paths[0]
+    );
+    // Piped output stays quiet: no progress bar.
+    ensure!(
+        !text(&first.stderr).contains("denoising"),
+        "progress shown on a pipe: {}",
+        text(&first.stderr)
+    );
+
+    let bytes = std::fs::read(cwd.path().join(&paths[0]))?;
+    let image = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)?;
+    assert_eq!((image.width(), image.height()), (96, 64));
+
+    let seed_arg = seed.to_string();
+    let again = run_in(
+        cwd.path(),
+        &[
+            &args[..],
+            &["--format", "png", "-o", "again", "--seed", &seed_arg],
+        ]
+        .concat(),
+    )?;
+    ensure!(
+        again.status.success(),
+        "second run failed: {}",
+        text(&again.stderr)
+    );
+    let (again_paths, again_seed) = parse_generate_output(&text(&again.stdout))?;
+    assert_eq!(again_seed, seed);
+    assert_eq!(
+        std::fs::read(cwd.path().join(&again_paths[0]))?,
+        bytes,
+        "same seed, different image"
+    );
+
+    // A second run into the same folder never overwrites the first image.
+    let third = run_in(
+        cwd.path(),
+        &[
+            &args[..],
+            &["--format", "png", "-o", "out", "--seed", &seed_arg],
+        ]
+        .concat(),
+    )?;
+    ensure!(
+        third.status.success(),
+        "third run failed: {}",
+        text(&third.stderr)
+    );
+    let (third_paths, _) = parse_generate_output(&text(&third.stdout))?;
+    assert_eq!(third_paths, vec![format!("out/flux-{seed}-1-2.png")]);
+    Ok(())
+}
+
+#[test]
+fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["generate", "x", "-n", "5"],
+            "num_images must be between 1 and 4, got 5",
+        ),
+        (
+            &["generate", "x", "--seed", "-1"],
+            "seed must be between 0 and 4294967295, got -1",
+        ),
+        (&["generate", "x", "--steps", "51"], "num_inference_steps"),
+        (&["generate", "x", "--size", "huge"], "image_size"),
+        (&["generate", "x", "--size", "100x64"], "multiple of 16"),
+        (&["generate", "   "], "prompt"),
+        (
+            &["generate", "x", "--backend", "ftp://host"],
+            "unsupported scheme",
+        ),
+        (
+            &["generate", "x", "--model", "/no/such/model"],
+            "does not exist",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = run_in(cwd.path(), args)?;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(cwd.path())?.count(),
+            0,
+            "{args:?} wrote files"
+        );
+    }
+    let usage = run_in(cwd.path(), &["generate", "x", "--no-such-flag"])?;
+    assert_eq!(usage.status.code(), Some(2));
+    let missing = run_in(cwd.path(), &["generate"])?;
+    assert_eq!(missing.status.code(), Some(2));
+    Ok(())
+}
+
+#[test]
+fn help_lists_every_command_and_examples() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let help = run_in(cwd.path(), &["--help"])?;
+    assert_eq!(help.status.code(), Some(0));
+    let help = text(&help.stdout);
+    for expected in ["generate", "serve", "schema", "Examples:", "--model"] {
+        assert!(
+            help.contains(expected),
+            "--help lacks {expected:?}:\n{help}"
+        );
+    }
+    let generate = text(&run_in(cwd.path(), &["generate", "--help"])?.stdout);
+    for flag in [
+        "--size",
+        "--num-images",
+        "--steps",
+        "--guidance",
+        "--seed",
+        "--format",
+        "--output",
+        "--backend",
+        "--model",
+        "--no-safety-checker",
+    ] {
+        assert!(generate.contains(flag), "generate --help lacks {flag}");
+    }
+    let serve = text(&run_in(cwd.path(), &["serve", "--help"])?.stdout);
+    for flag in [
+        "--listen",
+        "--api-key-file",
+        "--rate-limit",
+        "--queue-depth",
+        "--files-dir",
+        "--public-url",
+        "--retention",
+        "--allow-unauthenticated",
+        "--json-logs",
+        "FLUX_LISTEN",
+    ] {
+        assert!(serve.contains(flag), "serve --help lacks {flag}");
+    }
+    Ok(())
+}
+
+#[test]
+fn schema_prints_json_schema_and_openapi() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let schema = run_in(cwd.path(), &["schema"])?;
+    ensure!(schema.status.success(), "{}", text(&schema.stderr));
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout)?;
+    assert!(schema["properties"]["prompt"].is_object(), "{schema}");
+    assert!(schema["properties"]["num_images"].is_object(), "{schema}");
+
+    let written = run_in(cwd.path(), &["schema", "--openapi", "-o", "openapi.json"])?;
+    ensure!(written.status.success(), "{}", text(&written.stderr));
+    let openapi: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cwd.path().join("openapi.json"))?)?;
+    assert!(
+        openapi["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{openapi}"
+    );
+    assert!(openapi["paths"]["/api/v1/flux/dev"]["post"].is_object());
+    Ok(())
+}
+
+/// A running `flux serve`; killed on drop if a test fails half way.
+struct ServeProcess {
+    child: Child,
+    base_url: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    fn start(cwd: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = flux()
+            .args(["serve", "--listen", "127.0.0.1:0", "--files-dir", "files"])
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut stderr = child.stderr.take().context("no stderr")?;
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        // Drain stderr (logs) so the server never blocks on a full pipe; keep it for diagnostics.
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            let _ = stderr.read_to_string(&mut all);
+            let _ = err_tx.send(all);
+        });
+        let mut process = ServeProcess {
+            child,
+            base_url: String::new(),
+            stderr: err_rx,
+        };
+        let line = match line_rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = process.child.kill();
+                bail!(
+                    "flux serve printed no address; stderr: {}",
+                    process.stderr_text()
+                );
+            }
+        };
+        process.base_url = line
+            .strip_prefix("flux server listening on ")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .to_owned();
+        Ok(process)
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!(
+                    "flux serve did not exit within {within:?}; stderr: {}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    base_url: &str,
+    key: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut request = http
+        .post(format!("{base_url}/api/v1/flux/dev"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+/// Fetches the first image of a 200 body and checks it decodes at the announced size.
+async fn check_first_image(
+    http: &reqwest::Client,
+    body: &serde_json::Value,
+    size: (u32, u32),
+) -> anyhow::Result<()> {
+    let image = &body["images"][0];
+    let url = image["url"].as_str().context("no image url")?;
+    let response = http.get(url).send().await?;
+    assert_eq!(response.status().as_u16(), 200, "GET {url}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert_eq!(content_type.as_deref(), Some("image/jpeg"));
+    let decoded = image::load_from_memory(&response.bytes().await?)?;
+    assert_eq!((decoded.width(), decoded.height()), size);
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(u64::from(size.0)), Some(u64::from(size.1)))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_the_readme_curl_example_and_drains_on_sigterm() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let mut server = ServeProcess::start(cwd.path(), &["--allow-unauthenticated"])?;
+    let http = reqwest::Client::new();
+
+    let (status, body) = post(&http, &server.base_url, None, README_CURL_BODY).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["seed"], 42);
+    check_first_image(&http, &body, (512, 512)).await?;
+
+    // SIGTERM while generations are admitted: they are answered, then the server exits 0.
+    let small = r#"{"prompt": "a red fox", "image_size": {"width": 256, "height": 256}, "num_inference_steps": 8}"#;
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let http = http.clone();
+            let base = server.base_url.clone();
+            tokio::spawn(async move { post(&http, &base, None, small).await })
+        })
+        .collect();
+    wait_for_admitted_work(&http, &server.base_url).await?;
+    server.terminate()?;
+    for request in in_flight {
+        let (status, body) = request.await??;
+        assert_eq!(
+            status, 200,
+            "an admitted request was not answered during the drain: {body}"
+        );
+    }
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(60)))?;
+    assert_eq!(status.code(), Some(0), "stderr: {}", server.stderr_text());
+    Ok(())
+}
+
+/// Polls `/metrics` until at least one generation is admitted (so the SIGTERM lands mid-work).
+async fn wait_for_admitted_work(http: &reqwest::Client, base_url: &str) -> anyhow::Result<()> {
+    for _ in 0..400 {
+        let metrics = http
+            .get(format!("{base_url}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let depth = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("flux_queue_depth "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or_default();
+        if depth >= 1.0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bail!("no generation was ever admitted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_a_key_file_refuses_unknown_keys() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    std::fs::write(
+        cwd.path().join("keys.txt"),
+        "# team keys\nsk-test-one\n\nsk-test-two\n",
+    )?;
+    let server = ServeProcess::start(cwd.path(), &["--api-key-file", "keys.txt"])?;
+    let http = reqwest::Client::new();
+    let body = r#"{"prompt": "a red fox", "image_size": {"width": 64, "height": 64}, "num_inference_steps": 2}"#;
+
+    let (status, refused) = post(&http, &server.base_url, None, body).await?;
+    assert_eq!(status, 401, "{refused}");
+    assert_eq!(refused["error"]["code"], "unauthorized");
+    let (status, refused) = post(&http, &server.base_url, Some("sk-wrong"), body).await?;
+    assert_eq!(status, 401, "{refused}");
+
+    let (status, answer) = post(&http, &server.base_url, Some("sk-test-two"), body).await?;
+    assert_eq!(status, 200, "{answer}");
+    check_first_image(&http, &answer, (64, 64)).await?;
+    Ok(())
+}
+
+#[test]
+fn serve_refuses_to_start_without_keys() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let output = run_in(cwd.path(), &["serve", "--listen", "127.0.0.1:0"])?;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("--allow-unauthenticated"),
+        "{}",
+        text(&output.stderr)
+    );
+    Ok(())
+}

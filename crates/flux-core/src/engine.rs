@@ -1,0 +1,318 @@
+//! The engine: one owner thread holds the pipeline (all ONNX Runtime sessions) and serves jobs
+//! from a bounded queue, one at a time.
+//!
+//! Architecture invariants:
+//! - Submitting never blocks: a full queue is refused at once ([`SubmitError::Full`], which the
+//!   HTTP layer answers with 429), never buffered without bound.
+//! - Results go back through the job's reply closure, on the engine thread; no async runtime is
+//!   involved here (the facade bridges with a oneshot sender inside the closure).
+//! - A failed job (bad input, ONNX Runtime error, even a panic) is answered with a typed error and
+//!   the thread goes on with the next job.
+//! - Cancellation is cooperative: checked before a job starts and between denoising steps.
+//! - Shutdown closes the queue, finishes every job already queued, then joins the thread.
+//!
+//! Loading happens on the engine thread and [`Engine::start`] waits for it, so a broken model
+//! folder is reported by `start` itself; callers that must not block (an async server) run
+//! `start` on a blocking thread and report "not ready" meanwhile.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::denoise::StepControl;
+use crate::error::{FluxError, Result};
+use crate::model::{ModelDescription, SessionConfig};
+use crate::pipeline::{FluxPipeline, GenerationParams, PipelineOutput};
+
+/// Called after each denoising step with (step, total), 1-based, on the engine thread.
+pub type ProgressCallback = Box<dyn FnMut(usize, usize) + Send>;
+/// Receives the job's result, on the engine thread. Must not block for long.
+pub type Reply = Box<dyn FnOnce(Result<PipelineOutput>) + Send>;
+
+/// One generation request for the engine.
+pub struct Job {
+    pub params: GenerationParams,
+    pub on_progress: Option<ProgressCallback>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("params", &self.params)
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
+    }
+}
+
+/// Why a job was not queued. Nothing was queued in either case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is at capacity: retry later (HTTP 429).
+    Full,
+    /// The engine is shutting down or its thread is gone (HTTP 503).
+    Closed,
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Full => "the generation queue is full",
+            Self::Closed => "the engine is shut down",
+        })
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
+impl From<SubmitError> for FluxError {
+    fn from(error: SubmitError) -> Self {
+        FluxError::Engine(error.to_string())
+    }
+}
+
+/// Lets the submitter cancel a queued or running job.
+#[derive(Debug, Clone)]
+pub struct JobHandle {
+    cancelled: Arc<AtomicBool>,
+}
+
+impl JobHandle {
+    /// Asks the engine to stop this job: a queued job never starts, a running one stops after
+    /// the current denoising step. Its reply then receives [`FluxError::Cancelled`].
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+/// What the engine thread runs jobs on: the real pipeline, or a stand-in in tests.
+pub trait JobRunner {
+    fn run_job(
+        &mut self,
+        params: &GenerationParams,
+        on_step: &mut dyn FnMut(usize, usize) -> StepControl,
+    ) -> Result<PipelineOutput>;
+}
+
+impl JobRunner for FluxPipeline {
+    fn run_job(
+        &mut self,
+        params: &GenerationParams,
+        on_step: &mut dyn FnMut(usize, usize) -> StepControl,
+    ) -> Result<PipelineOutput> {
+        self.generate(params, on_step)
+    }
+}
+
+struct Envelope {
+    job: Job,
+    reply: Reply,
+    cancelled: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+/// The running engine. `Sync`: share it (e.g. in an `Arc`) between request handlers.
+pub struct Engine {
+    sender: Mutex<Option<SyncSender<Envelope>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    description: Option<ModelDescription>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("queued", &self.queued_jobs())
+            .field("capacity", &self.capacity)
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads the model folder on a new engine thread and waits until it is loaded. At most
+    /// `queue_capacity` jobs wait while one runs; `0` accepts a job only when the engine is idle.
+    pub fn start(model_dir: PathBuf, config: SessionConfig, queue_capacity: usize) -> Result<Self> {
+        let (loaded_sender, loaded) = mpsc::channel();
+        let mut engine = Self::start_with(
+            move || {
+                let pipeline = FluxPipeline::load(&model_dir, &config)?;
+                // The description leaves the thread once; the pipeline never does.
+                let _ = loaded_sender.send(pipeline.description().clone());
+                Ok(pipeline)
+            },
+            queue_capacity,
+        )?;
+        engine.description = loaded.recv().ok();
+        Ok(engine)
+    }
+
+    /// Starts an engine thread on the runner `load` makes there (tests use a stand-in runner).
+    /// Waits for `load` and returns its error, if any.
+    pub fn start_with<R, F>(load: F, queue_capacity: usize) -> Result<Self>
+    where
+        R: JobRunner + 'static,
+        F: FnOnce() -> Result<R> + Send + 'static,
+    {
+        let (sender, receiver) = mpsc::sync_channel::<Envelope>(queue_capacity);
+        let (ready_sender, ready) = mpsc::channel::<Result<()>>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let worker_queued = Arc::clone(&queued);
+        let worker = std::thread::Builder::new()
+            .name("flux-engine".to_owned())
+            .spawn(move || {
+                let runner = match catch_unwind(AssertUnwindSafe(load)) {
+                    Ok(Ok(runner)) => runner,
+                    Ok(Err(error)) => {
+                        let _ = ready_sender.send(Err(error));
+                        return;
+                    }
+                    Err(panic) => {
+                        let _ = ready_sender.send(Err(FluxError::Engine(format!(
+                            "model loading panicked: {}",
+                            panic_message(&panic)
+                        ))));
+                        return;
+                    }
+                };
+                let _ = ready_sender.send(Ok(()));
+                serve(runner, receiver, &worker_queued);
+            })
+            .map_err(|error| FluxError::Engine(format!("cannot spawn the engine thread: {error}")))?;
+
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Self {
+                sender: Mutex::new(Some(sender)),
+                worker: Mutex::new(Some(worker)),
+                queued,
+                capacity: queue_capacity,
+                description: None,
+            }),
+            Ok(Err(error)) => {
+                let _ = worker.join();
+                Err(error)
+            }
+            Err(_) => {
+                let _ = worker.join();
+                Err(FluxError::Engine("the engine thread exited while loading".to_owned()))
+            }
+        }
+    }
+
+    /// Queues a job without blocking. `reply` is called exactly once with the result (or with
+    /// [`FluxError::Cancelled`]) unless the job is refused here, in which case it is dropped
+    /// uncalled and nothing was queued.
+    pub fn try_submit(&self, job: Job, reply: Reply) -> std::result::Result<JobHandle, SubmitError> {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let envelope = Envelope { job, reply, cancelled: Arc::clone(&cancelled), submitted: Instant::now() };
+        let sender = self.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(sender) = sender.as_ref() else {
+            return Err(SubmitError::Closed);
+        };
+        // Counted before sending so the worker's decrement can never run first.
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        match sender.try_send(envelope) {
+            Ok(()) => Ok(JobHandle { cancelled }),
+            Err(error) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(match error {
+                    TrySendError::Full(_) => SubmitError::Full,
+                    TrySendError::Disconnected(_) => SubmitError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Jobs accepted but not yet started.
+    pub fn queued_jobs(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// How many jobs may wait while one runs.
+    pub fn queue_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The loaded model, when started with [`Engine::start`].
+    pub fn description(&self) -> Option<&ModelDescription> {
+        self.description.as_ref()
+    }
+
+    /// Refuses new jobs from now on; queued ones still run.
+    pub fn close(&self) {
+        self.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    }
+
+    /// Closes the queue, lets the engine finish every queued job, and waits for its thread.
+    pub fn shutdown(&self) {
+        self.close();
+        let worker = self.worker.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(worker) = worker
+            && worker.join().is_err()
+        {
+            tracing::error!("the engine thread panicked outside a job");
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn serve<R: JobRunner>(mut runner: R, receiver: Receiver<Envelope>, queued: &AtomicUsize) {
+    // recv keeps returning queued jobs after every sender is gone, then ends the loop.
+    while let Ok(envelope) = receiver.recv() {
+        queued.fetch_sub(1, Ordering::SeqCst);
+        let Envelope { job, reply, cancelled, submitted } = envelope;
+        let queued_for = submitted.elapsed();
+        let result = if cancelled.load(Ordering::SeqCst) {
+            Err(FluxError::Cancelled)
+        } else {
+            run_one(&mut runner, job, &cancelled).map(|mut output| {
+                output.timings.queued = queued_for;
+                output
+            })
+        };
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || reply(result))) {
+            tracing::error!(panic = %panic_message(&panic), "a job's reply callback panicked");
+        }
+    }
+}
+
+fn run_one<R: JobRunner>(runner: &mut R, job: Job, cancelled: &AtomicBool) -> Result<PipelineOutput> {
+    let Job { params, mut on_progress } = job;
+    let mut on_step = |step: usize, total: usize| {
+        if let Some(progress) = on_progress.as_mut() {
+            progress(step, total);
+        }
+        if cancelled.load(Ordering::SeqCst) { StepControl::Cancel } else { StepControl::Continue }
+    };
+    match catch_unwind(AssertUnwindSafe(|| runner.run_job(&params, &mut on_step))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic_message(&panic);
+            tracing::error!(panic = %message, "a job panicked; the engine goes on");
+            Err(FluxError::Engine(format!("the job panicked: {message}")))
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}

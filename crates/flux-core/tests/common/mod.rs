@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests: fixture paths, a session config for small CPU runs,
+//! and `.npy` loading.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use flux_core::model::SessionConfig;
+
+/// The repository's `fixtures/` folder.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+pub fn dev_model() -> PathBuf {
+    fixtures().join("tiny-flux-dev")
+}
+
+pub fn schnell_model() -> PathBuf {
+    fixtures().join("tiny-flux-schnell")
+}
+
+/// One intra-op thread: the tiny graphs gain nothing from more, and test threads run in parallel.
+pub fn test_config() -> SessionConfig {
+    SessionConfig {
+        intra_op_threads: Some(1),
+        ..SessionConfig::default()
+    }
+}
+
+/// Copies a directory tree (the fixtures are a few MB).
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// One reference case of `fixtures/reference/cases`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Case {
+    #[serde(skip)]
+    pub name: String,
+    #[serde(skip)]
+    pub dir: PathBuf,
+    pub model: String,
+    pub prompt: String,
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+    pub num_images: u32,
+    pub num_inference_steps: u32,
+    pub guidance_scale: f64,
+    pub max_sequence_length: usize,
+}
+
+impl Case {
+    pub fn model_dir(&self) -> PathBuf {
+        fixtures().join(format!("tiny-flux-{}", self.model))
+    }
+
+    pub fn npy<T, D>(&self, name: &str) -> anyhow::Result<ndarray::Array<T, D>>
+    where
+        T: ndarray_npy::ReadableElement,
+        D: ndarray::Dimension,
+    {
+        let path = self.dir.join(format!("{name}.npy"));
+        ndarray_npy::read_npy(&path).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
+    }
+}
+
+/// Every case listed in the reference index.
+pub fn cases() -> anyhow::Result<Vec<Case>> {
+    let root = fixtures().join("reference/cases");
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("index.json"))?)?;
+    let names = index["cases"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("index.json has no cases"))?
+        .iter()
+        .filter_map(|case| case["name"].as_str().map(str::to_owned));
+    let mut cases = Vec::new();
+    for name in names {
+        let dir = root.join(&name);
+        let mut case: Case = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json"))?)?;
+        case.name = name;
+        case.dir = dir;
+        cases.push(case);
+    }
+    anyhow::ensure!(!cases.is_empty(), "no reference cases");
+    Ok(cases)
+}
+
+/// Largest absolute difference between two arrays of the same shape.
+pub fn max_abs_diff<D: ndarray::Dimension>(
+    actual: &ndarray::Array<f32, D>,
+    expected: &ndarray::Array<f32, D>,
+) -> anyhow::Result<f32> {
+    anyhow::ensure!(
+        actual.shape() == expected.shape(),
+        "shape {:?} != expected {:?}",
+        actual.shape(),
+        expected.shape()
+    );
+    Ok(actual.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
+}

@@ -1,0 +1,44 @@
+"""Writes the two deliberately broken graphs the model-folder tests load (a few hundred bytes each).
+
+Run from this directory with a Python that has `onnx` (e.g. /work/venvs/tinyflux/bin/python):
+    python make_bad_graphs.py
+ONNX Runtime 1.31 reads IR version <= 13, so the IR version is pinned.
+"""
+
+import onnx
+from onnx import TensorProto, helper
+
+
+def save(graph, name):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, name)
+
+
+# A VAE decoder whose input is called `latents` instead of `latent`.
+save(
+    helper.make_graph(
+        [helper.make_node("Identity", ["latents"], ["images"])],
+        "vae_wrong_input_name",
+        [helper.make_tensor_value_info("latents", TensorProto.FLOAT, ["B", "C", "H", "W"])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", "C", "H", "W"])],
+    ),
+    "vae_wrong_input_name.onnx",
+)
+
+# A T5 encoder whose `input_ids` has rank 1 instead of 2.
+axes = helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2])
+save(
+    helper.make_graph(
+        [
+            helper.make_node("Cast", ["input_ids"], ["ids_float"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["ids_float", "axes"], ["text_embeddings"]),
+        ],
+        "t5_wrong_rank",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B"])],
+        [helper.make_tensor_value_info("text_embeddings", TensorProto.FLOAT, ["B", "L", "D"])],
+        initializer=[axes],
+    ),
+    "t5_wrong_rank.onnx",
+)

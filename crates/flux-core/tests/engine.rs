@@ -1,0 +1,232 @@
+//! The engine: bounded queue refused at once when full, failed and panicking jobs answered with
+//! errors while the thread keeps serving, cancellation between steps, progress per step, and a
+//! shutdown that finishes queued work. Queue mechanics use a stand-in runner (instant and
+//! controllable); progress and cancellation also run on the real tiny pipeline.
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flux_core::FluxError;
+use flux_core::denoise::StepControl;
+use flux_core::engine::{Engine, Job, JobRunner, SubmitError};
+use flux_core::pipeline::{GenerationParams, PipelineOutput, StageTimings};
+use flux_types::OutputFormat;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn params(prompt: &str, steps: u32) -> GenerationParams {
+    GenerationParams {
+        prompt: prompt.to_owned(),
+        width: 64,
+        height: 64,
+        num_images: 1,
+        num_inference_steps: steps,
+        guidance_scale: 3.5,
+        seed: 7,
+        output_format: OutputFormat::Png,
+        run_safety_checker: true,
+    }
+}
+
+fn job(prompt: &str, steps: u32) -> Job {
+    Job { params: params(prompt, steps), on_progress: None }
+}
+
+/// A runner that answers by prompt: "fail" errors, "panic" panics, "wait" blocks until the test
+/// opens the gate, anything else succeeds after calling on_step for each step.
+struct StandIn {
+    gate: mpsc::Receiver<()>,
+}
+
+impl JobRunner for StandIn {
+    fn run_job(
+        &mut self,
+        params: &GenerationParams,
+        on_step: &mut dyn FnMut(usize, usize) -> StepControl,
+    ) -> flux_core::Result<PipelineOutput> {
+        match params.prompt.as_str() {
+            "fail" => {
+                return Err(FluxError::InvalidInput { param: "prompt", message: "refused".to_owned() });
+            }
+            "panic" => panic!("stand-in panic"),
+            "wait" => {
+                let _ = self.gate.recv_timeout(WAIT);
+            }
+            _ => {}
+        }
+        let total = params.num_inference_steps as usize;
+        for step in 1..=total {
+            if on_step(step, total) == StepControl::Cancel {
+                return Err(FluxError::Cancelled);
+            }
+        }
+        Ok(PipelineOutput {
+            images: Vec::new(),
+            nsfw: Vec::new(),
+            nsfw_probabilities: None,
+            timings: StageTimings::default(),
+        })
+    }
+}
+
+fn stand_in_engine(capacity: usize) -> anyhow::Result<(Engine, mpsc::Sender<()>)> {
+    let (open, gate) = mpsc::channel();
+    let engine = Engine::start_with(move || Ok(StandIn { gate }), capacity)?;
+    Ok((engine, open))
+}
+
+type Replies = mpsc::Receiver<(String, flux_core::Result<PipelineOutput>)>;
+
+fn submit(
+    engine: &Engine,
+    prompt: &str,
+    replies: &mpsc::Sender<(String, flux_core::Result<PipelineOutput>)>,
+) -> Result<flux_core::engine::JobHandle, SubmitError> {
+    let replies = replies.clone();
+    let name = prompt.to_owned();
+    engine.try_submit(job(prompt, 2), Box::new(move |result| drop(replies.send((name, result)))))
+}
+
+fn next(replies: &Replies) -> anyhow::Result<(String, flux_core::Result<PipelineOutput>)> {
+    Ok(replies.recv_timeout(WAIT)?)
+}
+
+#[test]
+fn failed_and_panicking_jobs_get_errors_and_the_next_job_succeeds() -> anyhow::Result<()> {
+    let (engine, _open) = stand_in_engine(4)?;
+    let (sender, replies) = mpsc::channel();
+    for prompt in ["fail", "panic", "ok"] {
+        submit(&engine, prompt, &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let (name, result) = next(&replies)?;
+    assert_eq!(name, "fail");
+    assert!(matches!(result, Err(FluxError::InvalidInput { .. })), "{result:?}");
+    let (name, result) = next(&replies)?;
+    assert_eq!(name, "panic");
+    assert!(matches!(&result, Err(FluxError::Engine(message)) if message.contains("stand-in panic")), "{result:?}");
+    let (name, result) = next(&replies)?;
+    assert_eq!(name, "ok");
+    assert!(result.is_ok(), "{result:?}");
+    Ok(())
+}
+
+#[test]
+fn a_full_queue_is_refused_immediately_and_nothing_is_lost() -> anyhow::Result<()> {
+    let (engine, open) = stand_in_engine(1)?;
+    let (sender, replies) = mpsc::channel();
+    submit(&engine, "wait", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The first job leaves the queue when the engine starts it.
+    let deadline = Instant::now() + WAIT;
+    while engine.queued_jobs() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(engine.queued_jobs(), 0);
+    submit(&engine, "queued", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(engine.queued_jobs(), 1);
+
+    let started = Instant::now();
+    let refused = submit(&engine, "one too many", &sender);
+    assert_eq!(refused.err(), Some(SubmitError::Full));
+    assert!(started.elapsed() < Duration::from_millis(100), "try_submit blocked for {:?}", started.elapsed());
+    assert_eq!(engine.queued_jobs(), 1, "a refused job is not counted");
+
+    open.send(())?;
+    assert_eq!(next(&replies)?.0, "wait");
+    assert_eq!(next(&replies)?.0, "queued");
+    assert!(replies.recv_timeout(Duration::from_millis(50)).is_err(), "the refused job must never run");
+    Ok(())
+}
+
+#[test]
+fn shutdown_finishes_queued_jobs_then_refuses_new_ones() -> anyhow::Result<()> {
+    let (engine, open) = stand_in_engine(3)?;
+    let (sender, replies) = mpsc::channel();
+    submit(&engine, "wait", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for prompt in ["a", "b", "c"] {
+        submit(&engine, prompt, &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    engine.close();
+    assert_eq!(submit(&engine, "late", &sender).err(), Some(SubmitError::Closed));
+    open.send(())?;
+    engine.shutdown();
+    let names: Vec<String> = replies.try_iter().map(|(name, result)| {
+        assert!(result.is_ok(), "{name}: {result:?}");
+        name
+    }).collect();
+    assert_eq!(names, ["wait", "a", "b", "c"]);
+    Ok(())
+}
+
+#[test]
+fn a_job_cancelled_while_queued_never_runs() -> anyhow::Result<()> {
+    let (engine, open) = stand_in_engine(2)?;
+    let (sender, replies) = mpsc::channel();
+    submit(&engine, "wait", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let handle = submit(&engine, "doomed", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    handle.cancel();
+    open.send(())?;
+    assert_eq!(next(&replies)?.0, "wait");
+    let (name, result) = next(&replies)?;
+    assert_eq!(name, "doomed");
+    assert!(matches!(result, Err(FluxError::Cancelled)), "{result:?}");
+    Ok(())
+}
+
+#[test]
+fn real_pipeline_reports_each_step_and_stops_between_steps_when_cancelled() -> anyhow::Result<()> {
+    let engine = Engine::start(common::dev_model(), common::test_config(), 2)?;
+    assert!(engine.description().is_some());
+
+    // Progress: one event per step, in order, then a successful result.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&events);
+    let (sender, replies) = mpsc::channel();
+    let on_progress = Box::new(move |step, total| recorded.lock().map(|mut e| e.push((step, total))).unwrap_or(()));
+    let reply_to = sender.clone();
+    engine
+        .try_submit(
+            Job { params: params("a lighthouse", 3), on_progress: Some(on_progress) },
+            Box::new(move |result| drop(reply_to.send(result))),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let output = replies.recv_timeout(WAIT)??;
+    assert_eq!(output.images.len(), 1);
+    assert_eq!(*events.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, vec![(1, 3), (2, 3), (3, 3)]);
+
+    // Cancellation: the progress callback of step 1 waits until the test has cancelled, so the
+    // engine must stop before step 2.
+    let (at_step, step_seen) = mpsc::channel();
+    let (go, wait_for_go) = mpsc::channel::<()>();
+    let wait_for_go = Mutex::new(wait_for_go);
+    let on_progress = Box::new(move |step: usize, _total: usize| {
+        let _ = at_step.send(step);
+        if step == 1 {
+            let _ = wait_for_go.lock().map(|receiver| receiver.recv_timeout(WAIT));
+        }
+    });
+    let handle = engine
+        .try_submit(
+            Job { params: params("a lighthouse", 6), on_progress: Some(on_progress) },
+            Box::new(move |result| drop(sender.send(result))),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(step_seen.recv_timeout(WAIT)?, 1);
+    handle.cancel();
+    go.send(())?;
+    let result = replies.recv_timeout(WAIT)?;
+    assert!(matches!(result, Err(FluxError::Cancelled)), "{result:?}");
+    let later_steps: Vec<usize> = step_seen.try_iter().collect();
+    assert!(later_steps.is_empty(), "steps after cancellation: {later_steps:?}");
+    Ok(())
+}
+
+#[test]
+fn starting_on_a_broken_folder_reports_the_load_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let result = Engine::start(dir.path().to_owned(), common::test_config(), 1);
+    assert!(matches!(result, Err(FluxError::InvalidModel { .. })), "{result:?}");
+    Ok(())
+}

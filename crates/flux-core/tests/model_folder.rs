@@ -1,0 +1,107 @@
+//! Model-folder loading: the official layout loads as is (variant, text length, precision from
+//! the graphs), and a broken folder is refused with every problem listed.
+
+mod common;
+
+use flux_core::FluxError;
+use flux_core::model::{FluxModel, Variant};
+use flux_core::tensors::FloatType;
+
+#[test]
+fn dev_and_schnell_fixtures_load_with_what_their_graphs_say() -> anyhow::Result<()> {
+    let dev = FluxModel::load(&common::dev_model(), &common::test_config())?;
+    let description = dev.description();
+    assert_eq!(description.variant, Variant::Dev);
+    assert_eq!(
+        description.text_length, 32,
+        "text length comes from the T5 graph's input shape"
+    );
+    assert_eq!(description.transformer_precision, FloatType::F32);
+    assert!(
+        description
+            .transformer_path
+            .ends_with("transformer.opt/fp32/model.onnx")
+    );
+    assert!(description.safety_checker_path.is_some());
+    assert!((description.vae_scaling_factor - 0.3611).abs() < 1e-7);
+    assert!((description.vae_shift_factor - 0.1159).abs() < 1e-7);
+
+    let schnell = FluxModel::load(&common::schnell_model(), &common::test_config())?;
+    assert_eq!(schnell.description().variant, Variant::Schnell);
+    assert_eq!(schnell.description().safety_checker_path, None);
+    Ok(())
+}
+
+#[test]
+fn a_broken_folder_reports_every_problem_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("model");
+    common::copy_tree(&common::dev_model(), &model)?;
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    std::fs::remove_file(model.join("tokenizer_2/tokenizer.json"))?;
+    std::fs::copy(
+        data.join("vae_wrong_input_name.onnx"),
+        model.join("vae.opt/model.onnx"),
+    )?;
+    std::fs::copy(
+        data.join("t5_wrong_rank.onnx"),
+        model.join("t5.opt/model.onnx"),
+    )?;
+
+    let problems = match FluxModel::load(&model, &common::test_config()) {
+        Err(FluxError::InvalidModel { problems, .. }) => problems,
+        other => anyhow::bail!("expected InvalidModel, got {other:?}"),
+    };
+    let has = |needle: &str| problems.iter().any(|problem| problem.contains(needle));
+    assert!(
+        has("missing file tokenizer_2/tokenizer.json"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("vae.opt/model.onnx: missing input `latent`"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("vae.opt/model.onnx: unexpected input `latents`"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("t5.opt/model.onnx: input `input_ids` has rank 1"),
+        "{problems:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_manifest_that_contradicts_the_graphs_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("model");
+    common::copy_tree(&common::schnell_model(), &model)?;
+    std::fs::write(
+        model.join("flux-rs.json"),
+        r#"{"variant": "dev", "text_length": 64}"#,
+    )?;
+    let problems = match FluxModel::load(&model, &common::test_config()) {
+        Err(FluxError::InvalidModel { problems, .. }) => problems,
+        other => anyhow::bail!("expected InvalidModel, got {other:?}"),
+    };
+    assert!(
+        problems.iter().any(|p| p.contains("variant is dev")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("text_length is 64")),
+        "{problems:#?}"
+    );
+
+    std::fs::write(model.join("flux-rs.json"), r#"{"colour": "blue"}"#)?;
+    let problems = match FluxModel::load(&model, &common::test_config()) {
+        Err(FluxError::InvalidModel { problems, .. }) => problems,
+        other => anyhow::bail!("expected InvalidModel, got {other:?}"),
+    };
+    assert!(
+        problems.iter().any(|p| p.contains("unknown field")),
+        "{problems:#?}"
+    );
+    Ok(())
+}

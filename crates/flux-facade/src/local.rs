@@ -1,0 +1,188 @@
+//! The local backend: flux-core's engine (one owner thread holding the ONNX Runtime sessions)
+//! bridged to async callers.
+//!
+//! `generate` submits the job at once, without waiting: a full engine queue is `Overloaded`
+//! immediately and nothing is buffered. The reply comes back through a oneshot channel; dropping
+//! the returned future cancels the job (it stops at the next denoising step).
+
+use std::path::{Path, PathBuf};
+
+use flux_core::FluxError;
+use flux_core::engine::{Engine, Job, JobHandle, ProgressCallback, SubmitError};
+use flux_core::model::SessionConfig;
+use flux_core::pipeline::{GenerationParams, PipelineOutput};
+use flux_types::request::MAX_SEED;
+use flux_types::{
+    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, Progress,
+    ProgressFn, ValidRequest,
+};
+use tokio::sync::oneshot;
+
+use crate::error::FacadeError;
+
+/// How the local engine runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalOptions {
+    /// Jobs waiting for the engine thread, beyond the one it runs; one more is `Overloaded`.
+    /// Default 16 (the HTTP server's default queue depth).
+    pub queue_capacity: usize,
+    /// ONNX Runtime session settings (threads, optimisation level, execution provider).
+    pub session: SessionConfig,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 16,
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+/// FLUX on this machine, through flux-core's engine.
+#[derive(Debug)]
+pub struct LocalGenerator {
+    engine: Engine,
+    model_dir: PathBuf,
+}
+
+impl LocalGenerator {
+    /// Provisions ONNX Runtime if needed, loads the model in `model_dir` on a new engine thread,
+    /// and returns once it is ready. Blocking: seconds for a real model.
+    pub fn start(model_dir: &Path, options: &LocalOptions) -> Result<Self, FacadeError> {
+        let engine = Engine::start(model_dir.to_path_buf(), options.session, options.queue_capacity)?;
+        Ok(Self {
+            engine,
+            model_dir: model_dir.to_path_buf(),
+        })
+    }
+
+    /// The bundled tiny model (extracted to the cache on first use) with default options.
+    pub fn bundled() -> Result<Self, FacadeError> {
+        Self::start(
+            &crate::bundled::bundled_model_dir()?,
+            &LocalOptions::default(),
+        )
+    }
+
+    /// Jobs waiting in the engine's queue now.
+    pub fn queued_jobs(&self) -> usize {
+        self.engine.queued_jobs()
+    }
+
+    fn submit(&self, request: ValidRequest, progress: Option<ProgressFn>) -> Submitted {
+        // The seed is drawn here, not in the pipeline, so the caller learns the one used.
+        let seed = request.seed().unwrap_or_else(|| rand::random_range(0..=MAX_SEED));
+        let (sender, receiver) = oneshot::channel();
+        let reply = Box::new(move |result: flux_core::Result<PipelineOutput>| {
+            // The receiver is gone when the caller dropped the future: nobody to tell.
+            let _ = sender.send(result);
+        });
+        let job = Job {
+            params: GenerationParams::from_request(&request, seed),
+            on_progress: progress.map(|progress| {
+                Box::new(move |step: usize, total_steps: usize| {
+                    progress(Progress {
+                        step: u32::try_from(step).unwrap_or(u32::MAX),
+                        total_steps: u32::try_from(total_steps).unwrap_or(u32::MAX),
+                    })
+                }) as ProgressCallback
+            }),
+        };
+        let handle = self.engine.try_submit(job, reply).map_err(|error| match error {
+            SubmitError::Full => GeneratorError::Overloaded { retry_after: None },
+            SubmitError::Closed => GeneratorError::ShuttingDown,
+        })?;
+        Ok((PendingJob { handle: Some(handle), seed }, receiver))
+    }
+}
+
+/// A submitted job and the channel its answer comes through, or why it was refused.
+type Submitted = Result<
+    (PendingJob, oneshot::Receiver<flux_core::Result<PipelineOutput>>),
+    GeneratorError,
+>;
+
+/// A submitted job; cancels it when dropped before the answer came.
+struct PendingJob {
+    handle: Option<JobHandle>,
+    seed: u64,
+}
+
+impl PendingJob {
+    /// The answer came: nothing to cancel any more.
+    fn finished(mut self) -> u64 {
+        self.handle = None;
+        self.seed
+    }
+}
+
+impl Drop for PendingJob {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.cancel();
+        }
+    }
+}
+
+impl Generator for LocalGenerator {
+    /// Submits at once (a full queue is `Overloaded` before anything is awaited); the future
+    /// waits for the answer and cancels the job if dropped first.
+    fn generate(
+        &self,
+        request: ValidRequest,
+        progress: Option<ProgressFn>,
+    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
+        let submitted = self.submit(request, progress);
+        Box::pin(async move {
+            let (pending, receiver) = submitted?;
+            let answer = receiver.await;
+            let seed = pending.finished();
+            let output = answer
+                .map_err(|_| GeneratorError::Inference {
+                    detail: "the engine thread stopped before answering".to_owned(),
+                })?
+                .map_err(map_core_error)?;
+            Ok(into_generation(output, seed))
+        })
+    }
+
+    /// `start` returns only once the model is loaded, so a `LocalGenerator` is always ready.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        format!("local flux-core engine, model {}", self.model_dir.display())
+    }
+}
+
+fn into_generation(output: PipelineOutput, seed: u64) -> Generation {
+    let timings = GenerationTimings { inference: output.timings.total, queued: output.timings.queued };
+    let images = output
+        .images
+        .into_iter()
+        .map(|image| GeneratedImage {
+            content_type: image.content_type.to_owned(),
+            width: image.width,
+            height: image.height,
+            bytes: image.bytes,
+        })
+        .collect();
+    Generation { images, seed, has_nsfw_concepts: output.nsfw, timings }
+}
+
+/// Bad input stays bad input; a cancellation stays a cancellation; everything else is a failed
+/// generation whose detail goes to the log.
+fn map_core_error(error: FluxError) -> GeneratorError {
+    match error {
+        FluxError::InvalidInput { param, message } => GeneratorError::InvalidRequest {
+            param: Some(param.to_owned()),
+            message,
+        },
+        FluxError::Cancelled => GeneratorError::Cancelled,
+        other => GeneratorError::Inference {
+            detail: other.to_string(),
+        },
+    }
+}

@@ -1,0 +1,331 @@
+//! Remote backends: [`RemoteGenerator`] sends each request to one flux server through
+//! flux-remote's client; [`FailoverGenerator`] tries several servers in order.
+//!
+//! Requests go out with `sync_mode: true`, so the images come back inline as `data:` URIs: one
+//! round trip, and nothing is stored on the server for a caller that is about to hold the bytes
+//! anyway. The server reports no per-step progress over HTTP, so the progress callback hears only
+//! the final step, once the images have arrived.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use flux_remote::{ClientError, FluxClient};
+use flux_types::{
+    BoxFuture, ErrorCode, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError,
+    Progress, ProgressFn, ValidRequest,
+};
+
+use crate::error::FacadeError;
+
+/// A flux server as a [`Generator`].
+#[derive(Debug)]
+pub struct RemoteGenerator {
+    client: FluxClient,
+    /// What the last answer said about readiness: `is_ready` cannot make an HTTP call.
+    ready: AtomicBool,
+}
+
+impl RemoteGenerator {
+    /// A generator for the server at `base_url` (`http(s)://host:port`), sending `api_key` as
+    /// Bearer token when given. Nothing is contacted until the first request.
+    pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, FacadeError> {
+        let builder = FluxClient::builder(base_url);
+        let builder = match api_key {
+            Some(key) => builder.api_key(key),
+            None => builder,
+        };
+        Ok(Self::from_client(builder.build()?))
+    }
+
+    /// Wraps a client configured by the caller (timeouts, retries).
+    pub fn from_client(client: FluxClient) -> Self {
+        Self {
+            client,
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        self.client.base_url()
+    }
+
+    async fn run(
+        &self,
+        request: ValidRequest,
+        progress: Option<ProgressFn>,
+    ) -> Result<Generation, GeneratorError> {
+        let started = Instant::now();
+        let mut wire = request.into_request();
+        wire.sync_mode = true;
+        let result = self.client.generate(&wire).await;
+        self.ready.store(
+            !matches!(&result, Err(error) if error.status() == Some(503)),
+            Ordering::Relaxed,
+        );
+        let response = result.map_err(map_client_error)?;
+        let mut images = Vec::with_capacity(response.images.len());
+        for image in &response.images {
+            let bytes = self
+                .client
+                .fetch_image(&image.url)
+                .await
+                .map_err(map_client_error)?;
+            images.push(GeneratedImage {
+                bytes,
+                width: image.width,
+                height: image.height,
+                content_type: image.content_type.clone(),
+            });
+        }
+        if let Some(progress) = progress {
+            let steps = wire.num_inference_steps;
+            progress(Progress {
+                step: steps,
+                total_steps: steps,
+            });
+        }
+        let inference = Duration::try_from_secs_f64(response.timings.inference).unwrap_or_default();
+        Ok(Generation {
+            images,
+            seed: response.seed,
+            has_nsfw_concepts: response.has_nsfw_concepts,
+            timings: GenerationTimings {
+                inference,
+                queued: started.elapsed().saturating_sub(inference),
+            },
+        })
+    }
+}
+
+impl Generator for RemoteGenerator {
+    fn generate(
+        &self,
+        request: ValidRequest,
+        progress: Option<ProgressFn>,
+    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
+        // Dropping this future drops the HTTP call; the server then sees the connection close.
+        Box::pin(self.run(request, progress))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> String {
+        format!("remote flux server at {}", self.client.base_url())
+    }
+}
+
+/// Maps a client error to the generator error a caller (or a server fronting this generator)
+/// acts on: 429 → `Overloaded` (retry later), 503 → `NotReady`/`ShuttingDown`, 400 →
+/// `InvalidRequest` with the server's message, anything else → `Remote` with status and detail.
+pub fn map_client_error(error: ClientError) -> GeneratorError {
+    let detail = error.to_string();
+    match error {
+        ClientError::Api {
+            status: 429,
+            retry_after,
+            ..
+        } => GeneratorError::Overloaded { retry_after },
+        ClientError::Api {
+            status: 503, body, ..
+        } => match body.map(|b| b.error.code) {
+            Some(ErrorCode::ShuttingDown) => GeneratorError::ShuttingDown,
+            _ => GeneratorError::NotReady,
+        },
+        ClientError::Api {
+            status: 400,
+            body: Some(body),
+            ..
+        } => GeneratorError::InvalidRequest {
+            param: body.error.param,
+            message: body.error.message,
+        },
+        ClientError::Api { status, .. } => GeneratorError::Remote {
+            status: Some(status),
+            detail,
+        },
+        _ => GeneratorError::Remote {
+            status: None,
+            detail,
+        },
+    }
+}
+
+/// Several flux servers behind one [`Generator`]: each request goes to the first server, and on
+/// to the next when one is unreachable, overloaded, not ready, draining, or answers 502/503/504.
+/// A bad request (400), a failed generation (500) or a cancellation ends the attempt at once:
+/// another server would answer the same.
+pub struct FailoverGenerator {
+    remotes: Vec<Arc<dyn Generator>>,
+    descriptions: Vec<String>,
+}
+
+impl FailoverGenerator {
+    /// Fronts `remotes`, tried in the order given.
+    pub fn new(remotes: Vec<RemoteGenerator>) -> Self {
+        Self::from_generators(
+            remotes
+                .into_iter()
+                .map(|remote| Arc::new(remote) as Arc<dyn Generator>)
+                .collect(),
+        )
+    }
+
+    /// Fronts any generators, tried in the order given.
+    pub fn from_generators(remotes: Vec<Arc<dyn Generator>>) -> Self {
+        let descriptions = remotes.iter().map(|remote| remote.describe()).collect();
+        Self {
+            remotes,
+            descriptions,
+        }
+    }
+
+    async fn run(
+        &self,
+        request: ValidRequest,
+        progress: Option<ProgressFn>,
+    ) -> Result<Generation, GeneratorError> {
+        let mut last_error = GeneratorError::Remote {
+            status: None,
+            detail: "failover has no servers to ask".to_owned(),
+        };
+        for (remote, description) in self.remotes.iter().zip(&self.descriptions) {
+            match remote.generate(request.clone(), progress.clone()).await {
+                Ok(generation) => return Ok(generation),
+                Err(error) if worth_another_server(&error) => {
+                    tracing::warn!(backend = %description, %error, "backend unavailable; trying the next");
+                    last_error = error;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error)
+    }
+}
+
+fn worth_another_server(error: &GeneratorError) -> bool {
+    match error {
+        GeneratorError::Overloaded { .. }
+        | GeneratorError::NotReady
+        | GeneratorError::ShuttingDown => true,
+        GeneratorError::Remote { status, .. } => matches!(status, None | Some(502..=504)),
+        _ => false,
+    }
+}
+
+impl std::fmt::Debug for FailoverGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailoverGenerator")
+            .field("remotes", &self.descriptions)
+            .finish()
+    }
+}
+
+impl Generator for FailoverGenerator {
+    fn generate(
+        &self,
+        request: ValidRequest,
+        progress: Option<ProgressFn>,
+    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
+        Box::pin(self.run(request, progress))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.remotes.iter().any(|remote| remote.is_ready())
+    }
+
+    fn describe(&self) -> String {
+        format!("failover over [{}]", self.descriptions.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flux_types::{ApiError, ErrorBody};
+
+    fn api(status: u16, code: Option<ErrorCode>, retry_after: Option<Duration>) -> ClientError {
+        let body = code.map(|code| ErrorBody {
+            error: ApiError {
+                code,
+                message: "server says no".to_owned(),
+                param: Some("seed".to_owned()),
+            },
+            request_id: "req-1".to_owned(),
+        });
+        ClientError::Api {
+            status,
+            body,
+            raw_body: String::new(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn each_error_class_maps_to_what_a_caller_acts_on() {
+        let hint = Some(Duration::from_secs(3));
+        assert_eq!(
+            map_client_error(api(429, Some(ErrorCode::Overloaded), hint)),
+            GeneratorError::Overloaded { retry_after: hint }
+        );
+        assert_eq!(
+            map_client_error(api(429, Some(ErrorCode::RateLimited), None)),
+            GeneratorError::Overloaded { retry_after: None }
+        );
+        assert_eq!(
+            map_client_error(api(503, Some(ErrorCode::NotReady), hint)),
+            GeneratorError::NotReady
+        );
+        assert_eq!(
+            map_client_error(api(503, Some(ErrorCode::ShuttingDown), None)),
+            GeneratorError::ShuttingDown
+        );
+        assert_eq!(
+            map_client_error(api(503, None, None)),
+            GeneratorError::NotReady
+        );
+        assert_eq!(
+            map_client_error(api(400, Some(ErrorCode::InvalidParameter), None)),
+            GeneratorError::InvalidRequest {
+                param: Some("seed".to_owned()),
+                message: "server says no".to_owned()
+            }
+        );
+        assert!(matches!(
+            map_client_error(api(500, Some(ErrorCode::InferenceFailed), None)),
+            GeneratorError::Remote { status: Some(500), detail } if detail.contains("server says no")
+        ));
+        assert!(matches!(
+            map_client_error(ClientError::Timeout(Duration::from_secs(1))),
+            GeneratorError::Remote { status: None, .. }
+        ));
+    }
+
+    #[test]
+    fn failover_moves_on_only_when_another_server_could_do_better() {
+        assert!(worth_another_server(&GeneratorError::Overloaded {
+            retry_after: None
+        }));
+        assert!(worth_another_server(&GeneratorError::NotReady));
+        assert!(worth_another_server(&GeneratorError::Remote {
+            status: None,
+            detail: String::new()
+        }));
+        assert!(worth_another_server(&GeneratorError::Remote {
+            status: Some(502),
+            detail: String::new()
+        }));
+        assert!(!worth_another_server(&GeneratorError::Remote {
+            status: Some(500),
+            detail: String::new()
+        }));
+        assert!(!worth_another_server(&GeneratorError::Cancelled));
+        assert!(!worth_another_server(&GeneratorError::InvalidRequest {
+            param: None,
+            message: String::new()
+        }));
+    }
+}

@@ -1,0 +1,206 @@
+//! The one place where failures become HTTP answers: status, headers and the error body.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flux_types::{ApiError, ErrorBody, ErrorCode, GeneratorError};
+
+tokio::task_local! {
+    /// The id of the request being answered; set by the request-id middleware around every
+    /// handler so that any error body can carry it.
+    pub(crate) static REQUEST_ID: String;
+}
+
+/// The request id of the current request, or `"unknown"` outside the middleware.
+pub(crate) fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// A non-2xx answer: renders `{"error": {...}, "request_id": "..."}` with the status of its code,
+/// plus `Retry-After` (429/503 hints) and `WWW-Authenticate: Bearer` (401).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiErrorResponse {
+    status: StatusCode,
+    error: ApiError,
+    retry_after_secs: Option<u64>,
+    allow: Option<String>,
+}
+
+/// The status every error code is answered with (the contract's error table).
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidJson | ErrorCode::InvalidParameter | ErrorCode::UnknownField => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+        ErrorCode::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::NotReady | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::InferenceFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Whole seconds, rounded up, never 0: what `Retry-After` carries.
+pub fn whole_seconds_up(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+impl ApiErrorResponse {
+    pub fn new(code: ErrorCode, message: impl Into<String>, param: Option<String>) -> Self {
+        ApiErrorResponse {
+            status: status_for(code),
+            error: ApiError {
+                code,
+                message: message.into(),
+                param,
+            },
+            retry_after_secs: None,
+            allow: None,
+        }
+    }
+
+    pub fn with_param(
+        code: ErrorCode,
+        param: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::new(code, message, Some(param.into()))
+    }
+
+    /// Adds `Retry-After`, in whole seconds rounded up.
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after_secs = Some(whole_seconds_up(wait));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn error(&self) -> &ApiError {
+        &self.error
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(ErrorCode::NotFound, "no such resource", None)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message, None)
+    }
+
+    /// A method the route does not serve. The contract has no code of its own for it; it is
+    /// answered 405 with `Allow`, and `not_found` as the code (no resource for that method).
+    pub fn method_not_allowed(method: &str, path: &str, allow: Option<String>) -> Self {
+        let mut response = Self::new(
+            ErrorCode::NotFound,
+            format!("{path} does not serve {method}"),
+            None,
+        );
+        response.status = StatusCode::METHOD_NOT_ALLOWED;
+        response.allow = allow;
+        response
+    }
+
+    pub fn inference_failed() -> Self {
+        Self::new(
+            ErrorCode::InferenceFailed,
+            "image generation failed; the server log has the detail under this request id",
+            None,
+        )
+    }
+
+    /// Maps a backend failure. Details of internal failures are logged here, with the request id,
+    /// and never sent.
+    pub fn from_generator_error(error: &GeneratorError, overload_hint: Duration) -> Self {
+        match error {
+            GeneratorError::Overloaded { retry_after } => Self::new(
+                ErrorCode::Overloaded,
+                "the generation queue is full; nothing was queued, retry later",
+                None,
+            )
+            .retry_after(retry_after.unwrap_or(overload_hint)),
+            GeneratorError::NotReady => Self::not_ready(),
+            GeneratorError::ShuttingDown => Self::shutting_down(),
+            GeneratorError::InvalidRequest { param, message } => {
+                Self::new(ErrorCode::InvalidParameter, message.clone(), param.clone())
+            }
+            GeneratorError::Remote {
+                status: Some(429), ..
+            } => Self::new(
+                ErrorCode::Overloaded,
+                "the upstream generator is busy; nothing was queued, retry later",
+                None,
+            )
+            .retry_after(overload_hint),
+            GeneratorError::Remote {
+                status: Some(503), ..
+            } => Self::not_ready(),
+            other => {
+                tracing::error!(error = %other, "generation failed");
+                Self::inference_failed()
+            }
+        }
+    }
+
+    pub fn not_ready() -> Self {
+        Self::new(
+            ErrorCode::NotReady,
+            "the model is still loading; retry shortly",
+            None,
+        )
+        .retry_after(Duration::from_secs(5))
+    }
+
+    pub fn shutting_down() -> Self {
+        Self::new(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down and accepts no new generations",
+            None,
+        )
+    }
+
+    /// The body this answer carries, with `request_id`.
+    pub fn body(&self, request_id: String) -> ErrorBody {
+        ErrorBody {
+            error: self.error.clone(),
+            request_id,
+        }
+    }
+}
+
+impl IntoResponse for ApiErrorResponse {
+    fn into_response(self) -> Response {
+        let body = self.body(current_request_id());
+        let json = match serde_json::to_vec(&body) {
+            Ok(json) => json,
+            // Serialising plain strings cannot fail; keep a valid body anyway.
+            Err(_) => br#"{"error":{"code":"inference_failed","message":"internal error"},"request_id":"unknown"}"#.to_vec(),
+        };
+        let mut response = (self.status, json).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.error.code == ErrorCode::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            headers.insert(header::ALLOW, allow);
+        }
+        response
+    }
+}

@@ -1,0 +1,764 @@
+//! The axum server: `POST /api/v1/flux/dev`, the file route, operations endpoints, and graceful
+//! shutdown, in front of any `Generator`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use flux_types::{
+    ErrorCode, GenerateResponse, Generation, Generator, ImageRef, Timings, ValidRequest,
+    parse_request,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use crate::api_error::{ApiErrorResponse, REQUEST_ID, current_request_id};
+use crate::auth::{ApiKeys, Caller, sha256};
+use crate::config::ServerConfig;
+use crate::error::RemoteError;
+use crate::files::{FileKind, FileStore, random_hex};
+use crate::idempotency::{Begin, IdempotencyStore, Reservation};
+use crate::metrics::Metrics;
+use crate::rate_limit::{Limited, RateLimiterByKey};
+
+/// The committed OpenAPI document, served as is.
+const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
+
+/// The generation route.
+pub const GENERATE_PATH: &str = "/api/v1/flux/dev";
+/// The prefix of image URLs.
+pub const FILES_PATH: &str = "/api/v1/files";
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Seeds drawn for requests without one cover the contract's whole range.
+const MAX_SEED: u64 = 4_294_967_295;
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    generator: Arc<dyn Generator>,
+    keys: ApiKeys,
+    rate_limiter: Option<RateLimiterByKey>,
+    queue: Arc<Semaphore>,
+    queue_depth: usize,
+    files: FileStore,
+    idempotency: Arc<IdempotencyStore>,
+    metrics: Metrics,
+    public_base_url: String,
+    request_timeout: Duration,
+    max_body_bytes: usize,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("generator", &self.inner.generator.describe())
+            .field("keys", &self.inner.keys)
+            .field("queue_depth", &self.inner.queue_depth)
+            .field("public_base_url", &self.inner.public_base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Builds the state from a validated configuration. `public_base_url` is the base of image
+    /// URLs (see [`ServerConfig::public_base_url`]). Creates the files directory.
+    pub fn new(
+        config: &ServerConfig,
+        generator: Arc<dyn Generator>,
+        public_base_url: String,
+    ) -> Result<Self, RemoteError> {
+        config.validate()?;
+        Ok(AppState {
+            inner: Arc::new(Shared {
+                generator,
+                keys: ApiKeys::new(&config.api_keys, config.allow_unauthenticated),
+                rate_limiter: config.rate_limit.map(RateLimiterByKey::new),
+                queue: Arc::new(Semaphore::new(config.queue_depth)),
+                queue_depth: config.queue_depth,
+                files: FileStore::open(&config.files_dir, config.retention)?,
+                idempotency: IdempotencyStore::new(config.retention),
+                metrics: Metrics::default(),
+                public_base_url: public_base_url.trim_end_matches('/').to_owned(),
+                request_timeout: config.request_timeout,
+                max_body_bytes: config.max_body_bytes,
+                draining: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Stops admitting generations: new ones are answered 503 `shutting_down`.
+    pub fn begin_shutdown(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Generations admitted now (queued and running).
+    pub fn in_queue(&self) -> usize {
+        self.inner.queue_depth - self.inner.queue.available_permits()
+    }
+
+    /// Waits until every admitted generation has finished, including those that outlived their
+    /// client because they carried an `Idempotency-Key`.
+    pub async fn wait_idle(&self) {
+        let all = u32::try_from(self.inner.queue_depth).unwrap_or(u32::MAX);
+        // The semaphore is never closed, so this only returns once every permit is back.
+        if let Ok(permits) = self.inner.queue.acquire_many(all).await {
+            drop(permits);
+        }
+    }
+
+    /// One retention pass: expired images, idempotency records and idle rate-limit buckets.
+    pub async fn sweep(&self) {
+        let files = self.inner.files.sweep().await;
+        let records = self.inner.idempotency.sweep();
+        if let Some(limiter) = &self.inner.rate_limiter {
+            limiter.forget_idle();
+        }
+        if files + records > 0 {
+            tracing::info!(files, records, "retention sweep removed expired entries");
+        }
+    }
+
+    fn overload_hint(&self) -> Duration {
+        self.inner.metrics.mean_generation()
+    }
+}
+
+/// The API's routes on `state`, with request ids, logging and metrics. Use with
+/// `tower::ServiceExt::oneshot` in tests, or serve it with [`Server`].
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(GENERATE_PATH, post(generate))
+        .route(&format!("{FILES_PATH}/{{file}}"), get(serve_file))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.inner.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Request id, tracing span, `X-Request-Id` on every answer, per-route metrics.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_well_formed_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(|| random_hex(16));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        route = %route,
+    );
+    let started = Instant::now();
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), next.run(request))
+        .instrument(span.clone())
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let status = response.status().as_u16();
+    state.inner.metrics.record_request(&route, status);
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+    });
+    response
+}
+
+/// An incoming id is kept when it is 1–128 characters of `[A-Za-z0-9._:-]`.
+fn is_well_formed_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+async fn not_found() -> ApiErrorResponse {
+    ApiErrorResponse::new(ErrorCode::NotFound, "no such route", None)
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiErrorResponse {
+    let path = uri.path();
+    let allow = if path == GENERATE_PATH {
+        Some("POST")
+    } else if path.starts_with(FILES_PATH)
+        || ["/health", "/ready", "/metrics", "/openapi.json"].contains(&path)
+    {
+        Some("GET, HEAD")
+    } else {
+        None
+    };
+    ApiErrorResponse::method_not_allowed(method.as_str(), path, allow.map(str::to_owned))
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.is_draining() {
+        return ApiErrorResponse::shutting_down().into_response();
+    }
+    if !state.inner.generator.is_ready() {
+        return ApiErrorResponse::not_ready().into_response();
+    }
+    json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let ready = !state.is_draining() && state.inner.generator.is_ready();
+    let text = state
+        .inner
+        .metrics
+        .render(state.in_queue(), state.inner.queue_depth, ready);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    json_response(StatusCode::OK, OPENAPI_JSON.as_bytes().to_vec())
+}
+
+fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = (status, body.into()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn serve_file(
+    State(state): State<AppState>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(Path(name)) = name else {
+        return ApiErrorResponse::not_found().into_response();
+    };
+    match state.inner.files.read(&name).await {
+        Some((bytes, kind)) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(kind.content_type()),
+                ),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, max-age=3600"),
+                ),
+                (
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => ApiErrorResponse::not_found().into_response(),
+    }
+}
+
+/// `POST /api/v1/flux/dev`: authentication and rate limiting, then the request itself; the
+/// rate-limit state is reported on whatever the answer is.
+async fn generate(State(state): State<AppState>, request: Request) -> Response {
+    let caller = match state
+        .inner
+        .keys
+        .authenticate(request.headers().get(header::AUTHORIZATION))
+    {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let rate_state = match &state.inner.rate_limiter {
+        None => None,
+        Some(limiter) => match limiter.check(&caller) {
+            Ok(rate_state) => Some(rate_state),
+            Err(Limited {
+                response,
+                state: rate_state,
+            }) => {
+                let mut response = response.into_response();
+                rate_state.write_headers(response.headers_mut());
+                return response;
+            }
+        },
+    };
+    let mut response = match generate_authorized(&state, caller, request).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(),
+    };
+    if let Some(rate_state) = rate_state {
+        rate_state.write_headers(response.headers_mut());
+    }
+    response
+}
+
+async fn generate_authorized(
+    state: &AppState,
+    caller: Caller,
+    request: Request,
+) -> Result<Response, ApiErrorResponse> {
+    check_json_content_type(request.headers())?;
+    let idempotency_key = idempotency_key(request.headers())?;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                payload_too_large(state.inner.max_body_bytes)
+            } else {
+                ApiErrorResponse::new(
+                    ErrorCode::InvalidJson,
+                    "the request body could not be read",
+                    None,
+                )
+            }
+        })?;
+    let valid = parse_request(&body).map_err(|refusal| {
+        let error = refusal.to_api_error();
+        ApiErrorResponse::new(error.code, error.message, error.param)
+    })?;
+
+    let reservation = match idempotency_key {
+        None => None,
+        Some(key) => match state.inner.idempotency.begin(caller, key, sha256(&body)) {
+            Begin::Fresh(reservation) => Some(reservation),
+            Begin::Replay(stored) => {
+                let mut response = json_response(StatusCode::OK, stored);
+                response
+                    .headers_mut()
+                    .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+                return Ok(response);
+            }
+            Begin::Conflict => {
+                return Err(ApiErrorResponse::with_param(
+                    ErrorCode::IdempotencyConflict,
+                    "Idempotency-Key",
+                    "a request with this Idempotency-Key is still running; retry when it has \
+                     finished to get its answer",
+                ));
+            }
+            Begin::Mismatch => {
+                return Err(ApiErrorResponse::with_param(
+                    ErrorCode::IdempotencyMismatch,
+                    "Idempotency-Key",
+                    "this Idempotency-Key was already used with a different request body",
+                ));
+            }
+        },
+    };
+
+    if state.is_draining() {
+        return Err(ApiErrorResponse::shutting_down());
+    }
+    if !state.inner.generator.is_ready() {
+        return Err(ApiErrorResponse::not_ready());
+    }
+    let permit = Arc::clone(&state.inner.queue)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiErrorResponse::new(
+                ErrorCode::Overloaded,
+                "the generation queue is full; nothing was queued, retry later",
+                None,
+            )
+            .retry_after(state.overload_hint())
+        })?;
+
+    let valid = match valid.seed() {
+        Some(_) => valid,
+        None => valid.with_seed(rand::random_range(0..=MAX_SEED)),
+    };
+    // A request with an Idempotency-Key runs to the end even if its client goes away or the
+    // request times out, so that the client's retry gets the stored answer; without one, the
+    // work is cancelled with the request.
+    let outlives_client = reservation.is_some();
+    let job = tokio::spawn(
+        run_generation(
+            state.clone(),
+            valid,
+            permit,
+            reservation,
+            current_request_id(),
+        )
+        .instrument(tracing::Span::current()),
+    );
+    let _abort = (!outlives_client).then(|| AbortOnDrop(job.abort_handle()));
+    match tokio::time::timeout(state.inner.request_timeout, job).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(join_error)) => {
+            tracing::error!(error = %join_error, "generation task failed");
+            Err(ApiErrorResponse::inference_failed())
+        }
+        Err(_elapsed) => {
+            tracing::warn!(
+                timeout_s = state.inner.request_timeout.as_secs_f64(),
+                outlives_client,
+                "generation did not finish within the request timeout"
+            );
+            Err(ApiErrorResponse::new(
+                ErrorCode::InferenceFailed,
+                format!(
+                    "the generation did not finish within the server's request timeout of {} s",
+                    state.inner.request_timeout.as_secs()
+                ),
+                None,
+            ))
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn payload_too_large(limit: usize) -> ApiErrorResponse {
+    ApiErrorResponse::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is larger than {limit} bytes"),
+        None,
+    )
+}
+
+/// `application/json`, parameters (`; charset=utf-8`) allowed, case-insensitive.
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiErrorResponse> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok());
+    let is_json = content_type.is_some_and(|value| {
+        value
+            .split(';')
+            .next()
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if is_json {
+        return Ok(());
+    }
+    let message = match content_type {
+        None => "missing Content-Type: send 'Content-Type: application/json'".to_owned(),
+        Some(other) => {
+            let shown: String = other.chars().take(100).collect();
+            format!("unsupported Content-Type {shown:?}: send 'Content-Type: application/json'")
+        }
+    };
+    Err(ApiErrorResponse::new(
+        ErrorCode::UnsupportedMediaType,
+        message,
+        None,
+    ))
+}
+
+/// The `Idempotency-Key` header: absent, or 1–255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiErrorResponse> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = |why: &str| {
+        ApiErrorResponse::with_param(
+            ErrorCode::InvalidParameter,
+            "Idempotency-Key",
+            format!("Idempotency-Key {why}; it must be 1 to 255 visible ASCII characters"),
+        )
+    };
+    if values.next().is_some() {
+        return Err(invalid("is given more than once"));
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if bytes.len() > 255 {
+        return Err(invalid(&format!("is {} characters long", bytes.len())));
+    }
+    if !bytes.iter().all(u8::is_ascii_graphic) {
+        return Err(invalid("has a character that is not visible ASCII"));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Runs one admitted generation to its answer. Holds the queue permit until the answer is built;
+/// stores the answer under the idempotency reservation when there is one.
+async fn run_generation(
+    state: AppState,
+    request: ValidRequest,
+    permit: OwnedSemaphorePermit,
+    reservation: Option<Reservation>,
+    request_id: String,
+) -> Result<Response, ApiErrorResponse> {
+    let _permit = permit;
+    REQUEST_ID
+        .scope(request_id, async move {
+            let expected_images = request.num_images() as usize;
+            let sync_mode = request.sync_mode();
+            let started = Instant::now();
+            let generation = state
+                .inner
+                .generator
+                .generate(request, None)
+                .await
+                .map_err(|error| {
+                    ApiErrorResponse::from_generator_error(&error, state.overload_hint())
+                })?;
+            state
+                .inner
+                .metrics
+                .record_generation(started.elapsed(), generation.images.len());
+            let body = build_response(&state, generation, expected_images, sync_mode).await?;
+            let json = serde_json::to_vec(&body).map_err(|error| {
+                tracing::error!(%error, "cannot serialise the response");
+                ApiErrorResponse::inference_failed()
+            })?;
+            let json = Bytes::from(json);
+            if let Some(reservation) = reservation {
+                reservation.complete(json.clone());
+            }
+            Ok(json_response(StatusCode::OK, json))
+        })
+        .await
+}
+
+async fn build_response(
+    state: &AppState,
+    generation: Generation,
+    expected_images: usize,
+    sync_mode: bool,
+) -> Result<GenerateResponse, ApiErrorResponse> {
+    if generation.images.len() != expected_images
+        || generation.has_nsfw_concepts.len() != expected_images
+    {
+        tracing::error!(
+            expected_images,
+            images = generation.images.len(),
+            nsfw_flags = generation.has_nsfw_concepts.len(),
+            "the generator returned the wrong number of images"
+        );
+        return Err(ApiErrorResponse::inference_failed());
+    }
+    let mut images = Vec::with_capacity(expected_images);
+    for image in &generation.images {
+        let Some(kind) = FileKind::from_content_type(&image.content_type) else {
+            tracing::error!(content_type = %image.content_type, "the generator returned an unknown image type");
+            return Err(ApiErrorResponse::inference_failed());
+        };
+        let url = if sync_mode {
+            let payload = base64::engine::general_purpose::STANDARD.encode(&image.bytes);
+            format!("data:{};base64,{payload}", kind.content_type())
+        } else {
+            let name = state
+                .inner
+                .files
+                .store(&image.bytes, kind)
+                .await
+                .map_err(|error| {
+                    tracing::error!(%error, "cannot store a generated image");
+                    ApiErrorResponse::inference_failed()
+                })?;
+            format!("{}{FILES_PATH}/{name}", state.inner.public_base_url)
+        };
+        images.push(ImageRef {
+            url,
+            width: image.width,
+            height: image.height,
+            content_type: kind.content_type().to_owned(),
+        });
+    }
+    Ok(GenerateResponse {
+        images,
+        seed: generation.seed,
+        has_nsfw_concepts: generation.has_nsfw_concepts,
+        timings: Timings {
+            inference: generation.timings.inference.as_secs_f64(),
+        },
+    })
+}
+
+/// A bound, not yet running server. Bind first to learn the address (port 0), then `run`.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    retention: Duration,
+}
+
+impl Server {
+    /// Validates `config`, binds its listen address and prepares the state. Refuses to start
+    /// without API keys unless `allow_unauthenticated` is set, and warns loudly when it is.
+    pub async fn bind(
+        config: ServerConfig,
+        generator: Arc<dyn Generator>,
+    ) -> Result<Server, RemoteError> {
+        config.validate()?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| RemoteError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| RemoteError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let public_base_url = config.public_base_url(local_addr)?;
+        if config.allow_unauthenticated {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF: --allow-unauthenticated is set, requests without an API \
+                 key are served{}",
+                if config.api_keys.is_empty() {
+                    ""
+                } else {
+                    " (configured keys are still checked when sent)"
+                }
+            );
+        }
+        tracing::info!(
+            listen = %local_addr,
+            public_url = %public_base_url,
+            generator = %generator.describe(),
+            api_keys = config.api_keys.len(),
+            queue_depth = config.queue_depth,
+            rate_limit = %config.rate_limit.map(|r| r.to_string()).unwrap_or_else(|| "off".to_owned()),
+            files_dir = %config.files_dir.display(),
+            retention_s = config.retention.as_secs(),
+            "flux server ready to serve"
+        );
+        let state = AppState::new(&config, generator, public_base_url)?;
+        Ok(Server {
+            listener,
+            state,
+            retention: config.retention,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, RemoteError> {
+        self.listener.local_addr().map_err(RemoteError::Serve)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting connections, answers 503
+    /// `shutting_down` to new generation requests on open connections, lets every admitted
+    /// generation finish and be answered, and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RemoteError> {
+        let Server {
+            listener,
+            state,
+            retention,
+        } = self;
+        let sweep_every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let sweeper_state = state.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(sweep_every);
+            loop {
+                ticks.tick().await;
+                sweeper_state.sweep().await;
+            }
+        });
+        let draining_state = state.clone();
+        let drain = async move {
+            shutdown.await;
+            draining_state.begin_shutdown();
+            tracing::info!(
+                in_queue = draining_state.in_queue(),
+                "shutting down: no new connections; finishing admitted work"
+            );
+        };
+        let served = axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(drain)
+            .await;
+        state.wait_idle().await;
+        sweeper.abort();
+        tracing::info!("server stopped");
+        served.map_err(RemoteError::Serve)
+    }
+}
+
+/// Binds `config.listen` and serves `generator` until `shutdown` resolves (see [`Server::run`]).
+pub async fn serve(
+    config: ServerConfig,
+    generator: Arc<dyn Generator>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RemoteError> {
+    Server::bind(config, generator).await?.run(shutdown).await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

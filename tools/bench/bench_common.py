@@ -1,0 +1,146 @@
+"""Shared pieces of the benchmark peers: arguments, thread settings, the run matrix, the JSON result.
+
+Every peer prints one JSON document shaped like the Rust worker's (xtask/src/bench/pipeline.rs), so
+`cargo xtask bench` reads all three the same way:
+
+    {"implementation", "versions", "threads", "load_seconds", "peak_rss_bytes",
+     "runs": [{"width", "height", "image_tokens", "steps", "repeats",
+               "median": {"tokenize", "clip", "t5", "denoise", "vae", "encode", "total",
+                          "ort_session_total", "per_step"},   # seconds; a stage a peer cannot
+               "samples": [{...}, ...]}]}                     # see on its own is absent
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+
+
+def offline_environment() -> None:
+    """No hub, no telemetry: everything the peers read is on disk."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def set_threads(threads: int) -> None:
+    """The same intra-op thread count for every library a peer uses (ORT sessions take it in
+    their options; torch and the BLAS pools take it here)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
+    if width % 16 or height % 16 or width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be positive multiples of 16")
+    return width, height
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"steps must be a comma-separated list of integers, got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"steps must be at least 1, got {text!r}")
+    return steps
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder in the FLUX.1-dev-onnx layout")
+    parser.add_argument("--size", type=parse_size, action="append", required=True,
+                        help="WIDTHxHEIGHT (repeatable)")
+    parser.add_argument("--steps", type=parse_steps, required=True, help="comma-separated step counts")
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per size and step count")
+    parser.add_argument("--threads", type=int, required=True, help="intra-op threads (ORT and torch)")
+    parser.add_argument("--prompt", default="A photo of a cat sitting on a wooden table")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--guidance", type=float, default=3.5)
+    parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
+    return parser
+
+
+def encode_image(pixels, image_format: str) -> bytes:
+    """HWC u8 pixels to JPEG (quality 90, as flux-core) or PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image = Image.fromarray(pixels)
+    if image_format == "jpeg":
+        image.save(buffer, format="JPEG", quality=90)
+    else:
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def step_durations(marks: list[float]) -> list[float]:
+    """Seconds between consecutive step-end callbacks (what a peer without stage hooks can see)."""
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM of this process (Linux), else getrusage's maximum resident set size."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def median_of(samples: list[dict]) -> dict:
+    keys = [k for k in samples[0] if isinstance(samples[0][k], (int, float))]
+    return {k: statistics.median(s[k] for s in samples) for k in keys}
+
+
+def run_matrix(implementation: str, args, load_seconds: float, run_once, versions: dict) -> dict:
+    """For each size: one warm-up run (1 step, excluded), then `repeats` measured runs per step count."""
+    runs = []
+    for width, height in args.size:
+        run_once(width, height, 1)
+        for steps in args.steps:
+            samples = []
+            for _ in range(args.repeats):
+                timings = run_once(width, height, steps)
+                step_seconds = timings.pop("step_seconds", [])
+                if "denoise" in timings:
+                    timings["per_step"] = timings["denoise"] / steps
+                elif step_seconds:
+                    timings["per_step"] = statistics.median(step_seconds)
+                samples.append(timings)
+            runs.append({
+                "width": width,
+                "height": height,
+                "image_tokens": (height // 16) * (width // 16),
+                "steps": steps,
+                "repeats": args.repeats,
+                "median": median_of(samples),
+                "samples": samples,
+            })
+    return {
+        "implementation": implementation,
+        "versions": versions,
+        "threads": args.threads,
+        "load_seconds": load_seconds,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "runs": runs,
+    }
+

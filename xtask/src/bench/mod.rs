@@ -1,0 +1,473 @@
+//! `cargo xtask bench`: measured speed, overhead and memory of flux-rs, side by side with a plain
+//! Python ONNX Runtime pipeline and diffusers' `FluxPipeline` on the same graphs and weights.
+//!
+//! Writes a JSON result (host, CPU, git revision, date, runtime versions, every measurement) and
+//! renders `docs/benchmarks.md` with its tables and a time-versus-tokens plot from it.
+//! `cargo xtask bench --help` lists the flags.
+
+mod host;
+mod memory;
+mod pipeline;
+mod python;
+mod report;
+mod results;
+mod server;
+mod soak;
+mod stats;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use flux_types::ImageSizePreset;
+
+use self::pipeline::PipelineSpec;
+use self::python::PythonEnv;
+use self::results::{BenchResults, GpuSection, ModelInfo, PipelineEntry, SCHEMA_VERSION, Settings, implementation};
+use self::worker::WorkerSpec;
+
+const USAGE: &str = "\
+usage: cargo xtask bench [options]
+       cargo xtask bench report [--input FILE] [--docs FILE]
+
+Measures flux-rs (pipeline, HTTP server, memory) and, with the peers, a plain Python pipeline on the
+`onnxruntime` package and diffusers' FluxPipeline on the same weights, in one run on this machine.
+Every measured configuration runs in its own child process (peak RSS per model and size); one
+warm-up run per size is excluded and the median of the repeats is reported.
+
+options:
+  --quick            smoke run (under 5 minutes): tiny model, two sizes, steps 1 and 4, 2 repeats,
+                     short server and memory runs, no peers unless --peers; results go to
+                     bench-results/tmp/ and docs/ is left alone unless --docs is given
+  --peers            run the Python peers (default for the full run)
+  --no-peers         skip the Python peers (no Python needed, unless the medium model must be built)
+  --model NAME       tiny, medium or all (default: all; --quick: tiny). The medium model (~78 M
+                     parameters) is built on first use into .cache/models/medium-flux-dev
+  --out DIR          results folder (default bench-results/, --quick: bench-results/tmp/); the run
+                     is written to DIR/latest.json (DIR/quick.json for --quick)
+  --docs FILE        where to render the Markdown report (default docs/benchmarks.md for the full
+                     run, DIR/benchmarks.md for --quick); the plot is written beside it
+  --threads N        intra-op threads of every ONNX Runtime session and of torch (default: all cores)
+  --repeats N        measured runs per size and step count (default 3, --quick 2)
+  --python PATH      interpreter for the peers (default: $FLUX_BENCH_PYTHON, else a venv made once
+                     in .cache/bench/venv from tools/bench/requirements.txt)
+  --no-server        skip the HTTP server benchmark
+  --no-soak          skip the memory-over-requests run
+  --soak-requests N  sequential requests of the memory run (default 1000, --quick 100)
+  --cuda             measure the GPU section (needs a CUDA device; refused where there is none)
+
+subcommands:
+  report             re-render the Markdown report and plot from a result file
+                     (default --input bench-results/latest.json, --docs docs/benchmarks.md)
+";
+
+/// Which models a run covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelChoice {
+    Tiny,
+    Medium,
+}
+
+impl ModelChoice {
+    fn name(self) -> &'static str {
+        match self {
+            ModelChoice::Tiny => "tiny",
+            ModelChoice::Medium => "medium",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Options {
+    quick: bool,
+    peers: bool,
+    models: Vec<ModelChoice>,
+    out: PathBuf,
+    docs: PathBuf,
+    threads: usize,
+    repeats: usize,
+    python: Option<PathBuf>,
+    server: bool,
+    soak: bool,
+    soak_requests: usize,
+    cuda: bool,
+}
+
+impl Options {
+    fn parse(args: &[String], root: &Path) -> Result<Options> {
+        let mut quick = false;
+        let mut peers = None;
+        let mut model = None;
+        let mut out = None;
+        let mut docs = None;
+        let mut threads = None;
+        let mut repeats = None;
+        let mut python = None;
+        let mut server = true;
+        let mut soak = true;
+        let mut soak_requests = None;
+        let mut cuda = false;
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let mut value = |name: &str| {
+                iter.next().cloned().with_context(|| format!("{name} needs a value (see `cargo xtask bench --help`)"))
+            };
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--peers" => peers = Some(true),
+                "--no-peers" => peers = Some(false),
+                "--model" => model = Some(value("--model")?),
+                "--out" => out = Some(PathBuf::from(value("--out")?)),
+                "--docs" => docs = Some(PathBuf::from(value("--docs")?)),
+                "--threads" => threads = Some(parse_positive("--threads", &value("--threads")?)?),
+                "--repeats" => repeats = Some(parse_positive("--repeats", &value("--repeats")?)?),
+                "--python" => python = Some(PathBuf::from(value("--python")?)),
+                "--no-server" => server = false,
+                "--no-soak" => soak = false,
+                "--soak-requests" => soak_requests = Some(parse_positive("--soak-requests", &value("--soak-requests")?)?),
+                "--cuda" => cuda = true,
+                other => bail!("unknown option `{other}` (see `cargo xtask bench --help`)"),
+            }
+        }
+        let models = match model.as_deref() {
+            None if quick => vec![ModelChoice::Tiny],
+            None | Some("all") => vec![ModelChoice::Tiny, ModelChoice::Medium],
+            Some("tiny") => vec![ModelChoice::Tiny],
+            Some("medium") => vec![ModelChoice::Medium],
+            Some(other) => bail!("--model must be tiny, medium or all, not `{other}`"),
+        };
+        let out = out.unwrap_or_else(|| {
+            if quick { root.join("bench-results").join("tmp") } else { root.join("bench-results") }
+        });
+        let docs = docs.unwrap_or_else(|| if quick { out.join("benchmarks.md") } else { root.join("docs").join("benchmarks.md") });
+        Ok(Options {
+            quick,
+            peers: peers.unwrap_or(!quick),
+            models,
+            out,
+            docs,
+            threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+            repeats: repeats.unwrap_or(if quick { 2 } else { 3 }),
+            python,
+            server,
+            soak,
+            soak_requests: soak_requests.unwrap_or(if quick { 100 } else { 1000 }),
+            cuda,
+        })
+    }
+
+    fn result_path(&self) -> PathBuf {
+        self.out.join(if self.quick { "quick.json" } else { "latest.json" })
+    }
+}
+
+fn parse_positive(name: &str, value: &str) -> Result<usize> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("{name} must be a positive integer, not `{value}`"),
+    }
+}
+
+/// What one model is measured at.
+struct ModelPlan {
+    choice: ModelChoice,
+    dir: PathBuf,
+    sizes: Vec<[u32; 2]>,
+    steps: Vec<u32>,
+}
+
+const PROMPT: &str = "A photo of a cat sitting on a wooden table";
+const SEED: u64 = 42;
+const GUIDANCE: f64 = 3.5;
+const OUTPUT_FORMAT: &str = "jpeg";
+
+fn preset(preset: ImageSizePreset) -> [u32; 2] {
+    let (width, height) = preset.dimensions();
+    [width, height]
+}
+
+fn plan(choice: ModelChoice, quick: bool, root: &Path) -> ModelPlan {
+    let (dir, sizes, steps) = match (choice, quick) {
+        (ModelChoice::Tiny, true) => (
+            tiny_dir(root),
+            vec![preset(ImageSizePreset::Square), preset(ImageSizePreset::Landscape169)],
+            vec![1, 4],
+        ),
+        (ModelChoice::Tiny, false) => (tiny_dir(root), ImageSizePreset::ALL.into_iter().map(preset).collect(), vec![1, 4, 8]),
+        // The medium model costs about 1 s per step at 512² on two cores, ~6 s at 1024²: a custom
+        // 256² size, the smallest preset and the two wide ones keep the full run near half an hour.
+        (ModelChoice::Medium, true) => (medium_dir(root), vec![[256, 256], preset(ImageSizePreset::Square)], vec![2]),
+        (ModelChoice::Medium, false) => (
+            medium_dir(root),
+            vec![[256, 256], preset(ImageSizePreset::Square), preset(ImageSizePreset::Landscape169), preset(ImageSizePreset::SquareHd)],
+            vec![2, 8],
+        ),
+    };
+    ModelPlan { choice, dir, sizes, steps }
+}
+
+fn tiny_dir(root: &Path) -> PathBuf {
+    root.join("fixtures").join("tiny-flux-dev")
+}
+
+fn medium_dir(root: &Path) -> PathBuf {
+    root.join(".cache").join("models").join("medium-flux-dev")
+}
+
+/// Entry point of `cargo xtask bench ...`.
+pub fn run(args: &[String]) -> Result<()> {
+    let root = crate::project_root();
+    match args.first().map(String::as_str) {
+        Some("worker") => return worker::run(&args[1..]),
+        Some("report") => return rerender(&args[1..], &root),
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let options = Options::parse(args, &root)?;
+    if options.cuda {
+        bail!(
+            "--cuda: the GPU section (real-shape FLUX.1-dev transformer step under the CUDA provider with IoBinding) \
+             is not implemented in this xtask yet, and it needs a CUDA device and the `cuda` build of flux-core; \
+             run without --cuda (the results record that the GPU section was not measured)"
+        );
+    }
+    let started = Instant::now();
+    let mut results = BenchResults {
+        schema_version: SCHEMA_VERSION,
+        host: host::collect(&root),
+        settings: Settings {
+            quick: options.quick,
+            threads: options.threads,
+            repeats: options.repeats,
+            peers: options.peers,
+            prompt: PROMPT.to_owned(),
+            seed: SEED,
+            guidance: GUIDANCE,
+            output_format: OUTPUT_FORMAT.to_owned(),
+        },
+        models: Vec::new(),
+        pipeline: Vec::new(),
+        server: None,
+        soak: None,
+        gpu: GpuSection {
+            measured: false,
+            note: "not measured: this run had no GPU (no CUDA device on the benchmark machine). The GPU section \
+                   of the benchmark (real-shape transformer step under the CUDA provider versus diffusers, TFLOP/s, \
+                   28-step end to end) has no numbers until it runs on a machine with one."
+                .to_owned(),
+        },
+        notes: Vec::new(),
+        duration_seconds: 0.0,
+    };
+    eprintln!(
+        "bench: {} run, models {}, {} threads, {} repeats, peers {}",
+        if options.quick { "quick" } else { "full" },
+        options.models.iter().map(|m| m.name()).collect::<Vec<_>>().join("+"),
+        options.threads,
+        options.repeats,
+        if options.peers { "on" } else { "off" }
+    );
+
+    let medium_missing =
+        options.models.contains(&ModelChoice::Medium) && !medium_dir(&root).join("transformer.opt").is_dir();
+    let python = if options.peers || medium_missing {
+        match PythonEnv::resolve(&root, options.python.clone()) {
+            Ok(env) => {
+                if let Ok(versions) = env.versions() {
+                    eprintln!("bench: peers' Python: {versions}");
+                }
+                Some(env)
+            }
+            Err(error) if !options.peers => {
+                results.notes.push(format!("no Python environment, so the medium model could not be built: {error:#}"));
+                None
+            }
+            Err(error) => return Err(error.context("the Python peers need an interpreter (or pass --no-peers)")),
+        }
+    } else {
+        None
+    };
+
+    let result_path = options.result_path();
+    for &choice in &options.models {
+        let plan = plan(choice, options.quick, &root);
+        if choice == ModelChoice::Medium && !plan.dir.join("transformer.opt").is_dir() {
+            let Some(python) = &python else {
+                results.notes.push(format!("medium model skipped: {} does not exist and no Python to build it", plan.dir.display()));
+                continue;
+            };
+            build_medium(python, &root, &plan.dir)?;
+        }
+        bench_model(&plan, &options, python.as_ref(), &root, &mut results)?;
+        if choice == ModelChoice::Tiny {
+            if options.server {
+                results.server = Some(run_server(&plan, &options)?);
+            }
+            if options.soak {
+                results.soak = Some(run_soak(&plan, &options)?);
+            }
+        }
+        results.duration_seconds = started.elapsed().as_secs_f64();
+        results.write(&result_path)?;
+    }
+    if !options.peers {
+        results.notes.push("Python peers not run (--no-peers or --quick): no ratios in this result.".to_owned());
+    }
+    results.duration_seconds = started.elapsed().as_secs_f64();
+    results.write(&result_path)?;
+    eprintln!("bench: wrote {}", result_path.display());
+    report::render(&results, &result_path, &options.docs)?;
+    eprintln!("bench: wrote {} ({:.0} s in all)", options.docs.display(), results.duration_seconds);
+    Ok(())
+}
+
+fn rerender(args: &[String], root: &Path) -> Result<()> {
+    let mut input = root.join("bench-results").join("latest.json");
+    let mut docs = root.join("docs").join("benchmarks.md");
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--input" => input = PathBuf::from(iter.next().context("--input needs a file")?),
+            "--docs" => docs = PathBuf::from(iter.next().context("--docs needs a file")?),
+            other => bail!("unknown option `{other}` for `cargo xtask bench report`"),
+        }
+    }
+    let results = BenchResults::read(&input)?;
+    report::render(&results, &input, &docs)?;
+    eprintln!("bench: wrote {}", docs.display());
+    Ok(())
+}
+
+fn build_medium(python: &PythonEnv, root: &Path, dir: &Path) -> Result<()> {
+    eprintln!("bench: building the medium model into {} (about a minute)", dir.display());
+    let diffusers = diffusers_dir(root, ModelChoice::Medium);
+    python.run_script(
+        "torch_weights.py",
+        &["medium".to_owned(), "--out".to_owned(), path_arg(dir), "--diffusers-out".to_owned(), path_arg(&diffusers)],
+    )?;
+    Ok(())
+}
+
+fn diffusers_dir(root: &Path, choice: ModelChoice) -> PathBuf {
+    root.join(".cache").join("bench").join("diffusers").join(format!("{}-flux-dev", choice.name()))
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn bench_model(plan: &ModelPlan, options: &Options, python: Option<&PythonEnv>, root: &Path, results: &mut BenchResults) -> Result<()> {
+    let model = plan.choice.name();
+    results.models.push(ModelInfo {
+        name: model.to_owned(),
+        path: plan.dir.strip_prefix(root).unwrap_or(&plan.dir).to_string_lossy().into_owned(),
+        parameters: pipeline::parameter_count(&plan.dir),
+        sizes: plan.sizes.clone(),
+        steps: plan.steps.clone(),
+    });
+    let diffusers_weights = match python {
+        Some(python) if options.peers => {
+            let out = diffusers_dir(root, plan.choice);
+            match python.run_script(
+                "torch_weights.py",
+                &["diffusers".to_owned(), "--model".to_owned(), path_arg(&plan.dir), "--out".to_owned(), path_arg(&out)],
+            ) {
+                Ok(_) => Some(out),
+                Err(error) => {
+                    results.notes.push(format!("diffusers peer skipped for the {model} model: {error:#}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    for &size in &plan.sizes {
+        let spec = PipelineSpec {
+            model_dir: plan.dir.clone(),
+            sizes: vec![size],
+            steps: plan.steps.clone(),
+            repeats: options.repeats,
+            threads: options.threads,
+            prompt: PROMPT.to_owned(),
+            seed: SEED,
+            guidance: GUIDANCE,
+            output_format: OUTPUT_FORMAT.to_owned(),
+        };
+        eprintln!("bench: {model} {}x{}: flux-rs", size[0], size[1]);
+        let document: results::WorkerDocument = worker::spawn(&WorkerSpec::Pipeline(spec.clone()))?;
+        log_document(&document);
+        results.pipeline.push(PipelineEntry { model: model.to_owned(), document });
+        let Some(python) = python.filter(|_| options.peers) else {
+            continue;
+        };
+        let peer_args = |model_arg: &Path| -> Vec<String> {
+            let steps: Vec<String> = spec.steps.iter().map(u32::to_string).collect();
+            vec![
+                "--model".to_owned(),
+                path_arg(model_arg),
+                "--size".to_owned(),
+                format!("{}x{}", size[0], size[1]),
+                "--steps".to_owned(),
+                steps.join(","),
+                "--repeats".to_owned(),
+                spec.repeats.to_string(),
+                "--threads".to_owned(),
+                spec.threads.to_string(),
+                "--prompt".to_owned(),
+                spec.prompt.clone(),
+                "--seed".to_owned(),
+                spec.seed.to_string(),
+                "--guidance".to_owned(),
+                spec.guidance.to_string(),
+                "--format".to_owned(),
+                spec.output_format.clone(),
+            ]
+        };
+        eprintln!("bench: {model} {}x{}: {}", size[0], size[1], implementation::PYTHON_ORT);
+        match python.run_peer("ort_pipeline.py", &peer_args(&plan.dir)) {
+            Ok(document) => {
+                log_document(&document);
+                results.pipeline.push(PipelineEntry { model: model.to_owned(), document });
+            }
+            Err(error) => results.notes.push(format!("{} failed on {model} {}x{}: {error:#}", implementation::PYTHON_ORT, size[0], size[1])),
+        }
+        if let Some(weights) = &diffusers_weights {
+            eprintln!("bench: {model} {}x{}: {}", size[0], size[1], implementation::DIFFUSERS);
+            match python.run_peer("diffusers_peer.py", &peer_args(weights)) {
+                Ok(document) => {
+                    log_document(&document);
+                    results.pipeline.push(PipelineEntry { model: model.to_owned(), document });
+                }
+                Err(error) => results.notes.push(format!("{} failed on {model} {}x{}: {error:#}", implementation::DIFFUSERS, size[0], size[1])),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_document(document: &results::WorkerDocument) {
+    for run in &document.runs {
+        let total = run.median_of(results::stage::TOTAL).unwrap_or(f64::NAN);
+        let overhead = run.overhead_percent().map_or_else(String::new, |o| format!(", overhead {o:.2} %"));
+        eprintln!(
+            "bench:   {} {}x{} {} steps: {total:.3} s end to end{overhead}",
+            document.implementation, run.width, run.height, run.steps
+        );
+    }
+}
+
+fn run_server(plan: &ModelPlan, options: &Options) -> Result<results::ServerResults> {
+    eprintln!("bench: HTTP server versus direct calls (tiny model)");
+    let spec = server::ServerSpec::new(plan.dir.clone(), options.threads, options.quick);
+    worker::spawn(&WorkerSpec::Server(spec))
+}
+
+fn run_soak(plan: &ModelPlan, options: &Options) -> Result<results::SoakResults> {
+    eprintln!("bench: memory over {} sequential requests (tiny model)", options.soak_requests);
+    let spec = soak::SoakSpec::new(plan.dir.clone(), options.threads, options.soak_requests, options.quick);
+    worker::spawn(&WorkerSpec::Soak(spec))
+}
