@@ -3,7 +3,6 @@
 //! Each subcommand lives in its own module with a `run(args) -> anyhow::Result<()>` entry point;
 //! `main` only dispatches. Arguments are parsed by hand to keep this crate's build small.
 
-mod bench;
 mod schema;
 
 use std::path::PathBuf;
@@ -17,8 +16,6 @@ usage: cargo xtask <command> [options]
 commands:
   schema [--check]   write docs/schema/*.json and docs/openapi.json from flux-types;
                      with --check, fail if the committed files differ from the generated ones
-  bench [--quick]    measure the pipeline, server and memory against the Python peers;
-                     writes bench-results/ and docs/benchmarks.md (`bench --help` for options)
   help               print this text
 ";
 
@@ -43,7 +40,6 @@ fn dispatch() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     match command.as_str() {
         "schema" => schema::run(&rest),
-        "bench" => bench::run(&rest),
         // Further subcommands (`setup`, `bench`) are added here, one module each.
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

@@ -11,6 +11,17 @@ use crate::auth::Caller;
 
 type RecordKey = (Caller, String);
 
+/// Memory the stored answers may take together. `sync_mode` answers carry their images inline
+/// (megabytes each), so without a cap a day of retention could hold gigabytes; past it the oldest
+/// answers are forgotten first (a retry of a forgotten one generates again).
+pub(crate) const MAX_STORED_BYTES: usize = 256 * 1024 * 1024;
+/// What a record costs besides its body (key, digest, map entry), for the accounting.
+const RECORD_OVERHEAD_BYTES: usize = 128;
+
+fn record_cost(key: &RecordKey, body: &Bytes) -> usize {
+    RECORD_OVERHEAD_BYTES + key.1.len() + body.len()
+}
+
 #[derive(Debug)]
 enum State {
     /// The first request is still being answered.
@@ -40,19 +51,62 @@ pub(crate) enum Begin {
 
 #[derive(Debug)]
 pub(crate) struct IdempotencyStore {
-    records: Mutex<HashMap<RecordKey, Record>>,
+    records: Mutex<Records>,
     retention: Duration,
+    max_stored_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    by_key: HashMap<RecordKey, Record>,
+    /// Sum of `record_cost` over the finished records.
+    stored_bytes: usize,
+}
+
+impl Records {
+    fn remove(&mut self, key: &RecordKey) {
+        if let Some(Record {
+            state: State::Done { body, .. },
+            ..
+        }) = self.by_key.remove(key)
+        {
+            self.stored_bytes = self.stored_bytes.saturating_sub(record_cost(key, &body));
+        }
+    }
+
+    fn evict_oldest(&mut self) -> bool {
+        let oldest = self
+            .by_key
+            .iter()
+            .filter_map(|(key, record)| match &record.state {
+                State::Done { stored_at, .. } => Some((*stored_at, key.clone())),
+                State::Running => None,
+            })
+            .min_by_key(|(stored_at, _)| *stored_at);
+        match oldest {
+            Some((_, key)) => {
+                self.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl IdempotencyStore {
     pub(crate) fn new(retention: Duration) -> Arc<Self> {
+        Self::with_capacity(retention, MAX_STORED_BYTES)
+    }
+
+    pub(crate) fn with_capacity(retention: Duration, max_stored_bytes: usize) -> Arc<Self> {
         Arc::new(IdempotencyStore {
-            records: Mutex::new(HashMap::new()),
+            records: Mutex::new(Records::default()),
             retention,
+            max_stored_bytes,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<RecordKey, Record>> {
+    fn lock(&self) -> MutexGuard<'_, Records> {
         // A panic while holding this lock leaves the map consistent (single inserts/removes).
         self.records
             .lock()
@@ -67,7 +121,7 @@ impl IdempotencyStore {
     ) -> Begin {
         let mut records = self.lock();
         let record_key = (caller, key);
-        if let Some(record) = records.get(&record_key) {
+        if let Some(record) = records.by_key.get(&record_key) {
             let expired = matches!(&record.state,
                 State::Done { stored_at, .. } if stored_at.elapsed() >= self.retention);
             if !expired {
@@ -80,7 +134,8 @@ impl IdempotencyStore {
                 };
             }
         }
-        records.insert(
+        records.remove(&record_key);
+        records.by_key.insert(
             record_key.clone(),
             Record {
                 body_digest,
@@ -96,17 +151,24 @@ impl IdempotencyStore {
     /// Drops records older than the retention window.
     pub(crate) fn sweep(&self) -> usize {
         let mut records = self.lock();
-        let before = records.len();
-        records.retain(|_, record| match &record.state {
-            State::Running => true,
-            State::Done { stored_at, .. } => stored_at.elapsed() < self.retention,
-        });
-        before - records.len()
+        let expired: Vec<RecordKey> = records
+            .by_key
+            .iter()
+            .filter(|(_, record)| {
+                matches!(&record.state,
+                    State::Done { stored_at, .. } if stored_at.elapsed() >= self.retention)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &expired {
+            records.remove(key);
+        }
+        expired.len()
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_key.len()
     }
 }
 
@@ -121,13 +183,17 @@ pub(crate) struct Reservation {
 impl Reservation {
     pub(crate) fn complete(mut self, body: Bytes) {
         if let Some(key) = self.key.take() {
+            let cost = record_cost(&key, &body);
             let mut records = self.store.lock();
-            if let Some(record) = records.get_mut(&key) {
-                record.state = State::Done {
-                    body,
-                    stored_at: Instant::now(),
-                };
-            }
+            let Some(record) = records.by_key.get_mut(&key) else {
+                return;
+            };
+            record.state = State::Done {
+                body,
+                stored_at: Instant::now(),
+            };
+            records.stored_bytes += cost;
+            while records.stored_bytes > self.store.max_stored_bytes && records.evict_oldest() {}
         }
     }
 }
@@ -183,6 +249,32 @@ mod tests {
             store.begin(caller, "k".into(), [3; 32]),
             Begin::Mismatch
         ));
+    }
+
+    #[test]
+    fn stored_answers_are_capped_oldest_first() {
+        let body = Bytes::from(vec![b'x'; 1000]);
+        let cost = record_cost(&(Caller::ANONYMOUS, "k0".to_owned()), &body);
+        let store = IdempotencyStore::with_capacity(Duration::from_secs(60), 2 * cost);
+        for n in 0..3 {
+            let Begin::Fresh(reservation) =
+                store.begin(Caller::ANONYMOUS, format!("k{n}"), [n; 32])
+            else {
+                panic!("fresh");
+            };
+            reservation.complete(body.clone());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(store.len(), 2);
+        assert!(matches!(
+            store.begin(Caller::ANONYMOUS, "k0".into(), [0; 32]),
+            Begin::Fresh(_)
+        ));
+        assert!(matches!(
+            store.begin(Caller::ANONYMOUS, "k2".into(), [2; 32]),
+            Begin::Replay(_)
+        ));
+        assert!(store.lock().stored_bytes <= 2 * cost);
     }
 
     #[test]
