@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module with a `run(args) -> anyhow::Result<()>` entry point;
 //! `main` only dispatches. Arguments are parsed by hand to keep this crate's build small.
 
+// Subcommand modules, one per command (`setup` and `bench` are added here by their owners).
 mod schema;
 
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ fn dispatch() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     match command.as_str() {
         "schema" => schema::run(&rest),
-        // Further subcommands (`setup`, `bench`) are added here, one module each.
+        // `setup` (ONNX Runtime) and `bench` dispatch here to their modules' `run`.
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -144,3 +144,56 @@ fn relative(root: &Path, path: &Path) -> String {
         .display()
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(root: &Path, files: &[GeneratedFile]) -> String {
+        match check_files(root, files) {
+            Ok(()) => String::new(),
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
+    #[test]
+    fn rendering_sorts_keys_and_ends_with_a_newline() {
+        let text = render(serde_json::json!({"b": 1, "a": {"d": [{"z": 0, "y": 1}], "c": 2}}))
+            .expect("render");
+        assert_eq!(
+            text,
+            "{\n  \"a\": {\n    \"c\": 2,\n    \"d\": [\n      {\n        \"y\": 1,\n        \"z\": 0\n      }\n    ]\n  },\n  \"b\": 1\n}\n"
+        );
+    }
+
+    #[test]
+    fn check_passes_after_write_and_fails_on_any_drift() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let root = root.path();
+        let files = generated_files(root).expect("generate");
+        assert_eq!(files.len(), 4);
+        assert!(
+            problems(root, &files).contains("run `cargo xtask schema`"),
+            "missing files"
+        );
+
+        write_files(root, &files).expect("write");
+        assert_eq!(problems(root, &files), "");
+        let openapi = fs::read_to_string(root.join(OPENAPI_FILE)).expect("read");
+        assert!(openapi.ends_with("}\n") && openapi.contains("\"openapi\": \"3.1.0\""));
+
+        let request = root.join(SCHEMA_DIR).join("GenerateRequest.json");
+        let original = fs::read_to_string(&request).expect("read");
+        fs::write(&request, original.replace("1000", "1001")).expect("edit");
+        assert!(problems(root, &files).contains("run `cargo xtask schema`"));
+        write_files(root, &files).expect("rewrite");
+        assert_eq!(fs::read_to_string(&request).expect("read"), original);
+
+        let stray = root.join(SCHEMA_DIR).join("Removed.json");
+        fs::write(&stray, "{}\n").expect("stray");
+        assert!(problems(root, &files).contains("run `cargo xtask schema`"));
+        write_files(root, &files).expect("clean up");
+        assert!(!stray.exists());
+        assert_eq!(problems(root, &files), "");
+    }
+}

@@ -5,8 +5,11 @@
 //   numerics (pure, no ORT): rng, sampling, denoise, pixels
 //   runtime and models: error, runtime, model, tensors, tokenizer, pipeline, safety, engine
 pub mod denoise;
+pub mod engine;
 pub mod error;
 pub mod model;
+pub mod pipeline;
+pub mod pixels;
 pub mod rng;
 pub mod runtime;
 pub mod safety;

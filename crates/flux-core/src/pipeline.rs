@@ -245,7 +245,7 @@ impl FluxPipeline {
         let text = self.encode_prompt_timed(&params.prompt, &mut timings)?;
 
         let shape = sampling::latent_shape(params.num_images as usize, params.height as usize, params.width as usize)?;
-        let noise = Array4::from_shape_vec(shape, rng::randn(params.seed, &shape)).map_err(|_| FluxError::Shape {
+        let noise = rng::randn(params.seed, &shape)?.into_dimensionality::<Ix4>().map_err(|_| FluxError::Shape {
             op: "noise",
             expected: format!("{shape:?}"),
             got: Vec::new(),

@@ -10,10 +10,9 @@
 //!   uniform takes the low 53 bits of a 64-bit draw (first 32-bit draw in the high half) times 2^-53.
 //! * `randn` of a contiguous float32 tensor with at least 16 elements first fills the whole tensor
 //!   with float uniforms, then transforms it in blocks of 16 with Box–Muller in float precision:
-//!   for `j` in 0..8, `u1 = 1 - x[j]`, `u2 = x[j + 8]`, `r = sqrt(-2 ln u1)`, `θ = (float)(2π·u2)`
-//!   (the product is formed in double), `x[j] = r cos θ`, `x[j + 8] = r sin θ`. When the length is
-//!   not a multiple of 16, 16 fresh uniforms overwrite the last 16 elements, which are transformed
-//!   again as one more block.
+//!   for `j` in 0..8, `u1 = 1 - x[j]`, `u2 = x[j + 8]`, `r = sqrt(-2 ln u1)`, `θ = 2π·u2`,
+//!   `x[j] = r cos θ`, `x[j + 8] = r sin θ`. When the length is not a multiple of 16, 16 fresh
+//!   uniforms overwrite the last 16 elements, which are transformed again as one more block.
 //! * With fewer than 16 elements every value comes from the double-precision normal distribution,
 //!   which makes two values per pair of double uniforms and caches the second (`r sin θ`) in the
 //!   generator for the next call.
@@ -280,9 +279,15 @@ mod cephes {
     const LOG_Q2: f32 = 0.693_359_375_f64 as f32;
 
     const MINUS_DP1: f32 = -0.785_156_25_f64 as f32;
-    #[allow(clippy::excessive_precision, reason = "the reference's literals, verbatim")]
+    #[allow(
+        clippy::excessive_precision,
+        reason = "the reference's literals, verbatim"
+    )]
     const MINUS_DP2: f32 = -2.418_756_484_985_351_562_5e-4_f64 as f32;
-    #[allow(clippy::excessive_precision, reason = "the reference's literals, verbatim")]
+    #[allow(
+        clippy::excessive_precision,
+        reason = "the reference's literals, verbatim"
+    )]
     const MINUS_DP3: f32 = -3.774_894_977_445_941_08e-8_f64 as f32;
     const SIN_P: [f32; 3] = [
         -1.951_529_589_1e-4_f64 as f32,

@@ -21,10 +21,7 @@ struct RandnEntry {
 }
 
 fn randn_fixture_dir() -> PathBuf {
-    match std::env::var_os("FLUX_PROBE_RANDN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/reference/randn"),
-    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/reference/randn")
 }
 
 fn load_index() -> Result<RandnIndex> {

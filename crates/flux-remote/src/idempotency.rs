@@ -203,13 +203,13 @@ impl Drop for Reservation {
         if let Some(key) = self.key.take() {
             let mut records = self.store.lock();
             if matches!(
-                records.get(&key),
+                records.by_key.get(&key),
                 Some(Record {
                     state: State::Running,
                     ..
                 })
             ) {
-                records.remove(&key);
+                records.by_key.remove(&key);
             }
         }
     }

@@ -971,3 +971,52 @@ async fn request_timeout_is_500_and_cancels_work_without_a_key() {
     );
     assert_eq!(generator.running.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn with_a_key_a_timed_out_generation_finishes_and_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.request_timeout = Duration::from_millis(200);
+    let generator = FakeGenerator::with_delay(Duration::from_millis(600));
+    let app = router(state(&config, generator.clone()));
+    let response = app
+        .clone()
+        .oneshot(with_key(SMALL, "slow-1"))
+        .await
+        .unwrap();
+    expect_error(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "inference_failed",
+        None,
+    )
+    .await;
+    let response = app
+        .clone()
+        .oneshot(with_key(SMALL, "slow-1"))
+        .await
+        .unwrap();
+    expect_error(
+        response,
+        StatusCode::CONFLICT,
+        "idempotency_conflict",
+        Some("Idempotency-Key"),
+    )
+    .await;
+    let mut replayed = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let response = app
+            .clone()
+            .oneshot(with_key(SMALL, "slow-1"))
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            replayed = Some(response);
+            break;
+        }
+    }
+    let response = replayed.expect("the generation finished and was stored within 2 s");
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    assert_eq!(generator.calls(), 1, "no second generation");
+}

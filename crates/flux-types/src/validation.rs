@@ -84,8 +84,9 @@ impl RequestError {
     /// The API error for this refusal (always a 400 answer).
     ///
     /// `code` and `param` are the first violation's; `message` is every violation's message
-    /// joined with `"; "`, so a caller sees all problems in one answer while clients that switch on
-    /// `code`/`param` still get a single, well-defined value.
+    /// joined with `"; "` (the first [`MAX_MESSAGES_PER_ERROR`], then a count of the rest), so a
+    /// caller sees all problems in one answer while clients that switch on `code`/`param` still
+    /// get a single, well-defined value.
     pub fn to_api_error(&self) -> ApiError {
         match self {
             RequestError::InvalidJson(message) => ApiError {
@@ -110,15 +111,26 @@ impl RequestError {
     }
 }
 
+/// At most this many violation messages go into one API message: a 64 KiB body of unknown fields
+/// must not turn into a megabyte of error text.
+pub const MAX_MESSAGES_PER_ERROR: usize = 10;
+
 fn joined_messages(violations: &[Violation]) -> String {
     if violations.is_empty() {
         return "invalid request".to_owned();
     }
-    violations
+    let mut message = violations
         .iter()
+        .take(MAX_MESSAGES_PER_ERROR)
         .map(|v| v.message.as_str())
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if let Some(more) = violations.len().checked_sub(MAX_MESSAGES_PER_ERROR)
+        && more > 0
+    {
+        message.push_str(&format!("; and {more} more problems"));
+    }
+    message
 }
 
 /// The request's field names, in the contract's order.

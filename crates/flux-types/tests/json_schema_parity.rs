@@ -13,10 +13,14 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 fn exported_request_schema() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../docs/schema/GenerateRequest.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|err| panic!("reading {}: {err} (run `cargo xtask schema`)", path.display()));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/GenerateRequest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
+        panic!(
+            "reading {}: {err} (run `cargo xtask schema`)",
+            path.display()
+        )
+    });
     serde_json::from_str(&text).expect("the exported schema is JSON")
 }
 
@@ -32,7 +36,8 @@ fn assert_agree(validator: &jsonschema::Validator, body: &Value) {
     let schema_says = validator.is_valid(body);
     let rust_says = rust_accepts(body);
     assert_eq!(
-        schema_says, rust_says,
+        schema_says,
+        rust_says,
         "schema {} but parse_request {} {body}",
         verdict(schema_says),
         verdict(rust_says)
@@ -78,22 +83,44 @@ fn boundary_cases() -> Vec<Value> {
         cases.push(json!({"prompt": unit.repeat(1000 / chars_per_unit)}));
         cases.push(json!({"prompt": unit.repeat(1000 / chars_per_unit + 1)}));
     }
-    for prompt in ["", " ", "\t\n\r ", "\u{3000}\u{a0}\u{2028}\u{85}", " x ", "\u{200b}", "\u{feff}"] {
+    for prompt in [
+        "",
+        " ",
+        "\t\n\r ",
+        "\u{3000}\u{a0}\u{2028}\u{85}",
+        " x ",
+        "\u{200b}",
+        "\u{feff}",
+    ] {
         cases.push(json!({"prompt": prompt}));
     }
     for prompt in [json!(null), json!(5), json!(["a"]), json!(true)] {
         cases.push(json!({"prompt": prompt}));
     }
     let integer_wrong_types = [json!("2"), json!(2.5), json!(null), json!(true), json!([2])];
-    for value in [0, 1, 2, 4, 5, -1].map(|n| json!(n)).into_iter().chain(integer_wrong_types.clone()) {
+    for value in [0, 1, 2, 4, 5, -1]
+        .map(|n| json!(n))
+        .into_iter()
+        .chain(integer_wrong_types.clone())
+    {
         cases.push(with_field("num_images", value));
     }
-    for value in [0, 1, 28, 50, 51].map(|n| json!(n)).into_iter().chain(integer_wrong_types.clone()) {
+    for value in [0, 1, 28, 50, 51]
+        .map(|n| json!(n))
+        .into_iter()
+        .chain(integer_wrong_types.clone())
+    {
         cases.push(with_field("num_inference_steps", value));
     }
-    for value in [json!(-1), json!(0), json!(4294967295u64), json!(4294967296u64), json!(u64::MAX)]
-        .into_iter()
-        .chain(integer_wrong_types)
+    for value in [
+        json!(-1),
+        json!(0),
+        json!(4294967295u64),
+        json!(4294967296u64),
+        json!(u64::MAX),
+    ]
+    .into_iter()
+    .chain(integer_wrong_types)
     {
         cases.push(with_field("seed", value));
     }
@@ -125,9 +152,17 @@ fn boundary_cases() -> Vec<Value> {
     ] {
         cases.push(with_field("image_size", json!(name)));
     }
-    for side in [0, 16, 48, 64, 65, 100, 1000, 1008, 2047, 2048, 2064, 4096, -16] {
-        cases.push(with_field("image_size", json!({"width": side, "height": 512})));
-        cases.push(with_field("image_size", json!({"width": 512, "height": side})));
+    for side in [
+        0, 16, 48, 64, 65, 100, 1000, 1008, 2047, 2048, 2064, 4096, -16,
+    ] {
+        cases.push(with_field(
+            "image_size",
+            json!({"width": side, "height": 512}),
+        ));
+        cases.push(with_field(
+            "image_size",
+            json!({"width": 512, "height": side}),
+        ));
     }
     for size in [
         json!({"width": 512}),
@@ -140,11 +175,23 @@ fn boundary_cases() -> Vec<Value> {
     ] {
         cases.push(with_field("image_size", size));
     }
-    for format in [json!("jpeg"), json!("png"), json!("jpg"), json!("JPEG"), json!(null)] {
+    for format in [
+        json!("jpeg"),
+        json!("png"),
+        json!("jpg"),
+        json!("JPEG"),
+        json!(null),
+    ] {
         cases.push(with_field("output_format", format));
     }
     for field in ["sync_mode", "enable_safety_checker"] {
-        for flag in [json!(true), json!(false), json!("true"), json!(1), json!(null)] {
+        for flag in [
+            json!(true),
+            json!(false),
+            json!("true"),
+            json!(1),
+            json!(null),
+        ] {
             cases.push(with_field(field, flag));
         }
     }
@@ -157,7 +204,10 @@ fn schema_and_parse_request_agree_on_every_boundary_case() {
     let cases = boundary_cases();
     assert!(cases.len() > 120, "{} cases", cases.len());
     let accepted = cases.iter().filter(|body| rust_accepts(body)).count();
-    assert!(accepted > 40 && accepted < cases.len() - 60, "a mix of valid and invalid: {accepted}");
+    assert!(
+        accepted > 40 && accepted < cases.len() - 60,
+        "a mix of valid and invalid: {accepted}"
+    );
     for body in &cases {
         assert_agree(&validator, body);
     }
@@ -180,9 +230,17 @@ fn schema_whitespace_is_exactly_rusts_char_is_whitespace() {
             "U+{:04X}",
             u32::from(c)
         );
-        assert_eq!(rust_accepts(&body), !c.is_whitespace(), "U+{:04X}", u32::from(c));
+        assert_eq!(
+            rust_accepts(&body),
+            !c.is_whitespace(),
+            "U+{:04X}",
+            u32::from(c)
+        );
     }
-    assert_eq!(whitespace, 25, "Unicode's White_Space property has 25 characters");
+    assert_eq!(
+        whitespace, 25,
+        "Unicode's White_Space property has 25 characters"
+    );
 }
 
 #[test]
@@ -191,10 +249,17 @@ fn the_one_documented_difference_integral_floats() {
     let validator = validator();
     for field in ["num_images", "num_inference_steps", "seed"] {
         for raw in ["2.0", "1e0"] {
-            let body: Value = serde_json::from_str(&format!(r#"{{"prompt": "x", "{field}": {raw}}}"#))
-                .expect("JSON");
-            assert!(validator.is_valid(&body), "schema takes {raw} as an integer");
-            assert!(!rust_accepts(&body), "parse_request refuses {raw} for {field}");
+            let body: Value =
+                serde_json::from_str(&format!(r#"{{"prompt": "x", "{field}": {raw}}}"#))
+                    .expect("JSON");
+            assert!(
+                validator.is_valid(&body),
+                "schema takes {raw} as an integer"
+            );
+            assert!(
+                !rust_accepts(&body),
+                "parse_request refuses {raw} for {field}"
+            );
         }
     }
     let body = json!({"prompt": "x", "image_size": {"width": 512.0, "height": 512}});
@@ -216,8 +281,11 @@ fn field_value(field: &'static str) -> BoxedStrategy<Value> {
         "prompt" => prop_oneof![
             "[a-z ]{0,12}".prop_map(Value::from),
             (995usize..=1005, prop::char::any()).prop_map(|(n, c)| json!(c.to_string().repeat(n))),
-            prop::collection::vec(prop::sample::select(vec![' ', '\t', '\u{3000}', '\u{a0}', 'é']), 0..6)
-                .prop_map(|chars| json!(chars.into_iter().collect::<String>())),
+            prop::collection::vec(
+                prop::sample::select(vec![' ', '\t', '\u{3000}', '\u{a0}', 'é']),
+                0..6
+            )
+            .prop_map(|chars| json!(chars.into_iter().collect::<String>())),
         ]
         .boxed(),
         "num_images" => (-1i64..6).prop_map(Value::from).boxed(),
@@ -227,15 +295,29 @@ fn field_value(field: &'static str) -> BoxedStrategy<Value> {
             (4294967290u64..4294967300).prop_map(Value::from),
         ]
         .boxed(),
-        "guidance_scale" => prop_oneof![(0.8f64..20.5).prop_map(Value::from), (0i64..22).prop_map(Value::from)].boxed(),
+        "guidance_scale" => prop_oneof![
+            (0.8f64..20.5).prop_map(Value::from),
+            (0i64..22).prop_map(Value::from)
+        ]
+        .boxed(),
         "image_size" => prop_oneof![
-            prop::sample::select(vec!["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9", "huge"])
-                .prop_map(Value::from),
+            prop::sample::select(vec![
+                "square_hd",
+                "square",
+                "portrait_4_3",
+                "portrait_16_9",
+                "landscape_4_3",
+                "landscape_16_9",
+                "huge"
+            ])
+            .prop_map(Value::from),
             (40i64..2100, 40i64..2100).prop_map(|(w, h)| json!({"width": w, "height": h})),
             (3i64..130, 3i64..130).prop_map(|(w, h)| json!({"width": w * 16, "height": h * 16})),
         ]
         .boxed(),
-        "output_format" => prop::sample::select(vec!["jpeg", "png", "gif"]).prop_map(Value::from).boxed(),
+        "output_format" => prop::sample::select(vec!["jpeg", "png", "gif"])
+            .prop_map(Value::from)
+            .boxed(),
         _ => any::<bool>().prop_map(Value::from).boxed(),
     };
     prop_oneof![19 => near, 1 => wrong_type].boxed()
@@ -279,7 +361,10 @@ fn schema_and_parse_request_agree_on_random_bodies() {
         accepted += usize::from(rust_accepts(&body));
     }
     // Both outcomes must be well represented for the agreement to mean anything.
-    assert!(accepted * 10 > total && accepted * 10 < total * 9, "{accepted} of {total} accepted");
+    assert!(
+        accepted * 10 > total && accepted * 10 < total * 9,
+        "{accepted} of {total} accepted"
+    );
 }
 
 proptest! {
@@ -304,12 +389,17 @@ fn valid_request() -> impl Strategy<Value = GenerateRequest> {
         1u32..=50,
         prop::option::of(0u64..=4294967295),
     )
-        .prop_map(|(prompt, num_images, (w, h), guidance_scale, steps, seed)| GenerateRequest {
-            num_images,
-            image_size: flux_types::ImageSize::Custom { width: w * 16, height: h * 16 },
-            guidance_scale,
-            num_inference_steps: steps,
-            seed,
-            ..GenerateRequest::new(prompt)
-        })
+        .prop_map(
+            |(prompt, num_images, (w, h), guidance_scale, steps, seed)| GenerateRequest {
+                num_images,
+                image_size: flux_types::ImageSize::Custom {
+                    width: w * 16,
+                    height: h * 16,
+                },
+                guidance_scale,
+                num_inference_steps: steps,
+                seed,
+                ..GenerateRequest::new(prompt)
+            },
+        )
 }

@@ -9,7 +9,8 @@ use proptest::prelude::*;
 /// Prompts of any Unicode text, 1–1000 chars, not all whitespace.
 fn valid_prompt() -> impl Strategy<Value = String> {
     prop_oneof![
-        prop::collection::vec(any::<char>(), 1..=1000).prop_map(|chars| chars.into_iter().collect::<String>()),
+        prop::collection::vec(any::<char>(), 1..=1000)
+            .prop_map(|chars| chars.into_iter().collect::<String>()),
         "[ \\t\\n]{0,5}[a-zA-Zé東🦊\"\\\\]{1,20}[ \\t\\n]{0,5}",
     ]
     .prop_filter("not only whitespace", |prompt: &String| {
@@ -81,20 +82,23 @@ fn any_request() -> impl Strategy<Value = GenerateRequest> {
         0u32..=6,
         prop_oneof![
             valid_size(),
-            (0u32..=2100, 0u32..=2100).prop_map(|(width, height)| ImageSize::Custom { width, height }),
+            (0u32..=2100, 0u32..=2100)
+                .prop_map(|(width, height)| ImageSize::Custom { width, height }),
         ],
         prop_oneof![0.0f64..=21.0, Just(f64::NAN), Just(f64::INFINITY)],
         0u32..=52,
         prop::option::of(prop_oneof![0u64..=4294967295, 4294967296u64..=u64::MAX]),
     )
-        .prop_map(|(prompt, num_images, image_size, guidance_scale, steps, seed)| GenerateRequest {
-            num_images,
-            image_size,
-            guidance_scale,
-            num_inference_steps: steps,
-            seed,
-            ..GenerateRequest::new(prompt)
-        })
+        .prop_map(
+            |(prompt, num_images, image_size, guidance_scale, steps, seed)| GenerateRequest {
+                num_images,
+                image_size,
+                guidance_scale,
+                num_inference_steps: steps,
+                seed,
+                ..GenerateRequest::new(prompt)
+            },
+        )
 }
 
 proptest! {

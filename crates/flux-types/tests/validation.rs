@@ -122,7 +122,13 @@ fn contract_example_bodies_parse() {
 fn prompt_length_counts_unicode_scalar_values_not_bytes() {
     for unit in ["a", "é", "東", "🦊"] {
         let at_limit = unit.repeat(1000);
-        assert_eq!(accepted(json!({"prompt": at_limit})).prompt().chars().count(), 1000);
+        assert_eq!(
+            accepted(json!({"prompt": at_limit}))
+                .prompt()
+                .chars()
+                .count(),
+            1000
+        );
         let over = single_violation(json!({"prompt": unit.repeat(1001)}));
         assert_eq!(over.field, "prompt");
         assert_eq!(over.rule, Rule::Length);
@@ -133,37 +139,59 @@ fn prompt_length_counts_unicode_scalar_values_not_bytes() {
         );
     }
     // "e" + combining acute accent is one glyph but two scalar values.
-    assert_eq!(single_violation(json!({"prompt": "e\u{301}".repeat(501)})).rule, Rule::Length);
+    assert_eq!(
+        single_violation(json!({"prompt": "e\u{301}".repeat(501)})).rule,
+        Rule::Length
+    );
     accepted(json!({"prompt": "e\u{301}".repeat(500)}));
 }
 
 #[test]
 fn prompt_must_exist_be_a_string_and_not_be_blank() {
     let missing = single_violation(json!({"num_images": 1}));
-    assert_eq!((missing.field.as_str(), missing.rule), ("prompt", Rule::Required));
+    assert_eq!(
+        (missing.field.as_str(), missing.rule),
+        ("prompt", Rule::Required)
+    );
     assert_eq!(missing.message, "prompt is required");
     assert_eq!(missing.value, None);
 
     for blank in ["", " ", "\t\n\r ", "\u{3000}\u{a0}\u{2028}"] {
         let violation = single_violation(json!({"prompt": blank}));
         assert_eq!(violation.rule, Rule::NotBlank, "{blank:?}");
-        assert_eq!(violation.message, "prompt must not be empty or only whitespace");
+        assert_eq!(
+            violation.message,
+            "prompt must not be empty or only whitespace"
+        );
     }
     accepted(json!({"prompt": " x "}));
     // A zero-width space is not whitespace in Unicode's sense, so it is a (strange) prompt.
     accepted(json!({"prompt": "\u{200b}"}));
 
-    for wrong in [json!(null), json!(5), json!(["a"]), json!({"text": "a"}), json!(true)] {
+    for wrong in [
+        json!(null),
+        json!(5),
+        json!(["a"]),
+        json!({"text": "a"}),
+        json!(true),
+    ] {
         let violation = single_violation(json!({"prompt": wrong}));
         assert_eq!(violation.rule, Rule::Type, "{wrong}");
-        assert!(violation.message.starts_with("prompt must be a string, got "));
+        assert!(
+            violation
+                .message
+                .starts_with("prompt must be a string, got ")
+        );
     }
 }
 
 #[test]
 fn num_images_boundaries() {
     for ok in [1, 2, 4] {
-        assert_eq!(accepted(with_prompt(json!({"num_images": ok}))).num_images(), ok);
+        assert_eq!(
+            accepted(with_prompt(json!({"num_images": ok}))).num_images(),
+            ok
+        );
     }
     for (bad, message) in [
         (json!(0), "num_images must be between 1 and 4, got 0"),
@@ -200,7 +228,10 @@ fn integers_must_be_json_integer_literals() {
             assert_eq!(found.len(), 1, "{body}: {found:#?}");
             assert_eq!(found[0].field, field);
             assert_eq!(found[0].rule, Rule::Type, "{body}");
-            assert_eq!(found[0].message, format!("{field} must be an integer, got {shown}"));
+            assert_eq!(
+                found[0].message,
+                format!("{field} must be an integer, got {shown}")
+            );
         }
     }
 }
@@ -211,7 +242,10 @@ fn guidance_scale_boundaries() {
         let body = with_prompt(json!({"guidance_scale": ok}));
         assert!(parse(&body).is_ok(), "{body}");
     }
-    assert_eq!(accepted(with_prompt(json!({"guidance_scale": 1}))).guidance_scale(), 1.0);
+    assert_eq!(
+        accepted(with_prompt(json!({"guidance_scale": 1}))).guidance_scale(),
+        1.0
+    );
     for bad in [0.99, 20.01, 0.0, -3.5, 1e300] {
         let violation = single_violation(with_prompt(json!({"guidance_scale": bad})));
         assert_eq!(violation.rule, Rule::Range, "{bad}");
@@ -224,10 +258,20 @@ fn guidance_scale_boundaries() {
             violation.message
         );
     }
-    for wrong in [json!("3.5"), json!("NaN"), json!("Infinity"), json!(null), json!(false)] {
+    for wrong in [
+        json!("3.5"),
+        json!("NaN"),
+        json!("Infinity"),
+        json!(null),
+        json!(false),
+    ] {
         let violation = single_violation(with_prompt(json!({"guidance_scale": wrong})));
         assert_eq!(violation.rule, Rule::Type, "{wrong}");
-        assert!(violation.message.starts_with("guidance_scale must be a number, got "));
+        assert!(
+            violation
+                .message
+                .starts_with("guidance_scale must be a number, got ")
+        );
     }
     // JSON has no NaN or infinity literals, and numbers beyond f64 do not parse.
     for raw in ["NaN", "Infinity", "-Infinity", "1e400"] {
@@ -296,7 +340,10 @@ fn seed_boundaries() {
     let Err(RequestError::Invalid(found)) = parse_request(huge) else {
         panic!("a huge seed was not refused");
     };
-    assert_eq!((found[0].field.as_str(), found[0].rule), ("seed", Rule::Type));
+    assert_eq!(
+        (found[0].field.as_str(), found[0].rule),
+        ("seed", Rule::Type)
+    );
 }
 
 #[test]
@@ -314,7 +361,10 @@ fn every_preset_has_the_contract_size() {
         assert_eq!(preset.name(), name);
         assert_eq!(preset.dimensions(), size);
         assert_eq!(ImageSizePreset::from_name(name), Some(preset));
-        assert_eq!(serde_json::to_value(preset).expect("serialize"), json!(name));
+        assert_eq!(
+            serde_json::to_value(preset).expect("serialize"),
+            json!(name)
+        );
         let valid = accepted(with_prompt(json!({"image_size": name})));
         assert_eq!((valid.width(), valid.height()), size);
         assert_eq!(valid.image_size(), ImageSize::Preset(preset));
@@ -338,13 +388,22 @@ fn unknown_preset_names_the_valid_ones() {
     }
     for wrong in [json!(null), json!(1024), json!([1024, 768]), json!(true)] {
         let violation = single_violation(with_prompt(json!({"image_size": wrong})));
-        assert_eq!((violation.field.as_str(), violation.rule), ("image_size", Rule::Type));
+        assert_eq!(
+            (violation.field.as_str(), violation.rule),
+            ("image_size", Rule::Type)
+        );
     }
 }
 
 #[test]
 fn custom_size_boundaries() {
-    for (width, height) in [(64, 64), (2048, 2048), (64, 2048), (1280, 720), (1008, 16 * 100)] {
+    for (width, height) in [
+        (64, 64),
+        (2048, 2048),
+        (64, 2048),
+        (1280, 720),
+        (1008, 16 * 100),
+    ] {
         let valid = accepted(with_prompt(
             json!({"image_size": {"width": width, "height": height}}),
         ));
@@ -369,7 +428,9 @@ fn custom_size_boundaries() {
             assert_eq!(violation.rule, rule, "{side} = {bad}");
             assert_eq!(
                 violation.message,
-                format!("image_size.{side} must be a multiple of 16 between 64 and 2048, got {bad}")
+                format!(
+                    "image_size.{side} must be a multiple of 16 between 64 and 2048, got {bad}"
+                )
             );
         }
     }
@@ -378,19 +439,28 @@ fn custom_size_boundaries() {
 #[test]
 fn custom_size_needs_exactly_width_and_height_as_integers() {
     let missing = single_violation(with_prompt(json!({"image_size": {"width": 512}})));
-    assert_eq!((missing.field.as_str(), missing.rule), ("image_size.height", Rule::Required));
+    assert_eq!(
+        (missing.field.as_str(), missing.rule),
+        ("image_size.height", Rule::Required)
+    );
 
     let extra = single_violation(with_prompt(
         json!({"image_size": {"width": 512, "height": 512, "depth": 3}}),
     ));
     assert_eq!(extra.field, "image_size.depth");
-    assert_eq!((extra.code, extra.rule), (ErrorCode::UnknownField, Rule::UnknownField));
+    assert_eq!(
+        (extra.code, extra.rule),
+        (ErrorCode::UnknownField, Rule::UnknownField)
+    );
 
     for wrong in [json!("512"), json!(512.0), json!(null)] {
         let violation = single_violation(with_prompt(
             json!({"image_size": {"width": wrong, "height": 512}}),
         ));
-        assert_eq!((violation.field.as_str(), violation.rule), ("image_size.width", Rule::Type));
+        assert_eq!(
+            (violation.field.as_str(), violation.rule),
+            ("image_size.width", Rule::Type)
+        );
     }
     let both = violations(with_prompt(json!({"image_size": {}})));
     assert_eq!(both.len(), 2);
@@ -409,7 +479,10 @@ fn output_format_and_flags() {
     }
     for bad in ["jpg", "JPEG", "webp"] {
         let violation = single_violation(with_prompt(json!({"output_format": bad})));
-        assert_eq!((violation.field.as_str(), violation.rule), ("output_format", Rule::OneOf));
+        assert_eq!(
+            (violation.field.as_str(), violation.rule),
+            ("output_format", Rule::OneOf)
+        );
         assert_eq!(
             violation.message,
             format!("output_format must be one of jpeg, png; got string {bad:?}")
@@ -418,8 +491,15 @@ fn output_format_and_flags() {
     for field in ["sync_mode", "enable_safety_checker"] {
         for wrong in [json!("true"), json!(1), json!(null)] {
             let violation = single_violation(with_prompt(json!({field: wrong})));
-            assert_eq!((violation.field.as_str(), violation.rule), (field, Rule::Type));
-            assert!(violation.message.starts_with(&format!("{field} must be a boolean, got ")));
+            assert_eq!(
+                (violation.field.as_str(), violation.rule),
+                (field, Rule::Type)
+            );
+            assert!(
+                violation
+                    .message
+                    .starts_with(&format!("{field} must be a boolean, got "))
+            );
         }
     }
 }
@@ -448,7 +528,10 @@ fn unknown_fields_are_refused_by_name() {
 fn body_must_be_a_json_object() {
     for (body, message) in [
         ("[]", "request body must be a JSON object, got an array"),
-        (r#""a red fox""#, r#"request body must be a JSON object, got string "a red fox""#),
+        (
+            r#""a red fox""#,
+            r#"request body must be a JSON object, got string "a red fox""#,
+        ),
         ("null", "request body must be a JSON object, got null"),
         ("42", "request body must be a JSON object, got number 42"),
     ] {
@@ -545,10 +628,18 @@ fn echoed_strings_are_truncated_and_quoted() {
     let violation = single_violation(with_prompt(json!({"image_size": long})));
     assert!(violation.message.len() < 300, "{}", violation.message.len());
     assert!(violation.message.ends_with("…\""));
-    assert_eq!(violation.value, Some(json!(long)), "the value itself is kept whole");
+    assert_eq!(
+        violation.value,
+        Some(json!(long)),
+        "the value itself is kept whole"
+    );
 
     let quoted = single_violation(with_prompt(json!({"output_format": "a\"b\n"})));
-    assert!(quoted.message.ends_with(r#"got string "a\"b\n""#), "{}", quoted.message);
+    assert!(
+        quoted.message.ends_with(r#"got string "a\"b\n""#),
+        "{}",
+        quoted.message
+    );
 }
 
 #[test]
@@ -605,10 +696,9 @@ fn deserializing_a_request_applies_defaults_and_refuses_what_parse_refuses_struc
         let err = serde_json::from_str::<GenerateRequest>(bad).expect_err(bad);
         assert!(!err.to_string().is_empty());
     }
-    let unsupported = serde_json::from_str::<GenerateRequest>(
-        r#"{"prompt": "x", "negative_prompt": "y"}"#,
-    )
-    .expect_err("unknown field");
+    let unsupported =
+        serde_json::from_str::<GenerateRequest>(r#"{"prompt": "x", "negative_prompt": "y"}"#)
+            .expect_err("unknown field");
     assert!(
         unsupported
             .to_string()
@@ -619,14 +709,23 @@ fn deserializing_a_request_applies_defaults_and_refuses_what_parse_refuses_struc
     // Range rules are `validate`'s job: the wire type can hold a request that breaks them.
     let out_of_range: GenerateRequest =
         serde_json::from_str(r#"{"prompt": " ", "num_images": 9}"#).expect("structurally fine");
-    assert_eq!(out_of_range.clone().validate().expect_err("rules").violations().len(), 2);
+    assert_eq!(
+        out_of_range
+            .clone()
+            .validate()
+            .expect_err("rules")
+            .violations()
+            .len(),
+        2
+    );
 }
 
 #[test]
 fn image_size_deserializes_both_forms() {
     let preset: ImageSize = serde_json::from_str(r#""square""#).expect("preset");
     assert_eq!(preset, ImageSize::Preset(ImageSizePreset::Square));
-    let custom: ImageSize = serde_json::from_str(r#"{"width": 640, "height": 480}"#).expect("custom");
+    let custom: ImageSize =
+        serde_json::from_str(r#"{"width": 640, "height": 480}"#).expect("custom");
     assert_eq!(custom.dimensions(), (640, 480));
     assert_eq!(
         serde_json::to_value(custom).expect("serialize"),
@@ -657,7 +756,10 @@ fn serialization_writes_the_contract_field_names() {
         })
     );
     let unseeded = serde_json::to_value(GenerateRequest::new("x")).expect("serialize");
-    assert!(unseeded.get("seed").is_none(), "no seed is omitted, not null");
+    assert!(
+        unseeded.get("seed").is_none(),
+        "no seed is omitted, not null"
+    );
 }
 
 #[test]
@@ -678,7 +780,33 @@ fn error_codes_serialize_to_their_wire_names() {
         ErrorCode::NotReady,
         ErrorCode::ShuttingDown,
     ] {
-        assert_eq!(serde_json::to_value(code).expect("serialize"), json!(code.as_str()));
+        assert_eq!(
+            serde_json::to_value(code).expect("serialize"),
+            json!(code.as_str())
+        );
         assert_eq!(code.to_string(), code.as_str());
     }
+}
+
+#[test]
+fn a_flood_of_unknown_fields_gives_a_bounded_message() {
+    let mut body = json!({"prompt": "x"});
+    for i in 0..3000 {
+        body[format!("field_{i:04}")] = json!(i);
+    }
+    let err = parse(&body).expect_err("unknown fields");
+    assert_eq!(
+        err.violations().len(),
+        3000,
+        "every violation is still listed"
+    );
+    let api = err.to_api_error();
+    assert!(api.message.len() < 2500, "{} bytes", api.message.len());
+    assert!(
+        api.message.ends_with("; and 2990 more problems"),
+        "{}",
+        api.message
+    );
+    assert_eq!(api.message.matches("unknown field `").count(), 10);
+    assert_eq!(api.param.as_deref(), Some("field_0000"));
 }

@@ -26,7 +26,11 @@ pub struct HostInfo {
 
 /// Reads the host facts; a fact that cannot be read is `"unknown"`, never an error.
 pub fn collect(repo_root: &Path) -> HostInfo {
-    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_owned()).ok();
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .ok()
+    };
     let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
     let meminfo = read("/proc/meminfo").unwrap_or_default();
     let git = |args: &[&str]| command_output(Command::new("git").current_dir(repo_root).args(args));
@@ -117,6 +121,9 @@ mod tests {
         let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n";
         assert_eq!(cpu_model(cpuinfo).as_deref(), Some("AMD EPYC 7B13"));
         assert_eq!(cpu_model("processor : 0\n"), None);
-        assert_eq!(mem_total("MemTotal:       24576000 kB\n"), Some(24_576_000 * 1024));
+        assert_eq!(
+            mem_total("MemTotal:       24576000 kB\n"),
+            Some(24_576_000 * 1024)
+        );
     }
 }

@@ -30,7 +30,9 @@ pub fn parse_status(text: &str) -> Result<MemoryStatus> {
         let (Some(value), Some("kB"), None) = (parts.next(), parts.next(), parts.next()) else {
             bail!("unexpected {name} line: {line:?}");
         };
-        let kib: u64 = value.parse().with_context(|| format!("bad number in {line:?}"))?;
+        let kib: u64 = value
+            .parse()
+            .with_context(|| format!("bad number in {line:?}"))?;
         Ok(kib * 1024)
     };
     Ok(MemoryStatus {
@@ -47,7 +49,13 @@ mod tests {
     fn parses_rss_and_high_water_mark() -> Result<()> {
         let text = "Name:\txtask\nVmPeak:\t  900 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\nThreads:\t3\n";
         let status = parse_status(text)?;
-        assert_eq!(status, MemoryStatus { rss_bytes: 1024 * 1024, peak_rss_bytes: 2048 * 1024 });
+        assert_eq!(
+            status,
+            MemoryStatus {
+                rss_bytes: 1024 * 1024,
+                peak_rss_bytes: 2048 * 1024
+            }
+        );
         Ok(())
     }
 
@@ -65,7 +73,10 @@ mod tests {
         let after = own_memory()?;
         assert!(block.iter().step_by(4096).all(|&b| b == 1));
         // 64 MiB touched: resident memory must rise by most of it (the allocator may reuse a little).
-        assert!(after.rss_bytes >= before.rss_bytes + (48 << 20), "{before:?} -> {after:?}");
+        assert!(
+            after.rss_bytes >= before.rss_bytes + (48 << 20),
+            "{before:?} -> {after:?}"
+        );
         assert!(after.peak_rss_bytes >= after.rss_bytes);
         Ok(())
     }

@@ -24,7 +24,9 @@ use flux_types::ImageSizePreset;
 
 use self::pipeline::PipelineSpec;
 use self::python::PythonEnv;
-use self::results::{BenchResults, GpuSection, ModelInfo, PipelineEntry, SCHEMA_VERSION, Settings, implementation};
+use self::results::{
+    BenchResults, GpuSection, ModelInfo, PipelineEntry, SCHEMA_VERSION, Settings, implementation,
+};
 use self::worker::WorkerSpec;
 
 const USAGE: &str = "\
@@ -111,7 +113,9 @@ impl Options {
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
             let mut value = |name: &str| {
-                iter.next().cloned().with_context(|| format!("{name} needs a value (see `cargo xtask bench --help`)"))
+                iter.next().cloned().with_context(|| {
+                    format!("{name} needs a value (see `cargo xtask bench --help`)")
+                })
             };
             match arg.as_str() {
                 "--quick" => quick = true,
@@ -125,7 +129,12 @@ impl Options {
                 "--python" => python = Some(PathBuf::from(value("--python")?)),
                 "--no-server" => server = false,
                 "--no-soak" => soak = false,
-                "--soak-requests" => soak_requests = Some(parse_positive("--soak-requests", &value("--soak-requests")?)?),
+                "--soak-requests" => {
+                    soak_requests = Some(parse_positive(
+                        "--soak-requests",
+                        &value("--soak-requests")?,
+                    )?)
+                }
                 "--cuda" => cuda = true,
                 other => bail!("unknown option `{other}` (see `cargo xtask bench --help`)"),
             }
@@ -138,16 +147,27 @@ impl Options {
             Some(other) => bail!("--model must be tiny, medium or all, not `{other}`"),
         };
         let out = out.unwrap_or_else(|| {
-            if quick { root.join("bench-results").join("tmp") } else { root.join("bench-results") }
+            if quick {
+                root.join("bench-results").join("tmp")
+            } else {
+                root.join("bench-results")
+            }
         });
-        let docs = docs.unwrap_or_else(|| if quick { out.join("benchmarks.md") } else { root.join("docs").join("benchmarks.md") });
+        let docs = docs.unwrap_or_else(|| {
+            if quick {
+                out.join("benchmarks.md")
+            } else {
+                root.join("docs").join("benchmarks.md")
+            }
+        });
         Ok(Options {
             quick,
             peers: peers.unwrap_or(!quick),
             models,
             out,
             docs,
-            threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+            threads: threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
             repeats: repeats.unwrap_or(if quick { 2 } else { 3 }),
             python,
             server,
@@ -158,7 +178,11 @@ impl Options {
     }
 
     fn result_path(&self) -> PathBuf {
-        self.out.join(if self.quick { "quick.json" } else { "latest.json" })
+        self.out.join(if self.quick {
+            "quick.json"
+        } else {
+            "latest.json"
+        })
     }
 }
 
@@ -191,20 +215,41 @@ fn plan(choice: ModelChoice, quick: bool, root: &Path) -> ModelPlan {
     let (dir, sizes, steps) = match (choice, quick) {
         (ModelChoice::Tiny, true) => (
             tiny_dir(root),
-            vec![preset(ImageSizePreset::Square), preset(ImageSizePreset::Landscape169)],
+            vec![
+                preset(ImageSizePreset::Square),
+                preset(ImageSizePreset::Landscape169),
+            ],
             vec![1, 4],
         ),
-        (ModelChoice::Tiny, false) => (tiny_dir(root), ImageSizePreset::ALL.into_iter().map(preset).collect(), vec![1, 4, 8]),
+        (ModelChoice::Tiny, false) => (
+            tiny_dir(root),
+            ImageSizePreset::ALL.into_iter().map(preset).collect(),
+            vec![1, 4, 8],
+        ),
         // The medium model costs about 1 s per step at 512² on two cores, ~6 s at 1024²: a custom
         // 256² size, the smallest preset and the two wide ones keep the full run near half an hour.
-        (ModelChoice::Medium, true) => (medium_dir(root), vec![[256, 256], preset(ImageSizePreset::Square)], vec![2]),
+        (ModelChoice::Medium, true) => (
+            medium_dir(root),
+            vec![[256, 256], preset(ImageSizePreset::Square)],
+            vec![2],
+        ),
         (ModelChoice::Medium, false) => (
             medium_dir(root),
-            vec![[256, 256], preset(ImageSizePreset::Square), preset(ImageSizePreset::Landscape169), preset(ImageSizePreset::SquareHd)],
+            vec![
+                [256, 256],
+                preset(ImageSizePreset::Square),
+                preset(ImageSizePreset::Landscape169),
+                preset(ImageSizePreset::SquareHd),
+            ],
             vec![2, 8],
         ),
     };
-    ModelPlan { choice, dir, sizes, steps }
+    ModelPlan {
+        choice,
+        dir,
+        sizes,
+        steps,
+    }
 }
 
 fn tiny_dir(root: &Path) -> PathBuf {
@@ -266,14 +311,19 @@ pub fn run(args: &[String]) -> Result<()> {
     eprintln!(
         "bench: {} run, models {}, {} threads, {} repeats, peers {}",
         if options.quick { "quick" } else { "full" },
-        options.models.iter().map(|m| m.name()).collect::<Vec<_>>().join("+"),
+        options
+            .models
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join("+"),
         options.threads,
         options.repeats,
         if options.peers { "on" } else { "off" }
     );
 
-    let medium_missing =
-        options.models.contains(&ModelChoice::Medium) && !medium_dir(&root).join("transformer.opt").is_dir();
+    let medium_missing = options.models.contains(&ModelChoice::Medium)
+        && !medium_dir(&root).join("transformer.opt").is_dir();
     let python = if options.peers || medium_missing {
         match PythonEnv::resolve(&root, options.python.clone()) {
             Ok(env) => {
@@ -283,10 +333,16 @@ pub fn run(args: &[String]) -> Result<()> {
                 Some(env)
             }
             Err(error) if !options.peers => {
-                results.notes.push(format!("no Python environment, so the medium model could not be built: {error:#}"));
+                results.notes.push(format!(
+                    "no Python environment, so the medium model could not be built: {error:#}"
+                ));
                 None
             }
-            Err(error) => return Err(error.context("the Python peers need an interpreter (or pass --no-peers)")),
+            Err(error) => {
+                return Err(
+                    error.context("the Python peers need an interpreter (or pass --no-peers)")
+                );
+            }
         }
     } else {
         None
@@ -297,7 +353,10 @@ pub fn run(args: &[String]) -> Result<()> {
         let plan = plan(choice, options.quick, &root);
         if choice == ModelChoice::Medium && !plan.dir.join("transformer.opt").is_dir() {
             let Some(python) = &python else {
-                results.notes.push(format!("medium model skipped: {} does not exist and no Python to build it", plan.dir.display()));
+                results.notes.push(format!(
+                    "medium model skipped: {} does not exist and no Python to build it",
+                    plan.dir.display()
+                ));
                 continue;
             };
             build_medium(python, &root, &plan.dir)?;
@@ -315,13 +374,19 @@ pub fn run(args: &[String]) -> Result<()> {
         results.write(&result_path)?;
     }
     if !options.peers {
-        results.notes.push("Python peers not run (--no-peers or --quick): no ratios in this result.".to_owned());
+        results.notes.push(
+            "Python peers not run (--no-peers or --quick): no ratios in this result.".to_owned(),
+        );
     }
     results.duration_seconds = started.elapsed().as_secs_f64();
     results.write(&result_path)?;
     eprintln!("bench: wrote {}", result_path.display());
     report::render(&results, &result_path, &options.docs)?;
-    eprintln!("bench: wrote {} ({:.0} s in all)", options.docs.display(), results.duration_seconds);
+    eprintln!(
+        "bench: wrote {} ({:.0} s in all)",
+        options.docs.display(),
+        results.duration_seconds
+    );
     Ok(())
 }
 
@@ -343,28 +408,51 @@ fn rerender(args: &[String], root: &Path) -> Result<()> {
 }
 
 fn build_medium(python: &PythonEnv, root: &Path, dir: &Path) -> Result<()> {
-    eprintln!("bench: building the medium model into {} (about a minute)", dir.display());
+    eprintln!(
+        "bench: building the medium model into {} (about a minute)",
+        dir.display()
+    );
     let diffusers = diffusers_dir(root, ModelChoice::Medium);
     python.run_script(
         "torch_weights.py",
-        &["medium".to_owned(), "--out".to_owned(), path_arg(dir), "--diffusers-out".to_owned(), path_arg(&diffusers)],
+        &[
+            "medium".to_owned(),
+            "--out".to_owned(),
+            path_arg(dir),
+            "--diffusers-out".to_owned(),
+            path_arg(&diffusers),
+        ],
     )?;
     Ok(())
 }
 
 fn diffusers_dir(root: &Path, choice: ModelChoice) -> PathBuf {
-    root.join(".cache").join("bench").join("diffusers").join(format!("{}-flux-dev", choice.name()))
+    root.join(".cache")
+        .join("bench")
+        .join("diffusers")
+        .join(format!("{}-flux-dev", choice.name()))
 }
 
 fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn bench_model(plan: &ModelPlan, options: &Options, python: Option<&PythonEnv>, root: &Path, results: &mut BenchResults) -> Result<()> {
+fn bench_model(
+    plan: &ModelPlan,
+    options: &Options,
+    python: Option<&PythonEnv>,
+    root: &Path,
+    results: &mut BenchResults,
+) -> Result<()> {
     let model = plan.choice.name();
     results.models.push(ModelInfo {
         name: model.to_owned(),
-        path: plan.dir.strip_prefix(root).unwrap_or(&plan.dir).to_string_lossy().into_owned(),
+        path: plan
+            .dir
+            .strip_prefix(root)
+            .unwrap_or(&plan.dir)
+            .to_string_lossy()
+            .into_owned(),
         parameters: pipeline::parameter_count(&plan.dir),
         sizes: plan.sizes.clone(),
         steps: plan.steps.clone(),
@@ -374,11 +462,19 @@ fn bench_model(plan: &ModelPlan, options: &Options, python: Option<&PythonEnv>, 
             let out = diffusers_dir(root, plan.choice);
             match python.run_script(
                 "torch_weights.py",
-                &["diffusers".to_owned(), "--model".to_owned(), path_arg(&plan.dir), "--out".to_owned(), path_arg(&out)],
+                &[
+                    "diffusers".to_owned(),
+                    "--model".to_owned(),
+                    path_arg(&plan.dir),
+                    "--out".to_owned(),
+                    path_arg(&out),
+                ],
             ) {
                 Ok(_) => Some(out),
                 Err(error) => {
-                    results.notes.push(format!("diffusers peer skipped for the {model} model: {error:#}"));
+                    results.notes.push(format!(
+                        "diffusers peer skipped for the {model} model: {error:#}"
+                    ));
                     None
                 }
             }
@@ -400,7 +496,10 @@ fn bench_model(plan: &ModelPlan, options: &Options, python: Option<&PythonEnv>, 
         eprintln!("bench: {model} {}x{}: flux-rs", size[0], size[1]);
         let document: results::WorkerDocument = worker::spawn(&WorkerSpec::Pipeline(spec.clone()))?;
         log_document(&document);
-        results.pipeline.push(PipelineEntry { model: model.to_owned(), document });
+        results.pipeline.push(PipelineEntry {
+            model: model.to_owned(),
+            document,
+        });
         let Some(python) = python.filter(|_| options.peers) else {
             continue;
         };
@@ -427,22 +526,48 @@ fn bench_model(plan: &ModelPlan, options: &Options, python: Option<&PythonEnv>, 
                 spec.output_format.clone(),
             ]
         };
-        eprintln!("bench: {model} {}x{}: {}", size[0], size[1], implementation::PYTHON_ORT);
+        eprintln!(
+            "bench: {model} {}x{}: {}",
+            size[0],
+            size[1],
+            implementation::PYTHON_ORT
+        );
         match python.run_peer("ort_pipeline.py", &peer_args(&plan.dir)) {
             Ok(document) => {
                 log_document(&document);
-                results.pipeline.push(PipelineEntry { model: model.to_owned(), document });
+                results.pipeline.push(PipelineEntry {
+                    model: model.to_owned(),
+                    document,
+                });
             }
-            Err(error) => results.notes.push(format!("{} failed on {model} {}x{}: {error:#}", implementation::PYTHON_ORT, size[0], size[1])),
+            Err(error) => results.notes.push(format!(
+                "{} failed on {model} {}x{}: {error:#}",
+                implementation::PYTHON_ORT,
+                size[0],
+                size[1]
+            )),
         }
         if let Some(weights) = &diffusers_weights {
-            eprintln!("bench: {model} {}x{}: {}", size[0], size[1], implementation::DIFFUSERS);
+            eprintln!(
+                "bench: {model} {}x{}: {}",
+                size[0],
+                size[1],
+                implementation::DIFFUSERS
+            );
             match python.run_peer("diffusers_peer.py", &peer_args(weights)) {
                 Ok(document) => {
                     log_document(&document);
-                    results.pipeline.push(PipelineEntry { model: model.to_owned(), document });
+                    results.pipeline.push(PipelineEntry {
+                        model: model.to_owned(),
+                        document,
+                    });
                 }
-                Err(error) => results.notes.push(format!("{} failed on {model} {}x{}: {error:#}", implementation::DIFFUSERS, size[0], size[1])),
+                Err(error) => results.notes.push(format!(
+                    "{} failed on {model} {}x{}: {error:#}",
+                    implementation::DIFFUSERS,
+                    size[0],
+                    size[1]
+                )),
             }
         }
     }
@@ -452,7 +577,9 @@ fn bench_model(plan: &ModelPlan, options: &Options, python: Option<&PythonEnv>, 
 fn log_document(document: &results::WorkerDocument) {
     for run in &document.runs {
         let total = run.median_of(results::stage::TOTAL).unwrap_or(f64::NAN);
-        let overhead = run.overhead_percent().map_or_else(String::new, |o| format!(", overhead {o:.2} %"));
+        let overhead = run
+            .overhead_percent()
+            .map_or_else(String::new, |o| format!(", overhead {o:.2} %"));
         eprintln!(
             "bench:   {} {}x{} {} steps: {total:.3} s end to end{overhead}",
             document.implementation, run.width, run.height, run.steps
@@ -467,7 +594,15 @@ fn run_server(plan: &ModelPlan, options: &Options) -> Result<results::ServerResu
 }
 
 fn run_soak(plan: &ModelPlan, options: &Options) -> Result<results::SoakResults> {
-    eprintln!("bench: memory over {} sequential requests (tiny model)", options.soak_requests);
-    let spec = soak::SoakSpec::new(plan.dir.clone(), options.threads, options.soak_requests, options.quick);
+    eprintln!(
+        "bench: memory over {} sequential requests (tiny model)",
+        options.soak_requests
+    );
+    let spec = soak::SoakSpec::new(
+        plan.dir.clone(),
+        options.threads,
+        options.soak_requests,
+        options.quick,
+    );
     worker::spawn(&WorkerSpec::Soak(spec))
 }

@@ -35,11 +35,21 @@ pub struct PipelineSpec {
 /// Session settings every flux-rs measurement uses: the given intra-op thread count (the peers
 /// use the same), everything else flux-core's defaults.
 pub fn session_config(threads: usize) -> SessionConfig {
-    SessionConfig { intra_op_threads: Some(threads), ..SessionConfig::default() }
+    SessionConfig {
+        intra_op_threads: Some(threads),
+        ..SessionConfig::default()
+    }
 }
 
 /// Parameters of one benchmark generation: one image, no safety checker (neither peer has one).
-pub fn params(spec_prompt: &str, seed: u64, guidance: f64, format: OutputFormat, size: [u32; 2], steps: u32) -> GenerationParams {
+pub fn params(
+    spec_prompt: &str,
+    seed: u64,
+    guidance: f64,
+    format: OutputFormat,
+    size: [u32; 2],
+    steps: u32,
+) -> GenerationParams {
     GenerationParams {
         prompt: spec_prompt.to_owned(),
         width: size[0],
@@ -67,7 +77,10 @@ pub fn measure(spec: &PipelineSpec) -> Result<WorkerDocument> {
 
     let mut runs = Vec::new();
     for &size in &spec.sizes {
-        generate(&mut pipeline, &params(&spec.prompt, spec.seed, spec.guidance, format, size, 1))?;
+        generate(
+            &mut pipeline,
+            &params(&spec.prompt, spec.seed, spec.guidance, format, size, 1),
+        )?;
         for &steps in &spec.steps {
             let request = params(&spec.prompt, spec.seed, spec.guidance, format, size, steps);
             let samples = (0..spec.repeats)
@@ -88,7 +101,10 @@ pub fn measure(spec: &PipelineSpec) -> Result<WorkerDocument> {
         implementation: implementation::FLUX_RS.to_owned(),
         versions: BTreeMap::from([
             ("flux-core".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
-            ("onnxruntime".to_owned(), flux_core::ONNXRUNTIME_VERSION.to_owned()),
+            (
+                "onnxruntime".to_owned(),
+                flux_core::ONNXRUNTIME_VERSION.to_owned(),
+            ),
         ]),
         threads: spec.threads,
         load_seconds,
@@ -100,7 +116,12 @@ pub fn measure(spec: &PipelineSpec) -> Result<WorkerDocument> {
 fn generate(pipeline: &mut FluxPipeline, params: &GenerationParams) -> Result<StageTimings> {
     let output = pipeline
         .generate(params, &mut |_, _| StepControl::Continue)
-        .with_context(|| format!("generating {}x{} with {} steps", params.width, params.height, params.num_inference_steps))?;
+        .with_context(|| {
+            format!(
+                "generating {}x{} with {} steps",
+                params.width, params.height, params.num_inference_steps
+            )
+        })?;
     if output.images.len() != 1 || output.images[0].bytes.is_empty() {
         bail!("the pipeline returned no image");
     }
@@ -119,8 +140,14 @@ pub fn sample(timings: &StageTimings, steps: u32) -> BTreeMap<String, f64> {
         (stage::SAFETY.to_owned(), seconds(timings.safety)),
         (stage::ENCODE.to_owned(), seconds(timings.encode)),
         (stage::TOTAL.to_owned(), seconds(timings.total)),
-        (stage::ORT_SESSION_TOTAL.to_owned(), seconds(timings.ort_session_total)),
-        (stage::PER_STEP.to_owned(), seconds(timings.denoise) / f64::from(steps.max(1))),
+        (
+            stage::ORT_SESSION_TOTAL.to_owned(),
+            seconds(timings.ort_session_total),
+        ),
+        (
+            stage::PER_STEP.to_owned(),
+            seconds(timings.denoise) / f64::from(steps.max(1)),
+        ),
     ])
 }
 
@@ -133,7 +160,9 @@ pub fn medians(samples: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
         .keys()
         .filter_map(|key| {
             let values: Vec<f64> = samples.iter().filter_map(|s| s.get(key).copied()).collect();
-            (values.len() == samples.len()).then(|| stats::median(&values).map(|m| (key.clone(), m))).flatten()
+            (values.len() == samples.len())
+                .then(|| stats::median(&values).map(|m| (key.clone(), m)))
+                .flatten()
         })
         .collect()
 }
@@ -168,7 +197,10 @@ mod tests {
         let a = BTreeMap::from([("total".to_owned(), 1.0), ("vae".to_owned(), 0.5)]);
         let b = BTreeMap::from([("total".to_owned(), 3.0)]);
         let c = BTreeMap::from([("total".to_owned(), 2.0), ("vae".to_owned(), 0.1)]);
-        assert_eq!(medians(&[a, b, c]), BTreeMap::from([("total".to_owned(), 2.0)]));
+        assert_eq!(
+            medians(&[a, b, c]),
+            BTreeMap::from([("total".to_owned(), 2.0)])
+        );
         assert!(medians(&[]).is_empty());
     }
 }

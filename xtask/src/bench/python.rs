@@ -26,12 +26,19 @@ impl PythonEnv {
     /// `explicit` (from `--python`), else `$FLUX_BENCH_PYTHON`, else the project venv, created from
     /// `tools/bench/requirements.txt` when it is missing or was made from other requirements.
     pub fn resolve(repo_root: &Path, explicit: Option<PathBuf>) -> Result<PythonEnv> {
-        let named = explicit.or_else(|| std::env::var_os(PYTHON_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
+        let named = explicit.or_else(|| {
+            std::env::var_os(PYTHON_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
         let python = match named {
             Some(python) => python,
             None => ensure_venv(repo_root)?,
         };
-        let env = PythonEnv { python, repo_root: repo_root.to_owned() };
+        let env = PythonEnv {
+            python,
+            repo_root: repo_root.to_owned(),
+        };
         env.check()?;
         Ok(env)
     }
@@ -56,8 +63,17 @@ impl PythonEnv {
     /// Runs `tools/bench/<script>` with `args`; its stdout must be one [`WorkerDocument`].
     pub fn run_peer(&self, script: &str, args: &[String]) -> Result<WorkerDocument> {
         let output = self.run_script(script, args)?;
-        let line = output.lines().rev().find(|line| line.trim_start().starts_with('{')).unwrap_or_default();
-        serde_json::from_str(line).with_context(|| format!("{script} printed no result document; stdout: {}", tail(&output, 800)))
+        let line = output
+            .lines()
+            .rev()
+            .find(|line| line.trim_start().starts_with('{'))
+            .unwrap_or_default();
+        serde_json::from_str(line).with_context(|| {
+            format!(
+                "{script} printed no result document; stdout: {}",
+                tail(&output, 800)
+            )
+        })
     }
 
     /// Runs `tools/bench/<script>`, returning its stdout; its stderr is shown only on failure.
@@ -97,13 +113,18 @@ impl PythonEnv {
 
 /// The project venv's interpreter, made (or remade) when its requirements stamp is stale.
 fn ensure_venv(repo_root: &Path) -> Result<PathBuf> {
-    let requirements_path = repo_root.join("tools").join("bench").join("requirements.txt");
+    let requirements_path = repo_root
+        .join("tools")
+        .join("bench")
+        .join("requirements.txt");
     let requirements = std::fs::read_to_string(&requirements_path)
         .with_context(|| format!("reading {}", requirements_path.display()))?;
     let venv = repo_root.join(".cache").join("bench").join("venv");
     let python = venv.join("bin").join("python");
     let stamp = venv.join("flux-rs-requirements.txt");
-    if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|made_from| made_from == requirements) {
+    if python.is_file()
+        && std::fs::read_to_string(&stamp).is_ok_and(|made_from| made_from == requirements)
+    {
         return Ok(python);
     }
     eprintln!(
@@ -114,16 +135,22 @@ fn ensure_venv(repo_root: &Path) -> Result<PathBuf> {
         requirements_path.display()
     );
     if venv.exists() {
-        std::fs::remove_dir_all(&venv).with_context(|| format!("removing the stale {}", venv.display()))?;
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("removing the stale {}", venv.display()))?;
     }
     let base = std::env::var_os("PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
-    run_checked(Command::new(&base).arg("-m").arg("venv").arg(&venv), "creating the venv")?;
+    run_checked(
+        Command::new(&base).arg("-m").arg("venv").arg(&venv),
+        "creating the venv",
+    )?;
     run_checked(
         Command::new(&python).args(["-m", "pip", "install", "--quiet", "--upgrade", "pip"]),
         "upgrading pip in the venv",
     )?;
     run_checked(
-        Command::new(&python).args(["-m", "pip", "install", "--quiet", "-r"]).arg(&requirements_path),
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements_path),
         "installing tools/bench/requirements.txt",
     )?;
     std::fs::write(&stamp, requirements).with_context(|| format!("writing {}", stamp.display()))?;
@@ -131,7 +158,9 @@ fn ensure_venv(repo_root: &Path) -> Result<PathBuf> {
 }
 
 fn run_checked(command: &mut Command, what: &str) -> Result<()> {
-    let status = command.status().with_context(|| format!("{what}: cannot start {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("{what}: cannot start {command:?}"))?;
     if !status.success() {
         bail!("{what} failed ({status}); pass --no-peers to run without the Python peers");
     }

@@ -230,7 +230,8 @@ pub struct GpuSection {
 
 impl BenchResults {
     pub fn read(path: &Path) -> Result<BenchResults> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let results: BenchResults =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if results.schema_version != SCHEMA_VERSION {
@@ -245,7 +246,8 @@ impl BenchResults {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
@@ -253,7 +255,13 @@ impl BenchResults {
     }
 
     /// The run of `implementation` on `model` at this size and step count.
-    pub fn find_run(&self, implementation: &str, model: &str, size: [u32; 2], steps: u32) -> Option<&RunResult> {
+    pub fn find_run(
+        &self,
+        implementation: &str,
+        model: &str,
+        size: [u32; 2],
+        steps: u32,
+    ) -> Option<&RunResult> {
         self.pipeline
             .iter()
             .filter(|entry| entry.model == model && entry.document.implementation == implementation)
@@ -267,7 +275,10 @@ mod tests {
     use super::*;
 
     fn sample(total: f64, ort: f64) -> BTreeMap<String, f64> {
-        BTreeMap::from([(stage::TOTAL.to_owned(), total), (stage::ORT_SESSION_TOTAL.to_owned(), ort)])
+        BTreeMap::from([
+            (stage::TOTAL.to_owned(), total),
+            (stage::ORT_SESSION_TOTAL.to_owned(), ort),
+        ])
     }
 
     #[test]
@@ -283,14 +294,18 @@ mod tests {
         };
         let overhead = run.overhead_percent().unwrap_or(f64::NAN);
         assert!((overhead - 5.0).abs() < 1e-9, "{overhead}");
-        let without_ort = RunResult { samples: vec![BTreeMap::from([(stage::TOTAL.to_owned(), 1.0)])], ..run };
+        let without_ort = RunResult {
+            samples: vec![BTreeMap::from([(stage::TOTAL.to_owned(), 1.0)])],
+            ..run
+        };
         assert_eq!(without_ort.overhead_percent(), None);
     }
 
     #[test]
     fn latency_stats_in_milliseconds() {
         let seconds: Vec<f64> = (1..=100).map(|i| f64::from(i) / 1000.0).collect();
-        let stats = LatencyStats::from_seconds(&seconds).map(|s| (s.count, s.p50_ms, s.p99_ms, s.min_ms, s.max_ms));
+        let stats = LatencyStats::from_seconds(&seconds)
+            .map(|s| (s.count, s.p50_ms, s.p99_ms, s.min_ms, s.max_ms));
         assert_eq!(stats, Some((100, 50.0, 99.0, 1.0, 100.0)));
         assert!(LatencyStats::from_seconds(&[]).is_none());
     }

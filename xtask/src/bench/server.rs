@@ -58,7 +58,10 @@ impl ServerSpec {
 
 /// Runs the spec in this process (the worker side).
 pub fn measure(spec: &ServerSpec) -> Result<ServerResults> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(measure_async(spec))
 }
 
@@ -82,7 +85,11 @@ struct RunningServer {
     state: flux_remote::AppState,
 }
 
-async fn start_server(generator: Arc<dyn Generator>, queue_depth: usize, files_dir: PathBuf) -> Result<RunningServer> {
+async fn start_server(
+    generator: Arc<dyn Generator>,
+    queue_depth: usize,
+    files_dir: PathBuf,
+) -> Result<RunningServer> {
     let config = ServerConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         api_keys: vec![API_KEY.to_owned()],
@@ -91,14 +98,21 @@ async fn start_server(generator: Arc<dyn Generator>, queue_depth: usize, files_d
         files_dir,
         ..ServerConfig::default()
     };
-    let server = Server::bind(config, generator).await.context("binding the benchmark server")?;
+    let server = Server::bind(config, generator)
+        .await
+        .context("binding the benchmark server")?;
     let url = format!("http://{}{GENERATE_PATH}", server.local_addr()?);
     let state = server.state().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    Ok(RunningServer { url, stop, task, state })
+    Ok(RunningServer {
+        url,
+        stop,
+        task,
+        state,
+    })
 }
 
 impl RunningServer {
@@ -110,9 +124,13 @@ impl RunningServer {
 }
 
 async fn direct_call(generator: &dyn Generator, body: &str) -> Result<f64> {
-    let request = flux_types::parse_request(body.as_bytes()).map_err(|e| anyhow::anyhow!("benchmark request invalid: {e:?}"))?;
+    let request = flux_types::parse_request(body.as_bytes())
+        .map_err(|e| anyhow::anyhow!("benchmark request invalid: {e:?}"))?;
     let started = Instant::now();
-    let generation = generator.generate(request, None).await.context("direct generation")?;
+    let generation = generator
+        .generate(request, None)
+        .await
+        .context("direct generation")?;
     let elapsed = started.elapsed().as_secs_f64();
     if generation.images.is_empty() {
         bail!("direct generation returned no image");
@@ -141,15 +159,22 @@ async fn http_call(client: &reqwest::Client, url: &str, body: &str) -> Result<f6
 
 async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
     let files_dir = std::env::temp_dir().join(format!("flux-bench-files-{}", std::process::id()));
-    let options = LocalOptions { queue_capacity: 64, session: session_config(spec.threads) };
+    let options = LocalOptions {
+        queue_capacity: 64,
+        session: session_config(spec.threads),
+    };
     let model_dir = spec.model_dir.clone();
-    let local = tokio::task::spawn_blocking(move || LocalGenerator::start(&model_dir, &options))
-        .await
-        .context("loading the model")?
-        .context("starting the local generator")?;
+    let local = tokio::task::spawn_blocking(move || {
+        LocalGenerator::start(&model_dir, &options).map_err(|error| anyhow::anyhow!(error))
+    })
+    .await
+    .context("loading the model")?
+    .context("starting the local generator")?;
     let generator: Arc<dyn Generator> = Arc::new(local);
     let server = start_server(generator.clone(), 64, files_dir.join("main")).await?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
 
     // Warm-up: both paths, so sessions, pools and connections exist before the clock runs.
     for seed in 0..5 {
@@ -180,12 +205,13 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
                 async move { direct_call(generator.as_ref(), &text).await }
             })
             .await?;
-        let (http_seconds, http_latencies) = concurrent(clients, spec.requests_per_level, spec, |text| {
-            let client = client.clone();
-            let url = server.url.clone();
-            async move { http_call(&client, &url, &text).await }
-        })
-        .await?;
+        let (http_seconds, http_latencies) =
+            concurrent(clients, spec.requests_per_level, spec, |text| {
+                let client = client.clone();
+                let url = server.url.clone();
+                async move { http_call(&client, &url, &text).await }
+            })
+            .await?;
         let level = ConcurrencyLevel {
             clients,
             requests: spec.requests_per_level,
@@ -220,7 +246,12 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
 }
 
 /// `requests` calls spread over `clients` concurrent callers; wall time and every latency.
-async fn concurrent<F, Fut>(clients: usize, requests: usize, spec: &ServerSpec, call: F) -> Result<(f64, Vec<f64>)>
+async fn concurrent<F, Fut>(
+    clients: usize,
+    requests: usize,
+    spec: &ServerSpec,
+    call: F,
+) -> Result<(f64, Vec<f64>)>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<f64>> + Send + 'static,
@@ -229,8 +260,10 @@ where
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
         // Futures are lazy: client `c` runs requests c, c + clients, ... one after the other.
-        let pending: Vec<Fut> =
-            (client..requests).step_by(clients).map(|seed| call(body(seed, spec.size, spec.steps))).collect();
+        let pending: Vec<Fut> = (client..requests)
+            .step_by(clients)
+            .map(|seed| call(body(seed, spec.size, spec.steps)))
+            .collect();
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(pending.len());
             for future in pending {
@@ -261,7 +294,9 @@ async fn overload(
         let client = client.clone();
         let url = server.url.clone();
         let text = body(seed, [1024, 1024], 28);
-        long.push(tokio::spawn(async move { http_call(&client, &url, &text).await }));
+        long.push(tokio::spawn(async move {
+            http_call(&client, &url, &text).await
+        }));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.state.in_queue() < spec.overload_queue_depth {
@@ -283,11 +318,24 @@ async fn overload(
             let mut answers = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < attempts {
                 let started = Instant::now();
-                let response = client.post(&url).bearer_auth(API_KEY).header(reqwest::header::CONTENT_TYPE, "application/json").body(text.clone()).send().await?;
+                let response = client
+                    .post(&url)
+                    .bearer_auth(API_KEY)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(text.clone())
+                    .send()
+                    .await?;
                 let status = response.status();
-                let retry_after = response.headers().contains_key(reqwest::header::RETRY_AFTER);
+                let retry_after = response
+                    .headers()
+                    .contains_key(reqwest::header::RETRY_AFTER);
                 let text = response.text().await?;
-                answers.push((started.elapsed().as_secs_f64(), status, retry_after, text.contains("\"overloaded\"")));
+                answers.push((
+                    started.elapsed().as_secs_f64(),
+                    status,
+                    retry_after,
+                    text.contains("\"overloaded\""),
+                ));
             }
             Ok::<_, anyhow::Error>(answers)
         });
@@ -312,7 +360,10 @@ async fn overload(
     server.shutdown().await?;
     let rejection_latency = LatencyStats::from_seconds(&rejection_latencies);
     if let Some(stats) = &rejection_latency {
-        eprintln!("bench:   429 overloaded: p50 {:.2} ms, p99 {:.2} ms", stats.p50_ms, stats.p99_ms);
+        eprintln!(
+            "bench:   429 overloaded: p50 {:.2} ms, p99 {:.2} ms",
+            stats.p50_ms, stats.p99_ms
+        );
     }
     Ok(OverloadResults {
         queue_depth: spec.overload_queue_depth,

@@ -56,7 +56,14 @@ pub fn measure(spec: &SoakSpec) -> Result<SoakResults> {
     let rss_after_load_bytes = memory::own_memory()?.rss_bytes;
 
     let mut run = |seed: usize| -> Result<()> {
-        let request = params("A photo of a cat sitting on a wooden table", seed as u64, 3.5, OutputFormat::Jpeg, spec.size, spec.steps);
+        let request = params(
+            "A photo of a cat sitting on a wooden table",
+            seed as u64,
+            3.5,
+            OutputFormat::Jpeg,
+            spec.size,
+            spec.steps,
+        );
         let output = pipeline.generate(&request, &mut |_, _| StepControl::Continue)?;
         if output.images.is_empty() {
             bail!("request {seed} returned no image");
@@ -79,7 +86,10 @@ pub fn measure(spec: &SoakSpec) -> Result<SoakResults> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let end = memory::own_memory()?;
-    let points: Vec<(f64, f64)> = rss_samples.iter().map(|&(done, rss)| (done as f64, rss as f64)).collect();
+    let points: Vec<(f64, f64)> = rss_samples
+        .iter()
+        .map(|&(done, rss)| (done as f64, rss as f64))
+        .collect();
     Ok(SoakResults {
         model: "tiny".to_owned(),
         width: spec.size[0],

@@ -70,7 +70,9 @@ mod tests {
 
     #[test]
     fn slope_of_a_line_and_of_noise_around_it() {
-        let line: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 3.0 * f64::from(i) + 1.0)).collect();
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 3.0 * f64::from(i) + 1.0))
+            .collect();
         let fitted = slope(&line).unwrap_or(f64::NAN);
         assert!((fitted - 3.0).abs() < 1e-12, "{fitted}");
         let zigzag = [(0.0, 1.0), (1.0, -1.0), (2.0, 1.0), (3.0, -1.0)];

@@ -30,7 +30,9 @@ pub enum WorkerSpec {
 /// Entry point of `xtask bench worker <spec-json>` (the child side).
 pub fn run(args: &[String]) -> Result<()> {
     let [spec] = args else {
-        bail!("usage: cargo xtask bench worker <spec-json> (started by `cargo xtask bench` itself)");
+        bail!(
+            "usage: cargo xtask bench worker <spec-json> (started by `cargo xtask bench` itself)"
+        );
     };
     let spec: WorkerSpec = serde_json::from_str(spec).context("parsing the worker spec")?;
     let result = match spec {
@@ -56,7 +58,11 @@ pub fn spawn<T: DeserializeOwned>(spec: &WorkerSpec) -> Result<T> {
         bail!("benchmark worker {spec_json} failed ({})", output.status);
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let Some(line) = stdout.lines().rev().find_map(|line| line.strip_prefix(RESULT_PREFIX)) else {
+    let Some(line) = stdout
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(RESULT_PREFIX))
+    else {
         bail!("benchmark worker {spec_json} printed no result line");
     };
     serde_json::from_str(line).context("parsing a benchmark worker's result")
