@@ -4,6 +4,7 @@
 //! `main` only dispatches. Arguments are parsed by hand to keep this crate's build small.
 
 // Subcommand modules, one per command (`setup` and `bench` are added here by their owners).
+mod bench;
 mod schema;
 
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ usage: cargo xtask <command> [options]
 commands:
   schema [--check]   write docs/schema/*.json and docs/openapi.json from flux-types;
                      with --check, fail if the committed files differ from the generated ones
+  bench [--quick]    measure the pipeline, server and memory against the Python peers;
+                     writes bench-results/ and docs/benchmarks.md (`bench --help` for options)
   help               print this text
 ";
 
@@ -41,6 +44,7 @@ fn dispatch() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     match command.as_str() {
         "schema" => schema::run(&rest),
+        "bench" => bench::run(&rest),
         // `setup` (ONNX Runtime) and `bench` dispatch here to their modules' `run`.
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

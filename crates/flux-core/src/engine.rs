@@ -186,7 +186,9 @@ impl Engine {
                 let _ = ready_sender.send(Ok(()));
                 serve(runner, receiver, &worker_queued);
             })
-            .map_err(|error| FluxError::Engine(format!("cannot spawn the engine thread: {error}")))?;
+            .map_err(|error| {
+                FluxError::Engine(format!("cannot spawn the engine thread: {error}"))
+            })?;
 
         match ready.recv() {
             Ok(Ok(())) => Ok(Self {
@@ -202,7 +204,9 @@ impl Engine {
             }
             Err(_) => {
                 let _ = worker.join();
-                Err(FluxError::Engine("the engine thread exited while loading".to_owned()))
+                Err(FluxError::Engine(
+                    "the engine thread exited while loading".to_owned(),
+                ))
             }
         }
     }
@@ -210,10 +214,22 @@ impl Engine {
     /// Queues a job without blocking. `reply` is called exactly once with the result (or with
     /// [`FluxError::Cancelled`]) unless the job is refused here, in which case it is dropped
     /// uncalled and nothing was queued.
-    pub fn try_submit(&self, job: Job, reply: Reply) -> std::result::Result<JobHandle, SubmitError> {
+    pub fn try_submit(
+        &self,
+        job: Job,
+        reply: Reply,
+    ) -> std::result::Result<JobHandle, SubmitError> {
         let cancelled = Arc::new(AtomicBool::new(false));
-        let envelope = Envelope { job, reply, cancelled: Arc::clone(&cancelled), submitted: Instant::now() };
-        let sender = self.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let envelope = Envelope {
+            job,
+            reply,
+            cancelled: Arc::clone(&cancelled),
+            submitted: Instant::now(),
+        };
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(sender) = sender.as_ref() else {
             return Err(SubmitError::Closed);
         };
@@ -248,13 +264,20 @@ impl Engine {
 
     /// Refuses new jobs from now on; queued ones still run.
     pub fn close(&self) {
-        self.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        self.sender
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
     }
 
     /// Closes the queue, lets the engine finish every queued job, and waits for its thread.
     pub fn shutdown(&self) {
         self.close();
-        let worker = self.worker.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let worker = self
+            .worker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         if let Some(worker) = worker
             && worker.join().is_err()
         {
@@ -273,7 +296,12 @@ fn serve<R: JobRunner>(mut runner: R, receiver: Receiver<Envelope>, queued: &Ato
     // recv keeps returning queued jobs after every sender is gone, then ends the loop.
     while let Ok(envelope) = receiver.recv() {
         queued.fetch_sub(1, Ordering::SeqCst);
-        let Envelope { job, reply, cancelled, submitted } = envelope;
+        let Envelope {
+            job,
+            reply,
+            cancelled,
+            submitted,
+        } = envelope;
         let queued_for = submitted.elapsed();
         let result = if cancelled.load(Ordering::SeqCst) {
             Err(FluxError::Cancelled)
@@ -289,13 +317,24 @@ fn serve<R: JobRunner>(mut runner: R, receiver: Receiver<Envelope>, queued: &Ato
     }
 }
 
-fn run_one<R: JobRunner>(runner: &mut R, job: Job, cancelled: &AtomicBool) -> Result<PipelineOutput> {
-    let Job { params, mut on_progress } = job;
+fn run_one<R: JobRunner>(
+    runner: &mut R,
+    job: Job,
+    cancelled: &AtomicBool,
+) -> Result<PipelineOutput> {
+    let Job {
+        params,
+        mut on_progress,
+    } = job;
     let mut on_step = |step: usize, total: usize| {
         if let Some(progress) = on_progress.as_mut() {
             progress(step, total);
         }
-        if cancelled.load(Ordering::SeqCst) { StepControl::Cancel } else { StepControl::Continue }
+        if cancelled.load(Ordering::SeqCst) {
+            StepControl::Cancel
+        } else {
+            StepControl::Continue
+        }
     };
     match catch_unwind(AssertUnwindSafe(|| runner.run_job(&params, &mut on_step))) {
         Ok(result) => result,

@@ -145,7 +145,11 @@ fn enabled_by_default() -> bool {
 
 impl Default for SafetyCheckerManifest {
     fn default() -> Self {
-        Self { path: None, threshold: None, enabled: true }
+        Self {
+            path: None,
+            threshold: None,
+            enabled: true,
+        }
     }
 }
 
@@ -527,9 +531,10 @@ impl FluxModel {
         let vae_shift_factor = manifest
             .vae_shift_factor
             .unwrap_or(DEFAULT_VAE_SHIFT_FACTOR);
-        if !(vae_scaling_factor.is_finite() && vae_scaling_factor != 0.0)
-            || !vae_shift_factor.is_finite()
-        {
+        let factors_usable = vae_scaling_factor.is_finite()
+            && vae_scaling_factor != 0.0
+            && vae_shift_factor.is_finite();
+        if !factors_usable {
             problems.push(format!(
                 "{MANIFEST_FILE}: VAE factors must be finite and the scaling factor non-zero \
                  (got {vae_scaling_factor}, {vae_shift_factor})"

@@ -56,7 +56,10 @@ impl GenerationParams {
 
     fn validate(&self) -> Result<()> {
         if self.prompt.trim().is_empty() {
-            return Err(FluxError::InvalidInput { param: "prompt", message: "must not be blank".to_owned() });
+            return Err(FluxError::InvalidInput {
+                param: "prompt",
+                message: "must not be blank".to_owned(),
+            });
         }
         for (param, value) in [("width", self.width), ("height", self.height)] {
             if value == 0 || value % 16 != 0 {
@@ -67,7 +70,10 @@ impl GenerationParams {
             }
         }
         if self.num_images == 0 {
-            return Err(FluxError::InvalidInput { param: "num_images", message: "must be at least 1".to_owned() });
+            return Err(FluxError::InvalidInput {
+                param: "num_images",
+                message: "must be at least 1".to_owned(),
+            });
         }
         if self.num_inference_steps == 0 {
             return Err(FluxError::InvalidInput {
@@ -76,7 +82,10 @@ impl GenerationParams {
             });
         }
         if !self.guidance_scale.is_finite() {
-            return Err(FluxError::InvalidInput { param: "guidance_scale", message: "must be finite".to_owned() });
+            return Err(FluxError::InvalidInput {
+                param: "guidance_scale",
+                message: "must be finite".to_owned(),
+            });
         }
         Ok(())
     }
@@ -198,7 +207,8 @@ impl FluxPipeline {
         let rgb = pixels::to_rgb8(raw.images.view())?;
         timings.encode += encode_started.elapsed();
 
-        let nsfw_probabilities = if params.run_safety_checker && self.model.safety_checker.is_some() {
+        let nsfw_probabilities = if params.run_safety_checker && self.model.safety_checker.is_some()
+        {
             let safety_started = Instant::now();
             let probabilities = self.check_safety(&rgb, &mut timings)?;
             timings.safety = safety_started.elapsed();
@@ -230,7 +240,12 @@ impl FluxPipeline {
             .collect::<Result<Vec<_>>>()?;
         timings.encode += encode_started.elapsed();
         timings.total = started.elapsed();
-        Ok(PipelineOutput { images, nsfw, nsfw_probabilities, timings })
+        Ok(PipelineOutput {
+            images,
+            nsfw,
+            nsfw_probabilities,
+            timings,
+        })
     }
 
     /// Runs the pipeline up to the decoded f32 images, keeping every intermediate.
@@ -244,24 +259,52 @@ impl FluxPipeline {
         let mut timings = StageTimings::default();
         let text = self.encode_prompt_timed(&params.prompt, &mut timings)?;
 
-        let shape = sampling::latent_shape(params.num_images as usize, params.height as usize, params.width as usize)?;
-        let noise = rng::randn(params.seed, &shape)?.into_dimensionality::<Ix4>().map_err(|_| FluxError::Shape {
-            op: "noise",
-            expected: format!("{shape:?}"),
-            got: Vec::new(),
-        })?;
-        let sigmas = self.sigmas(params.num_inference_steps as usize, params.height, params.width)?;
+        let shape = sampling::latent_shape(
+            params.num_images as usize,
+            params.height as usize,
+            params.width as usize,
+        )?;
+        let noise = rng::randn(params.seed, &shape)?
+            .into_dimensionality::<Ix4>()
+            .map_err(|_| FluxError::Shape {
+                op: "noise",
+                expected: format!("{shape:?}"),
+                got: Vec::new(),
+            })?;
+        let sigmas = self.sigmas(
+            params.num_inference_steps as usize,
+            params.height,
+            params.width,
+        )?;
 
         let denoise_started = Instant::now();
-        let final_latents =
-            self.denoise_timed(&text, noise.view(), &sigmas, params.guidance_scale, on_step, &mut timings)?;
+        let final_latents = self.denoise_timed(
+            &text,
+            noise.view(),
+            &sigmas,
+            params.guidance_scale,
+            on_step,
+            &mut timings,
+        )?;
         timings.denoise = denoise_started.elapsed();
 
         let vae_started = Instant::now();
-        let images = self.decode_timed(final_latents.view(), params.height, params.width, &mut timings)?;
+        let images = self.decode_timed(
+            final_latents.view(),
+            params.height,
+            params.width,
+            &mut timings,
+        )?;
         timings.vae = vae_started.elapsed();
         timings.total = started.elapsed();
-        Ok(RawGeneration { text, noise, sigmas, final_latents, images, timings })
+        Ok(RawGeneration {
+            text,
+            noise,
+            sigmas,
+            final_latents,
+            images,
+            timings,
+        })
     }
 
     /// Tokenizes and encodes a prompt (CLIP pooled + T5 hidden states), batch 1.
@@ -285,11 +328,23 @@ impl FluxPipeline {
         guidance_scale: f32,
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> Result<Array3<f32>> {
-        self.denoise_timed(text, noise, sigmas, guidance_scale, on_step, &mut StageTimings::default())
+        self.denoise_timed(
+            text,
+            noise,
+            sigmas,
+            guidance_scale,
+            on_step,
+            &mut StageTimings::default(),
+        )
     }
 
     /// Unpacks, unscales and decodes packed latents into images [B,3,H,W] (about [-1,1]).
-    pub fn decode_latents(&mut self, packed: ArrayView3<'_, f32>, height: u32, width: u32) -> Result<Array4<f32>> {
+    pub fn decode_latents(
+        &mut self,
+        packed: ArrayView3<'_, f32>,
+        height: u32,
+        width: u32,
+    ) -> Result<Array4<f32>> {
         self.decode_timed(packed, height, width, &mut StageTimings::default())
     }
 
@@ -298,16 +353,25 @@ impl FluxPipeline {
         self.check_safety(images, &mut StageTimings::default())
     }
 
-    fn encode_prompt_timed(&mut self, prompt: &str, timings: &mut StageTimings) -> Result<TextEmbeddings> {
+    fn encode_prompt_timed(
+        &mut self,
+        prompt: &str,
+        timings: &mut StageTimings,
+    ) -> Result<TextEmbeddings> {
         let tokenize_started = Instant::now();
         let clip_ids = self.model.clip_tokenizer.encode(prompt)?;
         let t5_ids = self.model.t5_tokenizer.encode(prompt)?;
         timings.tokenize = tokenize_started.elapsed();
 
         let clip_started = Instant::now();
-        let pooled = run_encoder(&mut self.model.clip, &clip_ids, "pooled_embeddings", timings)?
-            .into_dimensionality::<Ix2>()
-            .map_err(|_| shape_error("CLIP pooled_embeddings", "[1, D]"))?;
+        let pooled = run_encoder(
+            &mut self.model.clip,
+            &clip_ids,
+            "pooled_embeddings",
+            timings,
+        )?
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| shape_error("CLIP pooled_embeddings", "[1, D]"))?;
         timings.clip = clip_started.elapsed();
 
         let t5_started = Instant::now();
@@ -315,7 +379,12 @@ impl FluxPipeline {
             .into_dimensionality::<Ix3>()
             .map_err(|_| shape_error("T5 text_embeddings", "[1, L, D]"))?;
         timings.t5 = t5_started.elapsed();
-        Ok(TextEmbeddings { clip_ids, t5_ids, pooled, text })
+        Ok(TextEmbeddings {
+            clip_ids,
+            t5_ids,
+            pooled,
+            text,
+        })
     }
 
     fn denoise_timed(
@@ -343,7 +412,10 @@ impl FluxPipeline {
             &mut self.model.transformer,
             text,
             batch,
-            (latent_height * sampling::VAE_SCALE_FACTOR, latent_width * sampling::VAE_SCALE_FACTOR),
+            (
+                latent_height * sampling::VAE_SCALE_FACTOR,
+                latent_width * sampling::VAE_SCALE_FACTOR,
+            ),
             (variant == Variant::Dev).then_some(guidance_scale),
             &self.scheduler,
         )?;
@@ -361,17 +433,27 @@ impl FluxPipeline {
     ) -> Result<Array4<f32>> {
         let mut latents = sampling::unpack_latents(packed, height as usize, width as usize)?;
         let description = &self.model.description;
-        sampling::unscale_latents(&mut latents.view_mut(), description.vae_scaling_factor, description.vae_shift_factor);
+        sampling::unscale_latents(
+            &mut latents.view_mut(),
+            description.vae_scaling_factor,
+            description.vae_shift_factor,
+        );
         let graph = &mut self.model.vae;
         let element = graph.float_type("latent");
-        let inputs: Vec<NamedInput<'_>> =
-            vec![("latent".into(), tensors::float_input(latents.view().into_dyn(), element, "VAE")?)];
+        let inputs: Vec<NamedInput<'_>> = vec![(
+            "latent".into(),
+            tensors::float_input(latents.view().into_dyn(), element, "VAE")?,
+        )];
         let run_started = Instant::now();
-        let outputs = graph.session.run(inputs).map_err(|source| FluxError::Ort { stage: "VAE", source })?;
+        let outputs = graph.session.run(inputs).map_err(|source| FluxError::Ort {
+            stage: "VAE",
+            source,
+        })?;
         timings.ort_session_total += run_started.elapsed();
-        let images = outputs
-            .get("images")
-            .ok_or_else(|| FluxError::Ort { stage: "VAE", source: ort::Error::new("no `images` output") })?;
+        let images = outputs.get("images").ok_or_else(|| FluxError::Ort {
+            stage: "VAE",
+            source: ort::Error::new("no `images` output"),
+        })?;
         let images = tensors::output_f32(images, "VAE")?
             .into_dimensionality::<Ix4>()
             .map_err(|_| shape_error("VAE images", "[B, 3, H, W]"))?;
@@ -386,7 +468,11 @@ impl FluxPipeline {
         Ok(images)
     }
 
-    fn check_safety(&mut self, images: &[RgbImage], timings: &mut StageTimings) -> Result<Option<Vec<f32>>> {
+    fn check_safety(
+        &mut self,
+        images: &[RgbImage],
+        timings: &mut StageTimings,
+    ) -> Result<Option<Vec<f32>>> {
         let Some(graph) = self.model.safety_checker.as_mut() else {
             return Ok(None);
         };
@@ -398,7 +484,11 @@ impl FluxPipeline {
 }
 
 fn shape_error(op: &'static str, expected: &str) -> FluxError {
-    FluxError::Shape { op, expected: expected.to_owned(), got: Vec::new() }
+    FluxError::Shape {
+        op,
+        expected: expected.to_owned(),
+        got: Vec::new(),
+    }
 }
 
 /// Runs a text encoder on one prompt's ids and returns the named output.
@@ -412,11 +502,15 @@ fn run_encoder(
     let ids = tensors::id_value(&[1, ids.len()], ids, graph.id_type("input_ids"), stage)?;
     let inputs: Vec<NamedInput<'_>> = vec![("input_ids".into(), SessionInputValue::from(ids))];
     let run_started = Instant::now();
-    let outputs = graph.session.run(inputs).map_err(|source| FluxError::Ort { stage, source })?;
+    let outputs = graph
+        .session
+        .run(inputs)
+        .map_err(|source| FluxError::Ort { stage, source })?;
     timings.ort_session_total += run_started.elapsed();
-    let value = outputs
-        .get(output)
-        .ok_or_else(|| FluxError::Ort { stage, source: ort::Error::new(format!("no `{output}` output")) })?;
+    let value = outputs.get(output).ok_or_else(|| FluxError::Ort {
+        stage,
+        source: ort::Error::new(format!("no `{output}` output")),
+    })?;
     tensors::output_f32(value, stage)
 }
 
@@ -444,34 +538,77 @@ impl<'a> TransformerVelocity<'a> {
         let (_, text_length, text_width) = text.text.dim();
         let pooled_width = text.pooled.dim().1;
         // The prompt is encoded once; every image of the batch shares it.
-        let encoder_hidden_states = text.text.broadcast((batch, text_length, text_width)).ok_or_else(|| {
-            FluxError::Shape { op: "repeat text", expected: "[1, L, D]".to_owned(), got: text.text.shape().to_vec() }
-        })?;
-        let pooled = text.pooled.broadcast((batch, pooled_width)).ok_or_else(|| FluxError::Shape {
-            op: "repeat pooled",
-            expected: "[1, D]".to_owned(),
-            got: text.pooled.shape().to_vec(),
-        })?;
+        let encoder_hidden_states = text
+            .text
+            .broadcast((batch, text_length, text_width))
+            .ok_or_else(|| FluxError::Shape {
+                op: "repeat text",
+                expected: "[1, L, D]".to_owned(),
+                got: text.text.shape().to_vec(),
+            })?;
+        let pooled = text
+            .pooled
+            .broadcast((batch, pooled_width))
+            .ok_or_else(|| FluxError::Shape {
+                op: "repeat pooled",
+                expected: "[1, D]".to_owned(),
+                got: text.pooled.shape().to_vec(),
+            })?;
         let image_ids = sampling::image_ids(height, width);
         let text_ids = sampling::text_ids(text_length);
 
         let mut constants = vec![
             (
                 "encoder_hidden_states",
-                tensors::float_value(encoder_hidden_states.into_dyn(), graph.float_type("encoder_hidden_states"), stage)?,
+                tensors::float_value(
+                    encoder_hidden_states.into_dyn(),
+                    graph.float_type("encoder_hidden_states"),
+                    stage,
+                )?,
             ),
             (
                 "pooled_projections",
-                tensors::float_value(pooled.into_dyn(), graph.float_type("pooled_projections"), stage)?,
+                tensors::float_value(
+                    pooled.into_dyn(),
+                    graph.float_type("pooled_projections"),
+                    stage,
+                )?,
             ),
-            ("img_ids", tensors::float_value(image_ids.view().into_dyn(), graph.float_type("img_ids"), stage)?),
-            ("txt_ids", tensors::float_value(text_ids.view().into_dyn(), graph.float_type("txt_ids"), stage)?),
+            (
+                "img_ids",
+                tensors::float_value(
+                    image_ids.view().into_dyn(),
+                    graph.float_type("img_ids"),
+                    stage,
+                )?,
+            ),
+            (
+                "txt_ids",
+                tensors::float_value(
+                    text_ids.view().into_dyn(),
+                    graph.float_type("txt_ids"),
+                    stage,
+                )?,
+            ),
         ];
         if graph.has_input("guidance") {
             let guidance = Array1::from_elem(batch, guidance_scale.unwrap_or(1.0));
-            constants.push(("guidance", tensors::float_value(guidance.view().into_dyn(), graph.float_type("guidance"), stage)?));
+            constants.push((
+                "guidance",
+                tensors::float_value(
+                    guidance.view().into_dyn(),
+                    graph.float_type("guidance"),
+                    stage,
+                )?,
+            ));
         }
-        Ok(Self { graph, constants, batch, scheduler: scheduler.clone(), session_time: Duration::ZERO })
+        Ok(Self {
+            graph,
+            constants,
+            batch,
+            scheduler: scheduler.clone(),
+            session_time: Duration::ZERO,
+        })
     }
 }
 
@@ -480,25 +617,41 @@ impl VelocityModel for TransformerVelocity<'_> {
         let stage = "transformer";
         // diffusers passes timestep = sigma (round-tripped through its ×1000 storage); the
         // exported graph scales it by 1000 itself.
-        let timestep = Array1::from_elem(self.batch, sampling::transformer_timestep(sigma, &self.scheduler));
+        let timestep = Array1::from_elem(
+            self.batch,
+            sampling::transformer_timestep(sigma, &self.scheduler),
+        );
         let mut inputs: Vec<NamedInput<'_>> = Vec::with_capacity(self.constants.len() + 2);
         inputs.push((
             "hidden_states".into(),
-            tensors::float_input(latents.into_dyn(), self.graph.float_type("hidden_states"), stage)?,
+            tensors::float_input(
+                latents.into_dyn(),
+                self.graph.float_type("hidden_states"),
+                stage,
+            )?,
         ));
         inputs.push((
             "timestep".into(),
-            tensors::float_input(timestep.view().into_dyn(), self.graph.float_type("timestep"), stage)?,
+            tensors::float_input(
+                timestep.view().into_dyn(),
+                self.graph.float_type("timestep"),
+                stage,
+            )?,
         ));
         for (name, value) in &self.constants {
             inputs.push(((*name).into(), SessionInputValue::from(value)));
         }
         let run_started = Instant::now();
-        let outputs = self.graph.session.run(inputs).map_err(|source| FluxError::Ort { stage, source })?;
+        let outputs = self
+            .graph
+            .session
+            .run(inputs)
+            .map_err(|source| FluxError::Ort { stage, source })?;
         self.session_time += run_started.elapsed();
-        let velocity = outputs
-            .get("latent")
-            .ok_or_else(|| FluxError::Ort { stage, source: ort::Error::new("no `latent` output") })?;
+        let velocity = outputs.get("latent").ok_or_else(|| FluxError::Ort {
+            stage,
+            source: ort::Error::new("no `latent` output"),
+        })?;
         let velocity = tensors::output_f32(velocity, stage)?;
         if velocity.shape() != latents.shape() {
             return Err(FluxError::Shape {
@@ -507,6 +660,8 @@ impl VelocityModel for TransformerVelocity<'_> {
                 got: velocity.shape().to_vec(),
             });
         }
-        velocity.into_dimensionality::<Ix3>().map_err(|_| shape_error("transformer latent", "[B, S, 64]"))
+        velocity
+            .into_dimensionality::<Ix3>()
+            .map_err(|_| shape_error("transformer latent", "[B, S, 64]"))
     }
 }

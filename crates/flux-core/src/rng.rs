@@ -186,8 +186,8 @@ impl TorchGenerator {
         let radius_uniform = self.uniform_f64();
         let radius = (-2.0 * (-radius_uniform).ln_1p()).sqrt();
         let theta = 2.0 * std::f64::consts::PI * angle_uniform;
-        self.cached_double_normal = Some(radius * theta.sin());
-        radius * theta.cos()
+        self.cached_double_normal = Some(with_unit_moments_f64(radius * theta.sin()));
+        with_unit_moments_f64(radius * theta.cos())
     }
 
     /// `numel` standard normal float32 values, as `torch.randn` on this generator produces for
@@ -229,8 +229,8 @@ fn box_muller_block_scalar(block: &mut [f32]) {
         let radius = (-2.0f32 * u1.ln()).sqrt();
         // The reference multiplies by 2π as a double and only then narrows to float.
         let theta = (2.0 * std::f64::consts::PI * f64::from(u2)) as f32;
-        *cos_slot = radius * theta.cos();
-        *sin_slot = radius * theta.sin();
+        *cos_slot = with_unit_moments(radius * theta.cos());
+        *sin_slot = with_unit_moments(radius * theta.sin());
     }
 }
 
@@ -244,9 +244,21 @@ fn box_muller_block_avx2(block: &mut [f32]) {
         let radius = (-2.0f32 * cephes::log(u1)).sqrt();
         let theta = two_pi * u2;
         let (sin, cos) = cephes::sincos(theta);
-        *cos_slot = radius * cos;
-        *sin_slot = radius * sin;
+        *cos_slot = with_unit_moments(radius * cos);
+        *sin_slot = with_unit_moments(radius * sin);
     }
+}
+
+/// `value · std + mean` with PyTorch's default std 1 and mean 0. Multiplying by one changes
+/// nothing, but adding +0 turns a -0 into +0: when a uniform is exactly 0 the radius is 0 and
+/// `r cos θ` can be -0, which PyTorch returns as +0.
+fn with_unit_moments(value: f32) -> f32 {
+    value + 0.0
+}
+
+/// The double-precision twin of [`with_unit_moments`].
+fn with_unit_moments_f64(value: f64) -> f64 {
+    value + 0.0
 }
 
 mod cephes {
@@ -559,5 +571,17 @@ mod tests {
                 "cos({theta})"
             );
         }
+    }
+
+    #[test]
+    fn a_zero_radius_gives_positive_zeros_as_torch_does() {
+        // In torch.randn(298496, generator=torch.Generator().manual_seed(34)) the uniform behind
+        // elements 298484 and 298492 is exactly 0, so the radius is -0 and the raw products are
+        // -0; torch returns +0 for both.
+        let values = TorchGenerator::new(34).randn_f32(298_496, NormalKernel::X86Avx2);
+        assert_eq!(values[298_484].to_bits(), 0);
+        assert_eq!(values[298_492].to_bits(), 0);
+        assert_eq!(with_unit_moments(-0.0).to_bits(), 0);
+        assert_eq!(with_unit_moments_f64(-0.0).to_bits(), 0);
     }
 }

@@ -27,15 +27,18 @@ pub(crate) fn nsfw_probabilities(graph: &mut Graph, images: &[RgbImage]) -> Resu
     }
     let pixel_values = pixel_values(images);
     let element = graph.float_type("pixel_values");
-    let inputs: Vec<NamedInput<'_>> =
-        vec![("pixel_values".into(), tensors::float_input(pixel_values.view().into_dyn(), element, "safety checker")?)];
-    let outputs = graph
-        .session
-        .run(inputs)
-        .map_err(|source| FluxError::Ort { stage: "safety checker", source })?;
-    let logits = outputs
-        .get("logits")
-        .ok_or_else(|| FluxError::Ort { stage: "safety checker", source: ort::Error::new("no `logits` output") })?;
+    let inputs: Vec<NamedInput<'_>> = vec![(
+        "pixel_values".into(),
+        tensors::float_input(pixel_values.view().into_dyn(), element, "safety checker")?,
+    )];
+    let outputs = graph.session.run(inputs).map_err(|source| FluxError::Ort {
+        stage: "safety checker",
+        source,
+    })?;
+    let logits = outputs.get("logits").ok_or_else(|| FluxError::Ort {
+        stage: "safety checker",
+        source: ort::Error::new("no `logits` output"),
+    })?;
     let logits = tensors::output_f32(logits, "safety checker")?;
     if logits.shape() != [images.len(), 2] {
         return Err(FluxError::Shape {
@@ -44,7 +47,10 @@ pub(crate) fn nsfw_probabilities(graph: &mut Graph, images: &[RgbImage]) -> Resu
             got: logits.shape().to_vec(),
         });
     }
-    Ok(logits.axis_iter(Axis(0)).map(|row| nsfw_probability(row[0], row[1])).collect())
+    Ok(logits
+        .axis_iter(Axis(0))
+        .map(|row| nsfw_probability(row[0], row[1]))
+        .collect())
 }
 
 /// Softmax probability of class 1, computed the numerically stable way.
@@ -59,7 +65,8 @@ fn nsfw_probability(normal: f32, nsfw: f32) -> f32 {
 pub fn pixel_values(images: &[RgbImage]) -> Array4<f32> {
     let mut batch = Array4::<f32>::zeros((images.len(), 3, SAFETY_INPUT_SIZE, SAFETY_INPUT_SIZE));
     for (image, mut planes) in images.iter().zip(batch.outer_iter_mut()) {
-        let resized = resize_bilinear_like_pillow(image, SAFETY_INPUT_SIZE as u32, SAFETY_INPUT_SIZE as u32);
+        let resized =
+            resize_bilinear_like_pillow(image, SAFETY_INPUT_SIZE as u32, SAFETY_INPUT_SIZE as u32);
         for (x, y, pixel) in resized.enumerate_pixels() {
             for channel in 0..3 {
                 let unit = f32::from(pixel[channel]) / 255.0;
@@ -138,18 +145,33 @@ impl Coefficients {
                 .collect();
             let total: f64 = raw.iter().sum();
             for (tap, weight) in raw.iter().enumerate() {
-                let normalised = if total != 0.0 { weight / total } else { *weight };
+                let normalised = if total != 0.0 {
+                    weight / total
+                } else {
+                    *weight
+                };
                 let scaled = normalised * f64::from(1_u32 << PRECISION_BITS);
-                weights[out * stride + tap] = if scaled < 0.0 { (scaled - 0.5) as i64 } else { (scaled + 0.5) as i64 };
+                weights[out * stride + tap] = if scaled < 0.0 {
+                    (scaled - 0.5) as i64
+                } else {
+                    (scaled + 0.5) as i64
+                };
             }
             bounds.push((start, count));
         }
-        Self { bounds, weights, stride }
+        Self {
+            bounds,
+            weights,
+            stride,
+        }
     }
 
     fn taps(&self, out: usize) -> (usize, &[i64]) {
         let (start, count) = self.bounds[out];
-        (start, &self.weights[out * self.stride..out * self.stride + count])
+        (
+            start,
+            &self.weights[out * self.stride..out * self.stride + count],
+        )
     }
 }
 

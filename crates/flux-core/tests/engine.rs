@@ -32,7 +32,10 @@ fn params(prompt: &str, steps: u32) -> GenerationParams {
 }
 
 fn job(prompt: &str, steps: u32) -> Job {
-    Job { params: params(prompt, steps), on_progress: None }
+    Job {
+        params: params(prompt, steps),
+        on_progress: None,
+    }
 }
 
 /// A runner that answers by prompt: "fail" errors, "panic" panics, "wait" blocks until the test
@@ -49,7 +52,10 @@ impl JobRunner for StandIn {
     ) -> flux_core::Result<PipelineOutput> {
         match params.prompt.as_str() {
             "fail" => {
-                return Err(FluxError::InvalidInput { param: "prompt", message: "refused".to_owned() });
+                return Err(FluxError::InvalidInput {
+                    param: "prompt",
+                    message: "refused".to_owned(),
+                });
             }
             "panic" => panic!("stand-in panic"),
             "wait" => {
@@ -87,7 +93,23 @@ fn submit(
 ) -> Result<flux_core::engine::JobHandle, SubmitError> {
     let replies = replies.clone();
     let name = prompt.to_owned();
-    engine.try_submit(job(prompt, 2), Box::new(move |result| drop(replies.send((name, result)))))
+    engine.try_submit(
+        job(prompt, 2),
+        Box::new(move |result| drop(replies.send((name, result)))),
+    )
+}
+
+/// The engine takes a job out of the queue when it starts it.
+fn wait_until_started(engine: &Engine) {
+    let deadline = Instant::now() + WAIT;
+    while engine.queued_jobs() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        engine.queued_jobs(),
+        0,
+        "the engine did not start the first job"
+    );
 }
 
 fn next(replies: &Replies) -> anyhow::Result<(String, flux_core::Result<PipelineOutput>)> {
@@ -103,10 +125,16 @@ fn failed_and_panicking_jobs_get_errors_and_the_next_job_succeeds() -> anyhow::R
     }
     let (name, result) = next(&replies)?;
     assert_eq!(name, "fail");
-    assert!(matches!(result, Err(FluxError::InvalidInput { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(FluxError::InvalidInput { .. })),
+        "{result:?}"
+    );
     let (name, result) = next(&replies)?;
     assert_eq!(name, "panic");
-    assert!(matches!(&result, Err(FluxError::Engine(message)) if message.contains("stand-in panic")), "{result:?}");
+    assert!(
+        matches!(&result, Err(FluxError::Engine(message)) if message.contains("stand-in panic")),
+        "{result:?}"
+    );
     let (name, result) = next(&replies)?;
     assert_eq!(name, "ok");
     assert!(result.is_ok(), "{result:?}");
@@ -118,25 +146,27 @@ fn a_full_queue_is_refused_immediately_and_nothing_is_lost() -> anyhow::Result<(
     let (engine, open) = stand_in_engine(1)?;
     let (sender, replies) = mpsc::channel();
     submit(&engine, "wait", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // The first job leaves the queue when the engine starts it.
-    let deadline = Instant::now() + WAIT;
-    while engine.queued_jobs() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert_eq!(engine.queued_jobs(), 0);
+    wait_until_started(&engine);
     submit(&engine, "queued", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(engine.queued_jobs(), 1);
 
     let started = Instant::now();
     let refused = submit(&engine, "one too many", &sender);
     assert_eq!(refused.err(), Some(SubmitError::Full));
-    assert!(started.elapsed() < Duration::from_millis(100), "try_submit blocked for {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "try_submit blocked for {:?}",
+        started.elapsed()
+    );
     assert_eq!(engine.queued_jobs(), 1, "a refused job is not counted");
 
     open.send(())?;
     assert_eq!(next(&replies)?.0, "wait");
     assert_eq!(next(&replies)?.0, "queued");
-    assert!(replies.recv_timeout(Duration::from_millis(50)).is_err(), "the refused job must never run");
+    assert!(
+        replies.recv_timeout(Duration::from_millis(50)).is_err(),
+        "the refused job must never run"
+    );
     Ok(())
 }
 
@@ -145,17 +175,24 @@ fn shutdown_finishes_queued_jobs_then_refuses_new_ones() -> anyhow::Result<()> {
     let (engine, open) = stand_in_engine(3)?;
     let (sender, replies) = mpsc::channel();
     submit(&engine, "wait", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    wait_until_started(&engine);
     for prompt in ["a", "b", "c"] {
         submit(&engine, prompt, &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     engine.close();
-    assert_eq!(submit(&engine, "late", &sender).err(), Some(SubmitError::Closed));
+    assert_eq!(
+        submit(&engine, "late", &sender).err(),
+        Some(SubmitError::Closed)
+    );
     open.send(())?;
     engine.shutdown();
-    let names: Vec<String> = replies.try_iter().map(|(name, result)| {
-        assert!(result.is_ok(), "{name}: {result:?}");
-        name
-    }).collect();
+    let names: Vec<String> = replies
+        .try_iter()
+        .map(|(name, result)| {
+            assert!(result.is_ok(), "{name}: {result:?}");
+            name
+        })
+        .collect();
     assert_eq!(names, ["wait", "a", "b", "c"]);
     Ok(())
 }
@@ -184,17 +221,28 @@ fn real_pipeline_reports_each_step_and_stops_between_steps_when_cancelled() -> a
     let events = Arc::new(Mutex::new(Vec::new()));
     let recorded = Arc::clone(&events);
     let (sender, replies) = mpsc::channel();
-    let on_progress = Box::new(move |step, total| recorded.lock().map(|mut e| e.push((step, total))).unwrap_or(()));
+    let on_progress = Box::new(move |step, total| {
+        recorded
+            .lock()
+            .map(|mut e| e.push((step, total)))
+            .unwrap_or(())
+    });
     let reply_to = sender.clone();
     engine
         .try_submit(
-            Job { params: params("a lighthouse", 3), on_progress: Some(on_progress) },
+            Job {
+                params: params("a lighthouse", 3),
+                on_progress: Some(on_progress),
+            },
             Box::new(move |result| drop(reply_to.send(result))),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let output = replies.recv_timeout(WAIT)??;
     assert_eq!(output.images.len(), 1);
-    assert_eq!(*events.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, vec![(1, 3), (2, 3), (3, 3)]);
+    assert_eq!(
+        *events.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
+        vec![(1, 3), (2, 3), (3, 3)]
+    );
 
     // Cancellation: the progress callback of step 1 waits until the test has cancelled, so the
     // engine must stop before step 2.
@@ -204,12 +252,17 @@ fn real_pipeline_reports_each_step_and_stops_between_steps_when_cancelled() -> a
     let on_progress = Box::new(move |step: usize, _total: usize| {
         let _ = at_step.send(step);
         if step == 1 {
-            let _ = wait_for_go.lock().map(|receiver| receiver.recv_timeout(WAIT));
+            let _ = wait_for_go
+                .lock()
+                .map(|receiver| receiver.recv_timeout(WAIT));
         }
     });
     let handle = engine
         .try_submit(
-            Job { params: params("a lighthouse", 6), on_progress: Some(on_progress) },
+            Job {
+                params: params("a lighthouse", 6),
+                on_progress: Some(on_progress),
+            },
             Box::new(move |result| drop(sender.send(result))),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -219,7 +272,10 @@ fn real_pipeline_reports_each_step_and_stops_between_steps_when_cancelled() -> a
     let result = replies.recv_timeout(WAIT)?;
     assert!(matches!(result, Err(FluxError::Cancelled)), "{result:?}");
     let later_steps: Vec<usize> = step_seen.try_iter().collect();
-    assert!(later_steps.is_empty(), "steps after cancellation: {later_steps:?}");
+    assert!(
+        later_steps.is_empty(),
+        "steps after cancellation: {later_steps:?}"
+    );
     Ok(())
 }
 
@@ -227,6 +283,9 @@ fn real_pipeline_reports_each_step_and_stops_between_steps_when_cancelled() -> a
 fn starting_on_a_broken_folder_reports_the_load_error() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let result = Engine::start(dir.path().to_owned(), common::test_config(), 1);
-    assert!(matches!(result, Err(FluxError::InvalidModel { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(FluxError::InvalidModel { .. })),
+        "{result:?}"
+    );
     Ok(())
 }

@@ -18,6 +18,8 @@ const EMBEDDING_TOLERANCE: f32 = 1e-4;
 const LATENT_TOLERANCE: f32 = 1e-4;
 const NSFW_TOLERANCE: f32 = 1e-4;
 const PIXEL_TOLERANCE: i16 = 1;
+/// nsfw probabilities of our own images, which may differ by one level from the references.
+const GENERATED_NSFW_TOLERANCE: f32 = 1e-3;
 
 fn params_of(case: &common::Case) -> GenerationParams {
     GenerationParams {
@@ -38,7 +40,10 @@ fn continue_always() -> impl FnMut(usize, usize) -> StepControl {
 }
 
 fn max_pixel_diff(actual: &image::RgbImage, expected: &image::RgbImage) -> anyhow::Result<i16> {
-    anyhow::ensure!(actual.dimensions() == expected.dimensions(), "image sizes differ");
+    anyhow::ensure!(
+        actual.dimensions() == expected.dimensions(),
+        "image sizes differ"
+    );
     Ok(actual
         .as_raw()
         .iter()
@@ -53,26 +58,57 @@ fn every_reference_case_matches_diffusers() -> anyhow::Result<()> {
     let mut pipelines: HashMap<String, FluxPipeline> = HashMap::new();
     for case in common::cases()? {
         if !pipelines.contains_key(&case.model) {
-            pipelines.insert(case.model.clone(), FluxPipeline::load(&case.model_dir(), &common::test_config())?);
+            pipelines.insert(
+                case.model.clone(),
+                FluxPipeline::load(&case.model_dir(), &common::test_config())?,
+            );
         }
-        let pipeline = pipelines.get_mut(&case.model).ok_or_else(|| anyhow::anyhow!("no pipeline"))?;
+        let pipeline = pipelines
+            .get_mut(&case.model)
+            .ok_or_else(|| anyhow::anyhow!("no pipeline"))?;
         let name = &case.name;
         let raw = pipeline.generate_raw(&params_of(&case), &mut continue_always())?;
 
-        assert_eq!(raw.text.clip_ids, case.npy::<i64, Ix1>("clip_ids")?.to_vec(), "{name}: CLIP ids");
-        assert_eq!(raw.text.t5_ids, case.npy::<i64, Ix1>("t5_ids")?.to_vec(), "{name}: T5 ids");
+        assert_eq!(
+            raw.text.clip_ids,
+            case.npy::<i64, Ix1>("clip_ids")?.to_vec(),
+            "{name}: CLIP ids"
+        );
+        assert_eq!(
+            raw.text.t5_ids,
+            case.npy::<i64, Ix1>("t5_ids")?.to_vec(),
+            "{name}: T5 ids"
+        );
 
         let pooled = common::max_abs_diff(&raw.text.pooled, &case.npy::<f32, Ix2>("pooled")?)?;
-        assert!(pooled <= EMBEDDING_TOLERANCE, "{name}: pooled differs by {pooled}");
+        assert!(
+            pooled <= EMBEDDING_TOLERANCE,
+            "{name}: pooled differs by {pooled}"
+        );
         let text = common::max_abs_diff(&raw.text.text, &case.npy::<f32, Ix3>("text_embeddings")?)?;
-        assert!(text <= EMBEDDING_TOLERANCE, "{name}: T5 embeddings differ by {text}");
+        assert!(
+            text <= EMBEDDING_TOLERANCE,
+            "{name}: T5 embeddings differ by {text}"
+        );
 
-        assert_eq!(raw.noise, case.npy::<f32, Ix4>("noise")?, "{name}: noise must be bit-identical");
-        let sigmas = common::max_abs_diff(&Array1::from(raw.sigmas.clone()), &case.npy::<f32, Ix1>("sigmas")?)?;
+        assert_eq!(
+            raw.noise,
+            case.npy::<f32, Ix4>("noise")?,
+            "{name}: noise must be bit-identical"
+        );
+        let sigmas = common::max_abs_diff(
+            &Array1::from(raw.sigmas.clone()),
+            &case.npy::<f32, Ix1>("sigmas")?,
+        )?;
         assert!(sigmas <= 1e-6, "{name}: sigmas differ by {sigmas}");
 
-        let latents = common::max_abs_diff(&raw.final_latents, &case.npy::<f32, Ix3>("final_latents")?)?;
-        assert!(latents <= LATENT_TOLERANCE, "{name}: final latents differ by {latents}");
+        let latents =
+            common::max_abs_diff(&raw.final_latents, &case.npy::<f32, Ix3>("final_latents")?)?;
+        assert!(
+            latents <= LATENT_TOLERANCE,
+            "{name}: final latents differ by {latents}"
+        );
+        eprintln!("{name}: pooled {pooled:.2e}, T5 {text:.2e}, final latents {latents:.2e}");
 
         let rgb = pixels::to_rgb8(raw.images.view())?;
         assert_eq!(rgb.len(), case.num_images as usize);
@@ -80,7 +116,11 @@ fn every_reference_case_matches_diffusers() -> anyhow::Result<()> {
         for (index, image) in rgb.iter().enumerate() {
             let reference = image::open(case.dir.join(format!("image_{index}.png")))?.to_rgb8();
             let diff = max_pixel_diff(image, &reference)?;
-            assert!(diff <= PIXEL_TOLERANCE, "{name}: image {index} differs by {diff} levels");
+            assert!(
+                diff <= PIXEL_TOLERANCE,
+                "{name}: image {index} differs by {diff} levels"
+            );
+            eprintln!("{name}: image {index} within {diff} level(s)");
             references.push(reference);
         }
 
@@ -91,11 +131,32 @@ fn every_reference_case_matches_diffusers() -> anyhow::Result<()> {
                 .nsfw_probabilities(&references)?
                 .ok_or_else(|| anyhow::anyhow!("{name}: the dev folder has a safety checker"))?;
             let diff = common::max_abs_diff(&Array1::from(on_references), &expected)?;
-            assert!(diff <= NSFW_TOLERANCE, "{name}: nsfw on reference images differs by {diff}");
-            // On our own images: what the product reports.
+            assert!(
+                diff <= NSFW_TOLERANCE,
+                "{name}: nsfw on reference images differs by {diff}"
+            );
+            // On our own images, which may differ from the references by the 1 level allowed
+            // above: a level is 2/255 of classifier input, so the probability may move by more
+            // than 1e-4 (1.6e-4 is seen), never enough to flip a flag.
             let ours = pipeline.nsfw_probabilities(&rgb)?.unwrap_or_default();
-            let diff = common::max_abs_diff(&Array1::from(ours), &expected)?;
-            assert!(diff <= NSFW_TOLERANCE, "{name}: nsfw on generated images differs by {diff}");
+            let diff = common::max_abs_diff(&Array1::from(ours.clone()), &expected)?;
+            assert!(
+                diff <= GENERATED_NSFW_TOLERANCE,
+                "{name}: nsfw on generated images differs by {diff}"
+            );
+            let threshold = pipeline.description().safety_threshold;
+            let flags = |probabilities: &[f32]| {
+                probabilities
+                    .iter()
+                    .map(|&p| p > threshold)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                flags(&ours),
+                flags(expected.as_slice().unwrap_or_default()),
+                "{name}: nsfw flags"
+            );
+            eprintln!("{name}: nsfw on generated images within {diff:.2e}");
         }
     }
     Ok(())
@@ -114,7 +175,10 @@ fn each_image_of_a_batch_depends_only_on_its_own_noise() -> anyhow::Result<()> {
     let batch = pipeline.generate_raw(&params, &mut continue_always())?;
 
     for index in 0..3 {
-        let noise: Array4<f32> = batch.noise.slice(s![index..index + 1, .., .., ..]).to_owned();
+        let noise: Array4<f32> = batch
+            .noise
+            .slice(s![index..index + 1, .., .., ..])
+            .to_owned();
         let single = pipeline.denoise_from_noise(
             &batch.text,
             noise.view(),
@@ -122,14 +186,26 @@ fn each_image_of_a_batch_depends_only_on_its_own_noise() -> anyhow::Result<()> {
             params.guidance_scale,
             &mut continue_always(),
         )?;
-        let expected: Array3<f32> = batch.final_latents.slice(s![index..index + 1, .., ..]).to_owned();
+        let expected: Array3<f32> = batch
+            .final_latents
+            .slice(s![index..index + 1, .., ..])
+            .to_owned();
         let diff = common::max_abs_diff(&single, &expected)?;
-        assert!(diff <= 1e-5, "image {index}: latents differ from the batch run by {diff}");
+        assert!(
+            diff <= 1e-5,
+            "image {index}: latents differ from the batch run by {diff}"
+        );
 
         let decoded = pipeline.decode_latents(single.view(), params.height, params.width)?;
-        let expected: Array4<f32> = batch.images.slice(s![index..index + 1, .., .., ..]).to_owned();
+        let expected: Array4<f32> = batch
+            .images
+            .slice(s![index..index + 1, .., .., ..])
+            .to_owned();
         let diff = common::max_abs_diff(&decoded, &expected)?;
-        assert!(diff <= 1e-5, "image {index}: decoded pixels differ from the batch run by {diff}");
+        assert!(
+            diff <= 1e-5,
+            "image {index}: decoded pixels differ from the batch run by {diff}"
+        );
     }
     // The text was encoded once and shared: a fresh encoding is identical.
     let fresh = pipeline.encode_prompt(&case.prompt)?;
@@ -146,30 +222,51 @@ fn the_same_request_gives_the_same_bytes_twice() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no dev batch case"))?;
     let mut pipeline = FluxPipeline::load(&case.model_dir(), &common::test_config())?;
     for format in [OutputFormat::Png, OutputFormat::Jpeg] {
-        let params = GenerationParams { output_format: format, ..params_of(&case) };
+        let params = GenerationParams {
+            output_format: format,
+            ..params_of(&case)
+        };
         let first = pipeline.generate(&params, &mut continue_always())?;
         let second = pipeline.generate(&params, &mut continue_always())?;
         assert_eq!(first.images.len(), case.num_images as usize);
-        assert_eq!(first.images, second.images, "{format:?} bytes differ between two identical runs");
+        assert_eq!(
+            first.images, second.images,
+            "{format:?} bytes differ between two identical runs"
+        );
         assert_eq!(first.nsfw, second.nsfw);
         let threshold = pipeline.description().safety_threshold;
         let probabilities = first.nsfw_probabilities.clone().unwrap_or_default();
         assert_eq!(probabilities.len(), first.images.len());
         let flags: Vec<bool> = probabilities.iter().map(|&p| p > threshold).collect();
         assert_eq!(first.nsfw, flags);
-        let expected_type = if format == OutputFormat::Png { "image/png" } else { "image/jpeg" };
-        assert!(first.images.iter().all(|image| image.content_type == expected_type
-            && image.width == case.width
-            && image.height == case.height));
+        let expected_type = if format == OutputFormat::Png {
+            "image/png"
+        } else {
+            "image/jpeg"
+        };
+        assert!(
+            first
+                .images
+                .iter()
+                .all(|image| image.content_type == expected_type
+                    && image.width == case.width
+                    && image.height == case.height)
+        );
     }
     // A different seed changes the image.
-    let other = GenerationParams { seed: case.seed + 1, ..params_of(&case) };
+    let other = GenerationParams {
+        seed: case.seed + 1,
+        ..params_of(&case)
+    };
     let base = pipeline.generate(&params_of(&case), &mut continue_always())?;
     let changed = pipeline.generate(&other, &mut continue_always())?;
     assert_ne!(base.images[0].bytes, changed.images[0].bytes);
 
     // Without the checker, nothing is flagged and no probabilities are reported.
-    let unchecked = GenerationParams { run_safety_checker: false, ..params_of(&case) };
+    let unchecked = GenerationParams {
+        run_safety_checker: false,
+        ..params_of(&case)
+    };
     let output = pipeline.generate(&unchecked, &mut continue_always())?;
     assert!(output.nsfw.iter().all(|flag| !flag));
     assert_eq!(output.nsfw_probabilities, None);

@@ -50,7 +50,11 @@ impl LocalGenerator {
     /// Provisions ONNX Runtime if needed, loads the model in `model_dir` on a new engine thread,
     /// and returns once it is ready. Blocking: seconds for a real model.
     pub fn start(model_dir: &Path, options: &LocalOptions) -> Result<Self, FacadeError> {
-        let engine = Engine::start(model_dir.to_path_buf(), options.session, options.queue_capacity)?;
+        let engine = Engine::start(
+            model_dir.to_path_buf(),
+            options.session,
+            options.queue_capacity,
+        )?;
         Ok(Self {
             engine,
             model_dir: model_dir.to_path_buf(),
@@ -72,7 +76,9 @@ impl LocalGenerator {
 
     fn submit(&self, request: ValidRequest, progress: Option<ProgressFn>) -> Submitted {
         // The seed is drawn here, not in the pipeline, so the caller learns the one used.
-        let seed = request.seed().unwrap_or_else(|| rand::random_range(0..=MAX_SEED));
+        let seed = request
+            .seed()
+            .unwrap_or_else(|| rand::random_range(0..=MAX_SEED));
         let (sender, receiver) = oneshot::channel();
         let reply = Box::new(move |result: flux_core::Result<PipelineOutput>| {
             // The receiver is gone when the caller dropped the future: nobody to tell.
@@ -89,17 +95,29 @@ impl LocalGenerator {
                 }) as ProgressCallback
             }),
         };
-        let handle = self.engine.try_submit(job, reply).map_err(|error| match error {
-            SubmitError::Full => GeneratorError::Overloaded { retry_after: None },
-            SubmitError::Closed => GeneratorError::ShuttingDown,
-        })?;
-        Ok((PendingJob { handle: Some(handle), seed }, receiver))
+        let handle = self
+            .engine
+            .try_submit(job, reply)
+            .map_err(|error| match error {
+                SubmitError::Full => GeneratorError::Overloaded { retry_after: None },
+                SubmitError::Closed => GeneratorError::ShuttingDown,
+            })?;
+        Ok((
+            PendingJob {
+                handle: Some(handle),
+                seed,
+            },
+            receiver,
+        ))
     }
 }
 
 /// A submitted job and the channel its answer comes through, or why it was refused.
 type Submitted = Result<
-    (PendingJob, oneshot::Receiver<flux_core::Result<PipelineOutput>>),
+    (
+        PendingJob,
+        oneshot::Receiver<flux_core::Result<PipelineOutput>>,
+    ),
     GeneratorError,
 >;
 
@@ -158,7 +176,10 @@ impl Generator for LocalGenerator {
 }
 
 fn into_generation(output: PipelineOutput, seed: u64) -> Generation {
-    let timings = GenerationTimings { inference: output.timings.total, queued: output.timings.queued };
+    let timings = GenerationTimings {
+        inference: output.timings.total,
+        queued: output.timings.queued,
+    };
     let images = output
         .images
         .into_iter()
@@ -169,7 +190,12 @@ fn into_generation(output: PipelineOutput, seed: u64) -> Generation {
             bytes: image.bytes,
         })
         .collect();
-    Generation { images, seed, has_nsfw_concepts: output.nsfw, timings }
+    Generation {
+        images,
+        seed,
+        has_nsfw_concepts: output.nsfw,
+        timings,
+    }
 }
 
 /// Bad input stays bad input; a cancellation stays a cancellation; everything else is a failed

@@ -3,6 +3,20 @@
 //!
 //! The contract these types implement is `shared/api-spec.md`; the exported JSON Schema and
 //! OpenAPI documents under `docs/` are generated from them (`cargo xtask schema`).
+//!
+//! ```
+//! use flux_types::{ErrorCode, parse_request};
+//!
+//! let valid = parse_request(br#"{"prompt": "a red fox", "image_size": "square"}"#)?;
+//! assert_eq!((valid.width(), valid.height(), valid.num_inference_steps()), (512, 512, 28));
+//!
+//! let refused = parse_request(br#"{"prompt": "a red fox", "num_images": 5}"#).unwrap_err();
+//! let api_error = refused.to_api_error();
+//! assert_eq!(api_error.code, ErrorCode::InvalidParameter);
+//! assert_eq!(api_error.param.as_deref(), Some("num_images"));
+//! assert_eq!(api_error.message, "num_images must be between 1 and 4, got 5");
+//! # Ok::<(), flux_types::RequestError>(())
+//! ```
 
 pub mod error;
 pub mod generator;

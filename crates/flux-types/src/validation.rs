@@ -391,7 +391,7 @@ impl Collector {
         max: i128,
     ) -> Option<Option<T>> {
         let value = object.get(field)?;
-        Some(self.integer_value(field, value, min, max, "an integer"))
+        Some(self.integer_value(field, value, min, max))
     }
 
     fn integer_value<T: TryFrom<i128>>(
@@ -400,10 +400,10 @@ impl Collector {
         value: &Value,
         min: i128,
         max: i128,
-        expected: &str,
     ) -> Option<T> {
         let Some(integer) = json_integer(value) else {
-            self.violations.push(type_violation(field, expected, value));
+            self.violations
+                .push(type_violation(field, "an integer", value));
             return None;
         };
         let typed = T::try_from(integer).ok();
@@ -499,13 +499,9 @@ impl Collector {
                 });
                 None
             }
-            Some(value) => self.integer_value(
-                &field,
-                value,
-                MIN_IMAGE_SIDE.into(),
-                MAX_IMAGE_SIDE.into(),
-                "an integer",
-            ),
+            Some(value) => {
+                self.integer_value(&field, value, MIN_IMAGE_SIDE.into(), MAX_IMAGE_SIDE.into())
+            }
         }
     }
 }

@@ -79,7 +79,8 @@ impl Case {
 /// Every case listed in the reference index.
 pub fn cases() -> anyhow::Result<Vec<Case>> {
     let root = fixtures().join("reference/cases");
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("index.json"))?)?;
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("index.json"))?)?;
     let names = index["cases"]
         .as_array()
         .ok_or_else(|| anyhow::anyhow!("index.json has no cases"))?
@@ -88,7 +89,8 @@ pub fn cases() -> anyhow::Result<Vec<Case>> {
     let mut cases = Vec::new();
     for name in names {
         let dir = root.join(&name);
-        let mut case: Case = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json"))?)?;
+        let mut case: Case =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json"))?)?;
         case.name = name;
         case.dir = dir;
         cases.push(case);
@@ -108,5 +110,9 @@ pub fn max_abs_diff<D: ndarray::Dimension>(
         actual.shape(),
         expected.shape()
     );
-    Ok(actual.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
+    Ok(actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max))
 }
