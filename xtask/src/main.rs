@@ -6,6 +6,7 @@
 // Subcommand modules, one per command (`setup` and `bench` are added here by their owners).
 mod bench;
 mod schema;
+mod setup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,8 @@ usage: cargo xtask <command> [options]
 commands:
   schema [--check]   write docs/schema/*.json and docs/openapi.json from flux-types;
                      with --check, fail if the committed files differ from the generated ones
+  setup [--cuda]     provision ONNX Runtime from the onnxruntime PyPI wheel into the cache
+                     and load it once (ORT_DYLIB_PATH overrides)
   bench [--quick]    measure the pipeline, server and memory against the Python peers;
                      writes bench-results/ and docs/benchmarks.md (`bench --help` for options)
   help               print this text
@@ -45,7 +48,7 @@ fn dispatch() -> anyhow::Result<()> {
     match command.as_str() {
         "schema" => schema::run(&rest),
         "bench" => bench::run(&rest),
-        // `setup` (ONNX Runtime) and `bench` dispatch here to their modules' `run`.
+        "setup" => setup::run(&rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

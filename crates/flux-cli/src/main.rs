@@ -120,6 +120,7 @@ fn init_logging(default_level: &str) {
     // A second installation can only fail in tests that call this twice; logs then go to the first.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -5,6 +5,9 @@ use flux_core::{FluxError, ONNXRUNTIME_VERSION, RuntimeKind, ensure_runtime, ini
 
 #[test]
 fn cpu_runtime_is_provisioned_loaded_once_and_never_upgraded_silently() -> anyhow::Result<()> {
+    if is_child() {
+        return Ok(());
+    }
     let library = ensure_runtime(RuntimeKind::Cpu)?;
     assert!(library.is_file(), "{} is not a file", library.display());
     let name = library
@@ -39,5 +42,87 @@ fn cpu_runtime_is_provisioned_loaded_once_and_never_upgraded_silently() -> anyho
             other => panic!("CUDA after a CPU runtime must be refused, got {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// Runs one test of this binary in a child process with a controlled environment (the runtime is
+/// process-wide and environment variables cannot be changed safely inside a test process).
+fn run_child(
+    test: &str,
+    env: &[(&str, &std::path::Path)],
+    remove: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .args([test, "--exact", "--nocapture"])
+        .env("FLUX_RS_RUNTIME_CHILD", "1");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    for name in remove {
+        command.env_remove(name);
+    }
+    Ok(command.output()?)
+}
+
+fn is_child() -> bool {
+    std::env::var_os("FLUX_RS_RUNTIME_CHILD").is_some()
+}
+
+#[test]
+fn child_reports_unavailable_runtime() {
+    if !is_child() {
+        return;
+    }
+    match ensure_runtime(RuntimeKind::Cpu) {
+        Err(error @ FluxError::RuntimeUnavailable { .. }) => println!("CHILD-ERROR: {error}"),
+        other => println!("CHILD-UNEXPECTED: {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_runtime_that_cannot_be_fetched_is_one_clear_error() -> anyhow::Result<()> {
+    if is_child() {
+        return Ok(());
+    }
+    let empty_cache = tempfile::tempdir()?;
+    let no_tools = tempfile::tempdir()?;
+    // No python on PATH and an empty cache: nothing can provision the runtime.
+    let output = run_child(
+        "child_reports_unavailable_runtime",
+        &[
+            ("FLUX_RS_CACHE_DIR", empty_cache.path()),
+            ("PATH", no_tools.path()),
+        ],
+        &["ORT_DYLIB_PATH", "FLUX_RS_PYTHON"],
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("CHILD-"))
+        .unwrap_or_default();
+    assert!(line.starts_with("CHILD-ERROR:"), "child said: {stdout}");
+    assert!(
+        line.contains("cargo xtask setup") && line.contains("ORT_DYLIB_PATH"),
+        "{line}"
+    );
+    assert!(line.contains("no Python interpreter"), "{line}");
+
+    // A set but wrong ORT_DYLIB_PATH is an error too, not a reason to look elsewhere.
+    let missing = empty_cache.path().join("libonnxruntime.so.missing");
+    let output = run_child(
+        "child_reports_unavailable_runtime",
+        &[("ORT_DYLIB_PATH", &missing)],
+        &[],
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("CHILD-"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("CHILD-ERROR:") && line.contains("ORT_DYLIB_PATH is set"),
+        "child said: {stdout}"
+    );
     Ok(())
 }

@@ -398,17 +398,29 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Builds xtask with the release profile and runs the same benchmark command with it.
 fn rerun_optimised(args: &[String], root: &Path) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench: building an optimised xtask (cargo build --release -p xtask) to measure release code");
+    eprintln!(
+        "bench: building an optimised xtask (cargo build --release -p xtask) to measure release code"
+    );
     let status = std::process::Command::new(&cargo)
-        .args(["build", "--quiet", "--release", "-p", "xtask", "--manifest-path"])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "xtask",
+            "--manifest-path",
+        ])
         .arg(root.join("Cargo.toml"))
         .status()
         .context("running cargo build --release -p xtask")?;
     if !status.success() {
         bail!("cargo build --release -p xtask failed ({status})");
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let release = target_dir.join("release").join(format!("xtask{}", std::env::consts::EXE_SUFFIX));
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let release = target_dir
+        .join("release")
+        .join(format!("xtask{}", std::env::consts::EXE_SUFFIX));
     let status = std::process::Command::new(&release)
         .arg("bench")
         .args(args)

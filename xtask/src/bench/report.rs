@@ -846,7 +846,12 @@ mod tests {
         render(&synthetic_results(), &source, &docs)?;
         let text = std::fs::read_to_string(&docs)?;
         // The 512² row: flux-rs 4 s, 5 % overhead; Python ORT 4.8 s (1.20×); diffusers 12 s (3.00×).
-        assert!(text.contains("| 512×512 | 1024 | 4 | 4.00 | — | 5.00 % | 4.80 | 1.20× | 5.00 % | 12.0 | 3.00× |"), "{text}");
+        assert!(
+            text.contains(
+                "| 512×512 | 1024 | 4 | 4.00 | — | 5.00 % | 4.80 | 1.20× | 5.00 % | 12.0 | 3.00× |"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("worst 5.00 % over 2 runs | **not met** |"),
             "{text}"
