@@ -1,7 +1,8 @@
 //! The `flux` command line: generate images, serve the HTTP API, print the schema.
 //!
 //! Exit codes: 0 success, 2 bad usage or bad input (clap's errors, request validation, a bad
-//! backend spec), 1 anything else. Errors print as one line; `-v` adds the cause chain.
+//! backend spec, a folder that is not a model), 1 anything else. Errors print as one line, causes
+//! joined by `: `; `-v` puts each cause on its own line and logs more.
 
 mod generate;
 mod schema;
@@ -82,14 +83,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line, the causes joined by `: `; with `-v`, one line per cause instead.
 fn report(error: &anyhow::Error, verbose: bool) {
-    eprintln!("error: {error}");
     if verbose {
+        eprintln!("error: {error}");
         for cause in error.chain().skip(1) {
             eprintln!("  caused by: {cause}");
         }
-    } else if error.chain().nth(1).is_some() {
-        eprintln!("  (run with -v for details)");
+    } else {
+        eprintln!("error: {error:#}");
     }
 }
 
@@ -97,10 +99,9 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     let bad_input = error.chain().any(|cause| {
         cause.is::<BadInput>()
             || cause.is::<flux_types::RequestError>()
-            || matches!(
-                cause.downcast_ref::<flux_facade::FacadeError>(),
-                Some(flux_facade::FacadeError::InvalidBackend { .. })
-            )
+            || cause
+                .downcast_ref::<flux_facade::FacadeError>()
+                .is_some_and(flux_facade::FacadeError::is_bad_input)
             || matches!(
                 cause.downcast_ref::<flux_types::GeneratorError>(),
                 Some(flux_types::GeneratorError::InvalidRequest { .. })

@@ -135,7 +135,7 @@ fn generate_with_the_bundled_model_from_any_folder_and_reproduce_by_seed() -> an
 #[test]
 fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
     let cwd = tempfile::tempdir()?;
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["generate", "x", "-n", "5"],
             "num_images must be between 1 and 4, got 5",
@@ -156,6 +156,7 @@ fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
             &["generate", "x", "--model", "/no/such/model"],
             "does not exist",
         ),
+        (&["generate", "x", "--model", "."], "invalid model"),
     ];
     for (args, expected) in cases {
         let output = run_in(cwd.path(), args)?;

@@ -3,7 +3,9 @@
 
 // Module ownership while the crate is being built in parallel:
 //   numerics (pure, no ORT): rng, sampling, denoise, pixels
-//   runtime and models: error, runtime, model, tensors, tokenizer, pipeline, safety, engine
+//   runtime and models: error, runtime, model, tensors, tokenizer, pipeline, bound_loop, safety,
+//   engine
+mod bound_loop;
 pub mod denoise;
 pub mod engine;
 pub mod error;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{Outlet, ValueType};
 use serde::Deserialize;
 
@@ -303,6 +303,17 @@ impl Graph {
         self.id_inputs.get(input).copied().unwrap_or(IdType::I64)
     }
 
+    /// The element type of a float output (checked at load).
+    pub(crate) fn output_float_type(&self, output: &str) -> FloatType {
+        self.session
+            .outputs()
+            .iter()
+            .find(|outlet| outlet.name() == output)
+            .and_then(|outlet| outlet.dtype().tensor_type())
+            .and_then(FloatType::from_element)
+            .unwrap_or(FloatType::F32)
+    }
+
     pub(crate) fn has_input(&self, input: &str) -> bool {
         self.session
             .inputs()
@@ -337,6 +348,7 @@ pub struct FluxModel {
     pub(crate) safety_checker: Option<Graph>,
     pub(crate) clip_tokenizer: PromptTokenizer,
     pub(crate) t5_tokenizer: PromptTokenizer,
+    pub(crate) config: SessionConfig,
 }
 
 impl FluxModel {
@@ -413,6 +425,15 @@ impl FluxModel {
         let dynamic_shifting = read_dynamic_shifting(root, &scheduler_config_path, &mut problems);
 
         let environment = runtime::environment(config.runtime_kind())?;
+        // Registering the execution provider once up front makes a provider that cannot run here
+        // an ExecutionProvider error, not one "invalid graph" problem per file.
+        session_builder(&environment, config).map_err(|source| FluxError::ExecutionProvider {
+            provider: match config.execution_provider {
+                ExecutionProvider::Cpu => "CPU".to_owned(),
+                ExecutionProvider::Cuda { device_id } => format!("CUDA (device {device_id})"),
+            },
+            reason: source.to_string(),
+        })?;
         let mut open =
             |label: &'static str, path: Option<PathBuf>, inputs: &[Port], outputs: &[Port]| {
                 let path = path?;
@@ -565,6 +586,7 @@ impl FluxModel {
                 };
                 tracing::info!(?description, "model loaded");
                 Ok(Self {
+                    config: *config,
                     description,
                     clip,
                     t5,
@@ -722,11 +744,12 @@ fn open_graph(
     })
 }
 
-fn build_session(
+/// A session builder with `config`'s threads, optimisation level and execution provider
+/// (registered with `error_on_failure`: never a silent fallback).
+pub(crate) fn session_builder(
     environment: &Environment,
     config: &SessionConfig,
-    path: &Path,
-) -> ort::Result<Session> {
+) -> ort::Result<SessionBuilder> {
     let mut builder = Session::builder(environment)?
         .with_optimization_level(config.optimization_level.to_ort())?;
     if let Some(threads) = config.intra_op_threads {
@@ -751,7 +774,15 @@ fn build_session(
             ));
         }
     }
-    builder.commit_from_file(path)
+    Ok(builder)
+}
+
+fn build_session(
+    environment: &Environment,
+    config: &SessionConfig,
+    path: &Path,
+) -> ort::Result<Session> {
+    session_builder(environment, config)?.commit_from_file(path)
 }
 
 fn tensor_dims(outlet: &Outlet) -> Option<Vec<i64>> {

@@ -15,9 +15,10 @@ use ndarray::{Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Ix2, Ix3, 
 use ort::session::SessionInputValue;
 use ort::value::DynValue;
 
+use crate::bound_loop::{self, EulerGraph};
 use crate::denoise::{self, StepControl, VelocityModel};
 use crate::error::{FluxError, Result};
-use crate::model::{FluxModel, Graph, ModelDescription, SessionConfig, Variant};
+use crate::model::{ExecutionProvider, FluxModel, Graph, ModelDescription, SessionConfig, Variant};
 use crate::sampling::{self, SchedulerConfig};
 use crate::tensors::{self, NamedInput};
 use crate::{pixels, rng, safety};
@@ -35,6 +36,20 @@ pub struct GenerationParams {
     pub seed: u64,
     pub output_format: OutputFormat,
     pub run_safety_checker: bool,
+}
+
+/// For requests whose seed is already set (e.g. by `ValidRequest::with_seed`); a request without
+/// one is refused, because the caller must draw and report the seed.
+impl TryFrom<&ValidRequest> for GenerationParams {
+    type Error = FluxError;
+
+    fn try_from(request: &ValidRequest) -> Result<Self> {
+        let seed = request.seed().ok_or_else(|| FluxError::InvalidInput {
+            param: "seed",
+            message: "resolve the seed (draw a random one) before generating".to_owned(),
+        })?;
+        Ok(Self::from_request(request, seed))
+    }
 }
 
 impl GenerationParams {
@@ -172,6 +187,8 @@ pub struct RawGeneration {
 pub struct FluxPipeline {
     model: FluxModel,
     scheduler: SchedulerConfig,
+    /// Present when the denoise loop runs device-resident (IoBinding): always with CUDA.
+    euler: Option<EulerGraph>,
 }
 
 impl FluxPipeline {
@@ -179,7 +196,36 @@ impl FluxPipeline {
     pub fn load(model_dir: &Path, config: &SessionConfig) -> Result<Self> {
         let model = FluxModel::load(model_dir, config)?;
         let scheduler = SchedulerConfig::from_file(&model.description.scheduler_config_path)?;
-        Ok(Self { model, scheduler })
+        let mut pipeline = Self {
+            model,
+            scheduler,
+            euler: None,
+        };
+        if matches!(config.execution_provider, ExecutionProvider::Cuda { .. }) {
+            pipeline.set_device_resident_loop(true)?;
+        }
+        Ok(pipeline)
+    }
+
+    /// Chooses the denoise loop: device-resident (IoBinding, the default with CUDA) or on host
+    /// arrays (the default on the CPU, where both are equivalent and the host loop is simpler).
+    pub fn set_device_resident_loop(&mut self, enabled: bool) -> Result<()> {
+        self.euler = if enabled {
+            let transformer = &self.model.transformer;
+            Some(EulerGraph::build(
+                &self.model.config,
+                transformer.float_type("hidden_states"),
+                transformer.output_float_type("latent"),
+            )?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// Whether the denoise loop keeps its tensors in the execution provider's memory.
+    pub fn device_resident_loop(&self) -> bool {
+        self.euler.is_some()
     }
 
     /// What was resolved about the model at load time.
@@ -314,7 +360,7 @@ impl FluxPipeline {
 
     /// The schedule for `num_steps` at this image size: N + 1 sigmas ending in 0.
     pub fn sigmas(&self, num_steps: usize, height: u32, width: u32) -> Result<Vec<f32>> {
-        let image_seq_len = (height as usize / 16) * (width as usize / 16);
+        let image_seq_len = sampling::image_seq_len(height as usize, width as usize);
         sampling::flux_sigmas(num_steps, image_seq_len, &self.scheduler)
     }
 
@@ -419,6 +465,24 @@ impl FluxPipeline {
             (variant == Variant::Dev).then_some(guidance_scale),
             &self.scheduler,
         )?;
+        if let Some(euler) = self.euler.as_mut() {
+            let TransformerVelocity {
+                graph, constants, ..
+            } = velocity;
+            let mut session_time = Duration::ZERO;
+            let result = bound_loop::denoise_on_device(
+                graph,
+                euler,
+                &constants,
+                packed,
+                sigmas,
+                &self.scheduler,
+                on_step,
+                &mut session_time,
+            );
+            timings.ort_session_total += session_time;
+            return result;
+        }
         let result = denoise::denoise(&mut velocity, packed, sigmas, on_step);
         timings.ort_session_total += velocity.session_time;
         result

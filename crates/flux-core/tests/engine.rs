@@ -289,3 +289,10 @@ fn starting_on_a_broken_folder_reports_the_load_error() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_engine_can_be_shared_between_request_handlers() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Engine>();
+    shareable::<flux_core::engine::JobHandle>();
+}

@@ -105,3 +105,68 @@ fn a_manifest_that_contradicts_the_graphs_is_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn graphs_with_external_data_load_from_their_folder() -> anyhow::Result<()> {
+    // The dev safety checker re-saved with its weights in `model.onnx_data` (see
+    // tests/data/make_test_graphs.py): ONNX Runtime must find them beside the graph file.
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("model");
+    common::copy_tree(&common::dev_model(), &model)?;
+    let external =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/safety_external");
+    std::fs::copy(
+        external.join("model.onnx"),
+        model.join("safety_checker/model.onnx"),
+    )?;
+    std::fs::copy(
+        external.join("model.onnx_data"),
+        model.join("safety_checker/model.onnx_data"),
+    )?;
+
+    let images: Vec<image::RgbImage> = (0..3_u8)
+        .map(|seed| {
+            image::RgbImage::from_fn(64, 48, |x, y| {
+                image::Rgb([(x * 4) as u8, (y * 5) as u8, seed.wrapping_mul(80)])
+            })
+        })
+        .collect();
+    let mut inline =
+        flux_core::pipeline::FluxPipeline::load(&common::dev_model(), &common::test_config())?;
+    let mut external = flux_core::pipeline::FluxPipeline::load(&model, &common::test_config())?;
+    let expected = inline.nsfw_probabilities(&images)?;
+    let actual = external.nsfw_probabilities(&images)?;
+    assert!(expected.is_some());
+    assert_eq!(actual, expected);
+
+    // Without its data file the graph cannot load, and the error says which graph.
+    std::fs::remove_file(model.join("safety_checker/model.onnx_data"))?;
+    match FluxModel::load(&model, &common::test_config()) {
+        Err(FluxError::InvalidModel { problems, .. }) => {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("safety_checker/model.onnx")),
+                "{problems:#?}"
+            );
+        }
+        other => anyhow::bail!("expected InvalidModel, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn asking_for_cuda_without_the_feature_is_an_error_not_a_cpu_fallback() {
+    let config = flux_core::model::SessionConfig {
+        execution_provider: flux_core::model::ExecutionProvider::Cuda { device_id: 0 },
+        ..common::test_config()
+    };
+    match FluxModel::load(&common::dev_model(), &config) {
+        Err(FluxError::ExecutionProvider { provider, reason }) => {
+            assert_eq!(provider, "CUDA");
+            assert!(reason.contains("`cuda` feature"), "{reason}");
+        }
+        other => panic!("expected an ExecutionProvider error, got {other:?}"),
+    }
+}

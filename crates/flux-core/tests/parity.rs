@@ -272,3 +272,52 @@ fn the_same_request_gives_the_same_bytes_twice() -> anyhow::Result<()> {
     assert_eq!(output.nsfw_probabilities, None);
     Ok(())
 }
+
+#[test]
+fn the_device_resident_loop_matches_the_host_loop() -> anyhow::Result<()> {
+    // The IoBinding loop (the one CUDA uses) runs on the CPU provider too; it must compute the
+    // same Euler update as the host loop: latents + (dt · v), product rounded first.
+    for case in common::cases()?
+        .into_iter()
+        .filter(|case| case.num_images > 1)
+    {
+        let mut pipeline = FluxPipeline::load(&case.model_dir(), &common::test_config())?;
+        assert!(
+            !pipeline.device_resident_loop(),
+            "the CPU default is the host loop"
+        );
+        let params = params_of(&case);
+        let host = pipeline.generate_raw(&params, &mut continue_always())?;
+        pipeline.set_device_resident_loop(true)?;
+        assert!(pipeline.device_resident_loop());
+        let bound = pipeline.generate_raw(&params, &mut continue_always())?;
+        let diff = common::max_abs_diff(&bound.final_latents, &host.final_latents)?;
+        assert!(
+            diff <= 1e-6,
+            "{}: device loop differs from the host loop by {diff}",
+            case.name
+        );
+        eprintln!("{}: device loop vs host loop {diff:.2e}", case.name);
+        let reference = common::max_abs_diff(
+            &bound.final_latents,
+            &case.npy::<f32, Ix3>("final_latents")?,
+        )?;
+        assert!(
+            reference <= LATENT_TOLERANCE,
+            "{}: device loop vs diffusers {reference}",
+            case.name
+        );
+
+        let mut steps = Vec::new();
+        let cancelled = pipeline.generate_raw(&params, &mut |step, _| {
+            steps.push(step);
+            StepControl::Cancel
+        });
+        assert!(
+            matches!(cancelled, Err(flux_core::FluxError::Cancelled)),
+            "{cancelled:?}"
+        );
+        assert_eq!(steps, vec![1]);
+    }
+    Ok(())
+}

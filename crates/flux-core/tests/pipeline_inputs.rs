@@ -23,7 +23,13 @@ fn a_validated_request_runs_with_the_seed_the_caller_resolved() -> anyhow::Resul
         ..GenerateRequest::new("a red fox in the snow")
     }
     .validate()?;
+    assert!(matches!(
+        GenerationParams::try_from(&request),
+        Err(FluxError::InvalidInput { param: "seed", .. })
+    ));
+    let seeded = GenerationParams::try_from(&request.clone().with_seed(1234))?;
     let params = GenerationParams::from_request(&request, 1234);
+    assert_eq!(seeded, params);
     assert_eq!(params.seed, 1234);
     assert_eq!(
         (params.width, params.height, params.num_images),

@@ -164,7 +164,7 @@ impl FromStr for Backend {
                 .split(',')
                 .map(str::trim)
                 .filter(|url| !url.is_empty())
-                .map(|url| check_url(url).map_err(|reason| invalid(reason)))
+                .map(|url| check_url(url).map_err(&invalid))
                 .collect::<Result<Vec<_>, _>>()?;
             if urls.is_empty() {
                 return Err(invalid(

@@ -39,13 +39,24 @@ pub enum FacadeError {
     #[error(transparent)]
     Core(#[from] flux_core::FluxError),
 
-    /// The remote client could not be built.
+    /// The remote client could not be built (boxed: the client's error is large).
     #[cfg(feature = "remote")]
     #[error(transparent)]
-    Client(#[from] flux_remote::ClientError),
+    Client(Box<flux_remote::ClientError>),
 }
 
 impl FacadeError {
+    /// Whether the caller's input is at fault (a malformed backend spec, a folder that is not a
+    /// FLUX model) rather than the machine or a server: a command line exits 2 for these.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::InvalidBackend { .. } => true,
+            #[cfg(feature = "local")]
+            Self::Core(flux_core::FluxError::InvalidModel { .. }) => true,
+            _ => false,
+        }
+    }
+
     #[cfg(feature = "local")]
     pub(crate) fn io(
         action: &'static str,
@@ -57,5 +68,12 @@ impl FacadeError {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(feature = "remote")]
+impl From<flux_remote::ClientError> for FacadeError {
+    fn from(error: flux_remote::ClientError) -> Self {
+        Self::Client(Box::new(error))
     }
 }

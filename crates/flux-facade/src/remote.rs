@@ -122,7 +122,7 @@ impl Generator for RemoteGenerator {
 /// acts on: 429 → `Overloaded` (retry later), 503 → `NotReady`/`ShuttingDown`, 400 →
 /// `InvalidRequest` with the server's message, anything else → `Remote` with status and detail.
 pub fn map_client_error(error: ClientError) -> GeneratorError {
-    let detail = error.to_string();
+    let detail = with_causes(&error);
     match error {
         ClientError::Api {
             status: 429,
@@ -152,6 +152,22 @@ pub fn map_client_error(error: ClientError) -> GeneratorError {
             detail,
         },
     }
+}
+
+/// The error and its sources on one line: transport errors keep their cause ("connection
+/// refused") only in the source chain.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Several flux servers behind one [`Generator`]: each request goes to the first server, and on

@@ -41,16 +41,14 @@ async fn serve(generator: Arc<dyn Generator>, queue_depth: usize) -> anyhow::Res
 }
 
 async fn local() -> anyhow::Result<Arc<dyn Generator>> {
-    Ok(
-        tokio::task::spawn_blocking(|| -> anyhow::Result<Arc<dyn Generator>> {
-            let dir = bundled::bundled_model_dir()?;
-            Ok(Arc::new(LocalGenerator::start(
-                &dir,
-                &LocalOptions::default(),
-            )?))
-        })
-        .await??,
-    )
+    tokio::task::spawn_blocking(|| -> anyhow::Result<Arc<dyn Generator>> {
+        let dir = bundled::bundled_model_dir()?;
+        Ok(Arc::new(LocalGenerator::start(
+            &dir,
+            &LocalOptions::default(),
+        )?))
+    })
+    .await?
 }
 
 fn request(width: u32, height: u32, steps: u32, seed: Option<u64>) -> anyhow::Result<ValidRequest> {
@@ -148,34 +146,53 @@ async fn a_400_becomes_invalid_request_with_the_server_message() -> anyhow::Resu
     Ok(())
 }
 
+/// Delegates to a generator and tells when a generation has started inside the server.
+struct Announcing {
+    inner: Arc<dyn Generator>,
+    started: Arc<tokio::sync::Notify>,
+}
+
+impl Generator for Announcing {
+    fn generate(
+        &self,
+        request: ValidRequest,
+        progress: Option<ProgressFn>,
+    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
+        self.started.notify_one();
+        self.inner.generate(request, progress)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_queue_is_overloaded_with_retry_after() -> anyhow::Result<()> {
-    let server = serve(local().await?, 1).await?;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let announcing = Announcing {
+        inner: local().await?,
+        started: started.clone(),
+    };
+    let server = serve(Arc::new(announcing), 1).await?;
     let busy = single_attempt(&server.base_url, KEY)?;
-    let long = tokio::spawn(async move {
-        busy.generate(request(512, 512, 50, Some(1)).ok()?, None)
-            .await
-            .ok()
-    });
+    let long = request(512, 512, 50, Some(1))?;
+    let long = tokio::spawn(async move { busy.generate(long, None).await });
+    tokio::time::timeout(Duration::from_secs(60), started.notified())
+        .await
+        .map_err(|_| anyhow::anyhow!("the long generation never started"))?;
+
+    // The only admission slot is taken: the next request is refused at once, with a hint.
     let remote = single_attempt(&server.base_url, KEY)?;
-    let mut refused = None;
-    for _ in 0..500 {
-        match remote.generate(request(64, 64, 1, Some(2))?, None).await {
-            Err(GeneratorError::Overloaded { retry_after }) => {
-                refused = Some(retry_after);
-                break;
-            }
-            // The long request was not admitted yet: this one went through; try again.
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(other) => anyhow::bail!("unexpected error {other:?}"),
-        }
-    }
-    let retry_after = refused.ok_or_else(|| anyhow::anyhow!("never overloaded"))?;
+    let refused = remote.generate(request(64, 64, 1, Some(2))?, None).await;
+    let Err(GeneratorError::Overloaded { retry_after }) = refused else {
+        anyhow::bail!("expected Overloaded, got {refused:?}");
+    };
     ensure!(
         retry_after.is_some_and(|d| d >= Duration::from_secs(1)),
         "Retry-After missing: {retry_after:?}"
     );
-    long.abort();
+    let long = long.await?;
+    ensure!(long.is_ok(), "the admitted request failed: {long:?}");
     Ok(())
 }
 

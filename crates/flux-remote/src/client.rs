@@ -260,6 +260,9 @@ impl FluxClient {
             let outcome = match build(remaining).send().await {
                 Ok(response) if response.status().is_success() => Attempt::Success(response),
                 Ok(response) => Attempt::Failed(api_error(response).await),
+                // A connect timeout is also a timeout to reqwest, but it is a connection failure
+                // (retried), not the end of the call's total time.
+                Err(error) if error.is_connect() => Attempt::Failed(RemoteError::Transport(error)),
                 Err(error) if error.is_timeout() => {
                     return Err(RemoteError::Timeout(self.total_timeout));
                 }

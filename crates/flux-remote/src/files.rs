@@ -10,6 +10,9 @@ use crate::error::RemoteError;
 /// Bytes of randomness in a file id (128 bits), written as lowercase hex.
 const ID_BYTES: usize = 16;
 const TEMP_PREFIX: &str = ".tmp-";
+/// A temporary file younger than this (or than the retention, if longer) may still be being
+/// written, however short the retention is; only older ones are crash leftovers to delete.
+const TEMP_FILE_GRACE: Duration = Duration::from_secs(60 * 60);
 
 /// Random bytes as lowercase hex, from the thread-local CSPRNG.
 pub(crate) fn random_hex(bytes: usize) -> String {
@@ -64,6 +67,17 @@ pub(crate) fn parse_file_name(name: &str) -> Option<FileKind> {
         "jpg" => Some(FileKind::Jpeg),
         "png" => Some(FileKind::Png),
         _ => None,
+    }
+}
+
+fn is_older_than(metadata: &std::fs::Metadata, max_age: Duration) -> bool {
+    let Ok(modified) = metadata.modified() else {
+        return true;
+    };
+    match SystemTime::now().duration_since(modified) {
+        Ok(age) => age >= max_age,
+        // Modified "in the future" (clock change): keep it.
+        Err(_) => false,
     }
 }
 
@@ -125,14 +139,7 @@ impl FileStore {
     }
 
     fn is_expired(&self, metadata: &std::fs::Metadata) -> bool {
-        let Ok(modified) = metadata.modified() else {
-            return true;
-        };
-        match SystemTime::now().duration_since(modified) {
-            Ok(age) => age >= self.retention,
-            // Modified "in the future" (clock change): keep it.
-            Err(_) => false,
-        }
+        is_older_than(metadata, self.retention)
     }
 
     /// Deletes expired images and temporary files left by a crash; returns how many went.
@@ -144,20 +151,59 @@ impl FileStore {
         while let Ok(Some(entry)) = entries.next_entry().await {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let ours = parse_file_name(name).is_some() || name.starts_with(TEMP_PREFIX);
-            if !ours {
+            let max_age = if parse_file_name(name).is_some() {
+                self.retention
+            } else if name.starts_with(TEMP_PREFIX) {
+                self.retention.max(TEMP_FILE_GRACE)
+            } else {
                 continue;
-            }
+            };
             let Ok(metadata) = entry.metadata().await else {
                 continue;
             };
             if metadata.is_file()
-                && self.is_expired(&metadata)
+                && is_older_than(&metadata, max_age)
                 && tokio::fs::remove_file(entry.path()).await.is_ok()
             {
                 removed += 1;
             }
         }
         removed
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path, by: Duration) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - by).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_sweep_spares_temporary_files_that_may_still_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), Duration::from_millis(50)).unwrap();
+        let image = dir.path().join(format!("{}.png", random_hex(ID_BYTES)));
+        let writing = dir
+            .path()
+            .join(format!("{TEMP_PREFIX}{}", random_hex(ID_BYTES)));
+        let crashed = dir
+            .path()
+            .join(format!("{TEMP_PREFIX}{}", random_hex(ID_BYTES)));
+        for path in [&image, &writing, &crashed] {
+            std::fs::write(path, b"bytes").unwrap();
+        }
+        // Older than the retention: the image is expired, but a write can take that long.
+        age(&image, Duration::from_secs(1));
+        age(&writing, Duration::from_secs(1));
+        // Left by a crash long ago.
+        age(&crashed, TEMP_FILE_GRACE + Duration::from_secs(60));
+        assert_eq!(store.sweep().await, 2);
+        assert!(!image.exists());
+        assert!(writing.exists(), "a temporary file in use was deleted");
+        assert!(!crashed.exists());
     }
 }

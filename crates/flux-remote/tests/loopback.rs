@@ -551,3 +551,53 @@ async fn file_route_over_tcp_refuses_traversal() {
     }
     server.stop().await;
 }
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a new connection
+/// neither succeeds nor is refused, and only the connect timeout ends the attempt.
+async fn unresponsive_listener() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    // Never accepted: these fill the queue (its length is the backlog plus one, or a little more).
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    (listener, fillers)
+}
+
+#[tokio::test]
+async fn a_connect_timeout_is_a_retried_connection_error_not_the_total_timeout() {
+    let (listener, _fillers) = unresponsive_listener().await;
+    let addr = listener.local_addr().unwrap();
+    let client = FluxClient::builder(&format!("http://{addr}"))
+        .api_key(KEY)
+        .connect_timeout(Duration::from_millis(200))
+        .total_timeout(Duration::from_secs(20))
+        .max_attempts(3)
+        .backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let error = client
+        .generate(&small_request(64, 64, OutputFormat::Png))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    match &error {
+        RemoteError::Transport(inner) => assert!(inner.is_connect(), "{inner:?}"),
+        other => panic!("expected a connection error after 3 attempts, got {other:?}"),
+    }
+    // Three connect timeouts of 200 ms each, far from the 20 s total timeout.
+    assert!(elapsed >= Duration::from_millis(550), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}

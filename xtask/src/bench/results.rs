@@ -173,6 +173,8 @@ pub struct ConcurrencyLevel {
 /// Time to answer 429 `overloaded` while the admission queue is full.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OverloadResults {
+    /// Concurrent flooding clients.
+    pub clients: usize,
     pub queue_depth: usize,
     pub attempts: usize,
     pub rejected: usize,
@@ -193,11 +195,16 @@ pub struct ServerResults {
     pub steps: u32,
     /// One client, one request at a time.
     pub direct_sequential: LatencyStats,
+    /// Images stored as files (the default): includes the durable write.
     pub http_sequential: LatencyStats,
-    /// HTTP p50 − direct p50, one client.
+    /// `sync_mode`: images returned as `data:` URIs, nothing stored.
+    pub http_sync_mode_sequential: LatencyStats,
+    /// HTTP p50 − direct p50, one client, files stored.
     pub added_latency_p50_ms: f64,
+    /// HTTP p50 − direct p50, one client, `sync_mode`.
+    pub added_latency_sync_mode_p50_ms: f64,
     pub concurrency: Vec<ConcurrencyLevel>,
-    pub overload: OverloadResults,
+    pub overload: Vec<OverloadResults>,
 }
 
 /// Resident memory over many sequential requests.

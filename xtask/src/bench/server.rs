@@ -36,7 +36,9 @@ pub struct ServerSpec {
     /// Admission queue of the overload phase; it is kept full by long generations.
     pub overload_queue_depth: usize,
     pub overload_attempts: usize,
-    pub overload_clients: usize,
+    /// Client counts of the floods: one client shows the server's own answer time, many show
+    /// it under a burst (client and server then share the two cores with the busy model).
+    pub overload_clients: Vec<usize>,
 }
 
 impl ServerSpec {
@@ -51,7 +53,7 @@ impl ServerSpec {
             steps: 1,
             overload_queue_depth: 2,
             overload_attempts: if quick { 200 } else { 1000 },
-            overload_clients: 32,
+            overload_clients: vec![1, 32],
         }
     }
 }
@@ -66,6 +68,10 @@ pub fn measure(spec: &ServerSpec) -> Result<ServerResults> {
 }
 
 fn body(seed: usize, size: [u32; 2], steps: u32) -> String {
+    body_with(seed, size, steps, false)
+}
+
+fn body_with(seed: usize, size: [u32; 2], steps: u32, sync_mode: bool) -> String {
     serde_json::json!({
         "prompt": "A photo of a cat sitting on a wooden table",
         "image_size": {"width": size[0], "height": size[1]},
@@ -73,6 +79,7 @@ fn body(seed: usize, size: [u32; 2], steps: u32) -> String {
         "seed": seed,
         "enable_safety_checker": false,
         "output_format": "jpeg",
+        "sync_mode": sync_mode,
     })
     .to_string()
 }
@@ -183,18 +190,30 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
         http_call(&client, &server.url, &text).await?;
     }
 
+    // Alternating, so that background noise hits every path alike.
     let mut direct = Vec::with_capacity(spec.sequential_requests);
     let mut http = Vec::with_capacity(spec.sequential_requests);
+    let mut http_sync = Vec::with_capacity(spec.sequential_requests);
     for seed in 0..spec.sequential_requests {
         let text = body(seed, spec.size, spec.steps);
         direct.push(direct_call(generator.as_ref(), &text).await?);
         http.push(http_call(&client, &server.url, &text).await?);
+        http_sync.push(
+            http_call(
+                &client,
+                &server.url,
+                &body_with(seed, spec.size, spec.steps, true),
+            )
+            .await?,
+        );
     }
     let direct_sequential = LatencyStats::from_seconds(&direct).context("no direct samples")?;
     let http_sequential = LatencyStats::from_seconds(&http).context("no HTTP samples")?;
+    let http_sync_mode_sequential =
+        LatencyStats::from_seconds(&http_sync).context("no HTTP samples")?;
     eprintln!(
-        "bench:   sequential p50: direct {:.2} ms, HTTP {:.2} ms",
-        direct_sequential.p50_ms, http_sequential.p50_ms
+        "bench:   sequential p50: direct {:.2} ms, HTTP {:.2} ms (files), {:.2} ms (sync_mode)",
+        direct_sequential.p50_ms, http_sequential.p50_ms, http_sync_mode_sequential.p50_ms
     );
 
     let mut concurrency = Vec::new();
@@ -230,7 +249,11 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
     }
     server.shutdown().await?;
 
-    let overload = overload(spec, generator.clone(), files_dir.join("overload"), &client).await?;
+    let mut overloads = Vec::new();
+    for &clients in &spec.overload_clients {
+        let dir = files_dir.join(format!("overload-{clients}"));
+        overloads.push(overload(spec, clients, generator.clone(), dir, &client).await?);
+    }
     let _ = std::fs::remove_dir_all(&files_dir);
     Ok(ServerResults {
         model: "tiny".to_owned(),
@@ -238,10 +261,12 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
         height: spec.size[1],
         steps: spec.steps,
         added_latency_p50_ms: http_sequential.p50_ms - direct_sequential.p50_ms,
+        added_latency_sync_mode_p50_ms: http_sync_mode_sequential.p50_ms - direct_sequential.p50_ms,
         direct_sequential,
         http_sequential,
+        http_sync_mode_sequential,
         concurrency,
-        overload,
+        overload: overloads,
     })
 }
 
@@ -283,6 +308,7 @@ where
 /// answers; every rejection must be 429 `overloaded` with `Retry-After`.
 async fn overload(
     spec: &ServerSpec,
+    clients: usize,
     generator: Arc<dyn Generator>,
     files_dir: PathBuf,
     client: &reqwest::Client,
@@ -308,7 +334,7 @@ async fn overload(
 
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..spec.overload_clients {
+    for _ in 0..clients {
         let next = next.clone();
         let client = client.clone();
         let url = server.url.clone();
@@ -361,11 +387,12 @@ async fn overload(
     let rejection_latency = LatencyStats::from_seconds(&rejection_latencies);
     if let Some(stats) = &rejection_latency {
         eprintln!(
-            "bench:   429 overloaded: p50 {:.2} ms, p99 {:.2} ms",
+            "bench:   429 overloaded, {clients} clients: p50 {:.2} ms, p99 {:.2} ms",
             stats.p50_ms, stats.p99_ms
         );
     }
     Ok(OverloadResults {
+        clients,
         queue_depth: spec.overload_queue_depth,
         attempts: spec.overload_attempts,
         rejected: rejection_latencies.len(),

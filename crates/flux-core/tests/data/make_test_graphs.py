@@ -1,7 +1,8 @@
-"""Writes the two deliberately broken graphs the model-folder tests load (a few hundred bytes each).
+"""Writes the graphs the model-folder tests load: two deliberately broken ones (a few hundred bytes
+each) and the dev fixture's safety checker re-saved with its weights as external data.
 
 Run from this directory with a Python that has `onnx` (e.g. /work/venvs/tinyflux/bin/python):
-    python make_bad_graphs.py
+    python make_test_graphs.py
 ONNX Runtime 1.31 reads IR version <= 13, so the IR version is pinned.
 """
 
@@ -41,4 +42,18 @@ save(
         initializer=[axes],
     ),
     "t5_wrong_rank.onnx",
+)
+
+# The dev safety checker with every initializer in `model.onnx_data` beside the graph.
+import os
+
+os.makedirs("safety_external", exist_ok=True)
+checker = onnx.load("../../../../fixtures/tiny-flux-dev/safety_checker/model.onnx")
+onnx.save_model(
+    checker,
+    "safety_external/model.onnx",
+    save_as_external_data=True,
+    all_tensors_to_one_file=True,
+    location="model.onnx_data",
+    size_threshold=0,
 )
