@@ -175,6 +175,13 @@ fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
     }
     let usage = run_in(cwd.path(), &["generate", "x", "--no-such-flag"])?;
     assert_eq!(usage.status.code(), Some(2));
+    let from_env = flux()
+        .args(["generate", "x"])
+        .env("FLUX_BACKEND", "local:/no/such/model")
+        .current_dir(cwd.path())
+        .output()?;
+    assert_eq!(from_env.status.code(), Some(2));
+    assert!(text(&from_env.stderr).contains("/no/such/model does not exist"));
     let missing = run_in(cwd.path(), &["generate"])?;
     assert_eq!(missing.status.code(), Some(2));
     Ok(())
@@ -462,6 +469,40 @@ async fn serve_with_a_key_file_refuses_unknown_keys() -> anyhow::Result<()> {
     let (status, answer) = post(&http, &server.base_url, Some("sk-test-two"), body).await?;
     assert_eq!(status, 200, "{answer}");
     check_first_image(&http, &answer, (64, 64)).await?;
+
+    // `flux generate` against this server, chosen through the environment like a user would.
+    let base_url = server.base_url.clone();
+    let output_dir = cwd.path().to_path_buf();
+    let remote = tokio::task::spawn_blocking(move || {
+        flux()
+            .args([
+                "generate",
+                "a red fox",
+                "--size",
+                "80x64",
+                "--steps",
+                "2",
+                "--seed",
+                "11",
+                "-o",
+                "remote",
+            ])
+            .env("FLUX_BACKEND", &base_url)
+            .env("FLUX_API_KEY", "sk-test-one")
+            .current_dir(&output_dir)
+            .stdin(Stdio::null())
+            .output()
+    })
+    .await??;
+    ensure!(
+        remote.status.success(),
+        "remote generate failed: {}",
+        text(&remote.stderr)
+    );
+    let (paths, seed) = parse_generate_output(&text(&remote.stdout))?;
+    assert_eq!((paths, seed), (vec!["remote/flux-11-1.jpg".to_owned()], 11));
+    let decoded = image::open(cwd.path().join("remote/flux-11-1.jpg"))?;
+    assert_eq!((decoded.width(), decoded.height()), (80, 64));
     Ok(())
 }
 

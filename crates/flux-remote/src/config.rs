@@ -11,6 +11,10 @@ use crate::error::RemoteError;
 /// The contract's body limit: 64 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The largest accepted `queue_depth`: far beyond what one model can work through, and well below
+/// what the queue's semaphore can count.
+pub const MAX_QUEUE_DEPTH: usize = 65_536;
+
 /// How the HTTP server runs. Build it with [`ServerConfig::default`] and set the fields the
 /// command line gives; every field's default is written on it.
 #[derive(Debug, Clone)]
@@ -27,7 +31,7 @@ pub struct ServerConfig {
     /// off (and the `X-RateLimit-*` headers with it).
     pub rate_limit: Option<RateLimit>,
     /// Generation requests admitted at once, queued and running together. A request beyond it is
-    /// answered 429 `overloaded` at once. Default 16.
+    /// answered 429 `overloaded` at once. Default 16, at most [`MAX_QUEUE_DEPTH`].
     pub queue_depth: usize,
     /// Where generated images are stored. Default `<system temp dir>/flux-files`.
     pub files_dir: PathBuf,
@@ -79,10 +83,11 @@ impl ServerConfig {
             check_key_syntax(key)
                 .map_err(|why| RemoteError::Config(format!("API key #{} {why}", index + 1)))?;
         }
-        if self.queue_depth == 0 {
-            return Err(RemoteError::Config(
-                "queue_depth must be at least 1".to_owned(),
-            ));
+        if !(1..=MAX_QUEUE_DEPTH).contains(&self.queue_depth) {
+            return Err(RemoteError::Config(format!(
+                "queue_depth must be between 1 and {MAX_QUEUE_DEPTH}, got {}",
+                self.queue_depth
+            )));
         }
         if self.max_body_bytes == 0 {
             return Err(RemoteError::Config(

@@ -17,7 +17,7 @@ mod server;
 
 pub use api_error::{ApiErrorResponse, status_for};
 pub use client::{FluxClient, FluxClientBuilder};
-pub use config::{DEFAULT_MAX_BODY_BYTES, RateLimit, ServerConfig, load_api_keys};
+pub use config::{DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, RateLimit, ServerConfig, load_api_keys};
 pub use error::{ClientError, RemoteError};
 pub use server::{AppState, FILES_PATH, GENERATE_PATH, Server, router, serve, shutdown_signal};
 

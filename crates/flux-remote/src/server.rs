@@ -469,10 +469,9 @@ fn payload_too_large(limit: usize) -> ApiErrorResponse {
 
 /// `application/json`, parameters (`; charset=utf-8`) allowed, case-insensitive.
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiErrorResponse> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok());
-    let is_json = content_type.is_some_and(|value| {
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let readable = content_type.and_then(|value| value.to_str().ok());
+    let is_json = readable.is_some_and(|value| {
         value
             .split(';')
             .next()
@@ -481,9 +480,13 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiErrorResponse> 
     if is_json {
         return Ok(());
     }
-    let message = match content_type {
-        None => "missing Content-Type: send 'Content-Type: application/json'".to_owned(),
-        Some(other) => {
+    let message = match (content_type, readable) {
+        (None, _) => "missing Content-Type: send 'Content-Type: application/json'".to_owned(),
+        (Some(_), None) => {
+            "unsupported Content-Type (not visible ASCII): send 'Content-Type: application/json'"
+                .to_owned()
+        }
+        (Some(_), Some(other)) => {
             let shown: String = other.chars().take(100).collect();
             format!("unsupported Content-Type {shown:?}: send 'Content-Type: application/json'")
         }

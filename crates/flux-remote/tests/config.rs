@@ -82,6 +82,12 @@ fn validation_and_defaults() {
         ..ServerConfig::default()
     };
     with_key.validate().unwrap();
+    ServerConfig {
+        queue_depth: flux_remote::MAX_QUEUE_DEPTH,
+        ..with_key.clone()
+    }
+    .validate()
+    .unwrap();
     let bound = SocketAddr::from(([127, 0, 0, 1], 4321));
     assert_eq!(
         with_key.public_base_url(bound).unwrap(),
@@ -98,6 +104,15 @@ fn validation_and_defaults() {
     for bad in [
         ServerConfig {
             queue_depth: 0,
+            ..with_key.clone()
+        },
+        ServerConfig {
+            // tokio's semaphore panics above 2^61 permits; the config must refuse it first.
+            queue_depth: usize::MAX,
+            ..with_key.clone()
+        },
+        ServerConfig {
+            queue_depth: flux_remote::MAX_QUEUE_DEPTH + 1,
             ..with_key.clone()
         },
         ServerConfig {

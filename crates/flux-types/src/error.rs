@@ -10,13 +10,15 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// 400: the body is not JSON, or not a JSON object.
     InvalidJson,
-    /// 400: a field breaks a rule (missing, wrong JSON type, out of range, unknown name).
+    /// 400: a field breaks a rule (missing, wrong JSON type, out of range, unknown name), or the
+    /// `Idempotency-Key` header is malformed.
     InvalidParameter,
     /// 400: the body has a field the API does not know.
     UnknownField,
     /// 401: missing or unknown API key.
     Unauthorized,
-    /// 404: unknown route, or a file that does not exist (any more).
+    /// 404: unknown route, or a file that does not exist (any more). Also the code of a 405
+    /// answer (a known path with a method it does not serve).
     NotFound,
     /// 409: a request with the same `Idempotency-Key` is still running.
     IdempotencyConflict,
@@ -30,7 +32,7 @@ pub enum ErrorCode {
     RateLimited,
     /// 429: the generation queue is full and nothing was queued; see `Retry-After`.
     Overloaded,
-    /// 500: generation failed.
+    /// 500: generation failed, or did not finish within the server's request timeout.
     InferenceFailed,
     /// 503: the model is still loading.
     NotReady,

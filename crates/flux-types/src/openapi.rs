@@ -70,9 +70,14 @@ fn headers_components() -> Value {
             "schema": {"type": "string"}
         },
         "Retry-After": {
-            "description": "Whole seconds (rounded up) to wait before retrying.",
+            "description": "Whole seconds to wait before retrying, rounded up, at least 1.",
             "required": true,
-            "schema": {"type": "integer", "minimum": 0}
+            "schema": {"type": "integer", "minimum": 1}
+        },
+        "Allow": {
+            "description": "The methods the path serves.",
+            "required": true,
+            "schema": {"type": "string"}
         },
         "X-RateLimit-Limit": {
             "description": "Requests this API key may make per rate-limit window (the bucket's burst size).",
@@ -146,6 +151,19 @@ fn generate_operation(
         .into_iter()
         .chain(RATE_LIMIT_HEADERS)
         .collect();
+    // Every answer after authentication passed the rate-limit check and reports the bucket.
+    let rate = &RATE_LIMIT_HEADERS;
+    let mut unavailable = error_response(
+        error_schema,
+        "The model is still loading (with `Retry-After`), or the server is draining for shutdown",
+        &[ErrorCode::NotReady, ErrorCode::ShuttingDown],
+        rate,
+    );
+    unavailable["headers"]["Retry-After"] = json!({
+        "description": "Sent with `not_ready`: whole seconds to wait before retrying.",
+        "required": false,
+        "schema": {"type": "integer", "minimum": 1}
+    });
     json!({
         "operationId": "generateFluxDev",
         "summary": "Generate images from a text prompt with FLUX.1-dev",
@@ -187,15 +205,16 @@ fn generate_operation(
                 "headers": ok_headers,
                 "content": json_content(response_schema),
             },
-            "400": error_response(error_schema, "The body is malformed or breaks a rule; the message names the field and the rule", &[ErrorCode::InvalidJson, ErrorCode::InvalidParameter, ErrorCode::UnknownField], &[]),
-            "401": error_response(error_schema, "Missing or unknown API key", &[ErrorCode::Unauthorized], &["WWW-Authenticate"]),
-            "409": error_response(error_schema, "A request with this Idempotency-Key is still running", &[ErrorCode::IdempotencyConflict], &[]),
-            "413": error_response(error_schema, "The body is over 64 KiB", &[ErrorCode::PayloadTooLarge], &[]),
-            "415": error_response(error_schema, "The body is not application/json", &[ErrorCode::UnsupportedMediaType], &[]),
-            "422": error_response(error_schema, "This Idempotency-Key was used with a different body", &[ErrorCode::IdempotencyMismatch], &[]),
+            "400": error_response(error_schema, "The body is malformed or breaks a rule (the message names the field and the rule; integers must be JSON integer literals, so `2.0` and `1e3` are refused), or the Idempotency-Key header is malformed (`param` is `Idempotency-Key`)", &[ErrorCode::InvalidJson, ErrorCode::InvalidParameter, ErrorCode::UnknownField], rate),
+            "401": error_response(error_schema, "Missing, malformed or unknown API key", &[ErrorCode::Unauthorized], &["WWW-Authenticate"]),
+            "405": error_response(error_schema, "The path does not serve this method; `Allow` lists those it does (the contract has no code of its own for this)", &[ErrorCode::NotFound], &["Allow"]),
+            "409": error_response(error_schema, "A request with this Idempotency-Key and body is still running; retry later to get its stored answer", &[ErrorCode::IdempotencyConflict], rate),
+            "413": error_response(error_schema, "The body is over 64 KiB (also when sent without Content-Length)", &[ErrorCode::PayloadTooLarge], rate),
+            "415": error_response(error_schema, "The body is not application/json (parameters such as `; charset=utf-8` are accepted)", &[ErrorCode::UnsupportedMediaType], rate),
+            "422": error_response(error_schema, "This Idempotency-Key was used with a different body", &[ErrorCode::IdempotencyMismatch], rate),
             "429": error_response(error_schema, "This API key is over its request rate, or the generation queue is full and nothing was queued", &[ErrorCode::RateLimited, ErrorCode::Overloaded], &with_rate_limit),
-            "500": error_response(error_schema, "Generation failed; the message carries no internals. Safe to retry with the same Idempotency-Key", &[ErrorCode::InferenceFailed], &[]),
-            "503": error_response(error_schema, "The model is still loading, or the server is draining for shutdown", &[ErrorCode::NotReady, ErrorCode::ShuttingDown], &[]),
+            "500": error_response(error_schema, "Generation failed or did not finish within the server's request timeout; the message carries no internals. Safe to retry with the same Idempotency-Key", &[ErrorCode::InferenceFailed], rate),
+            "503": unavailable,
         }
     })
 }

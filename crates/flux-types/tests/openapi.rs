@@ -124,9 +124,32 @@ fn generation_route_has_auth_idempotency_and_every_error_status() {
     assert_eq!(
         statuses,
         [
-            "200", "400", "401", "409", "413", "415", "422", "429", "500", "503"
+            "200", "400", "401", "405", "409", "413", "415", "422", "429", "500", "503"
         ]
     );
+    // Every answer after the rate-limit check reports the caller's bucket; a 401 has none.
+    for status in ["400", "409", "413", "415", "422", "429", "500", "503"] {
+        let headers = header_names(&document, &responses[status]);
+        assert!(
+            headers.iter().any(|h| h == "X-RateLimit-Remaining"),
+            "{status} lacks the rate-limit headers"
+        );
+    }
+    assert!(
+        !header_names(&document, &responses["401"])
+            .iter()
+            .any(|h| h.starts_with("X-RateLimit"))
+    );
+    assert!(
+        header_names(&document, &responses["405"])
+            .iter()
+            .any(|h| h == "Allow")
+    );
+    // not_ready carries Retry-After, shutting_down does not: present but not required on 503.
+    let unavailable = &responses["503"]["headers"]["Retry-After"];
+    assert_eq!(unavailable["required"], false, "{unavailable}");
+    let retry_after = resolve(&document, "#/components/headers/Retry-After");
+    assert_eq!(retry_after["schema"]["minimum"], 1, "never 0: rounded up");
     let ok_headers = header_names(&document, &responses["200"]);
     for header in [
         "X-Request-Id",

@@ -702,9 +702,8 @@ fn draw_plot(results: &BenchResults, path: &Path) -> Result<()> {
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
         let all = series.iter().flat_map(|s| s.points.iter());
-        let (mut x_min, mut x_max, mut y_min, mut y_max) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        let (mut x_max, mut y_min, mut y_max) = (f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in all {
-            x_min = x_min.min(x);
             x_max = x_max.max(x);
             y_min = y_min.min(y);
             y_max = y_max.max(y);
@@ -718,15 +717,20 @@ fn draw_plot(results: &BenchResults, path: &Path) -> Result<()> {
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(64)
-            .build_cartesian_2d(
-                (x_min * 0.8..x_max * 1.25).log_scale(),
-                (y_min * 0.7..y_max * 1.5).log_scale(),
-            )
+            .build_cartesian_2d(0.0..x_max * 1.08, (y_min * 0.7..y_max * 1.5).log_scale())
             .map_err(draw_error)?;
         chart
             .configure_mesh()
             .x_desc("image tokens (H/16 · W/16)")
             .y_desc("seconds (log)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| {
+                if *y >= 1.0 {
+                    format!("{y:.0}")
+                } else {
+                    format!("{y:.2}")
+                }
+            })
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(draw_error)?;
