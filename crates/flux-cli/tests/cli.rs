@@ -12,7 +12,19 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 
 /// The body of the README's curl example (keep the two identical).
-const README_CURL_BODY: &str = r#"{"prompt": "a lighthouse on a cliff at dusk", "image_size": "square", "num_inference_steps": 4, "seed": 42}"#;
+/// The JSON body of the README's curl example (the `-d '...'` argument), read from README.md so the
+/// documented command and the tested one cannot drift apart.
+fn readme_curl_body() -> anyhow::Result<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))?;
+    let start = readme
+        .find("-d '{")
+        .ok_or_else(|| anyhow::anyhow!("README.md has no curl example with a -d '...' body"))?
+        + "-d '".len();
+    let length = readme[start..]
+        .find('\'')
+        .ok_or_else(|| anyhow::anyhow!("README.md's curl body is not closed by a quote"))?;
+    Ok(readme[start..start + length].to_owned())
+}
 
 fn flux() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flux"));
@@ -399,7 +411,7 @@ async fn serve_answers_the_readme_curl_example_and_drains_on_sigterm() -> anyhow
     let mut server = ServeProcess::start(cwd.path(), &["--allow-unauthenticated"])?;
     let http = reqwest::Client::new();
 
-    let (status, body) = post(&http, &server.base_url, None, README_CURL_BODY).await?;
+    let (status, body) = post(&http, &server.base_url, None, &readme_curl_body()?).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["seed"], 42);
     check_first_image(&http, &body, (512, 512)).await?;

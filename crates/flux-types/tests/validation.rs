@@ -826,7 +826,12 @@ fn documented_edge_cases_of_numbers_and_nesting() {
     // Beyond a double's range, and nested past serde_json's depth limit: not usable JSON.
     for body in [
         br#"{"prompt": "x", "guidance_scale": 1e400}"#.to_vec(),
-        format!(r#"{{"prompt": "x", "pad": {}{}}}"#, "[".repeat(200), "]".repeat(200)).into_bytes(),
+        format!(
+            r#"{{"prompt": "x", "pad": {}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        )
+        .into_bytes(),
     ] {
         let error = parse_request(&body).unwrap_err();
         assert!(
