@@ -204,8 +204,8 @@ impl FluxClient {
                 builder
             })
             .await?;
-        let text = response.text().await?;
-        serde_json::from_str(&text).map_err(|error| {
+        let bytes = read_capped(response, MAX_SUCCESS_BODY_BYTES).await?;
+        serde_json::from_slice(&bytes).map_err(|error| {
             RemoteError::InvalidResponse(format!("the 200 body is not a GenerateResponse: {error}"))
         })
     }
@@ -229,7 +229,7 @@ impl FluxClient {
                 self.http.get(parsed.clone()).timeout(remaining)
             })
             .await?;
-        Ok(response.bytes().await?.to_vec())
+        read_capped(response, MAX_IMAGE_BYTES).await
     }
 
     /// Whether the server answers `GET /ready` with 200.
@@ -332,10 +332,23 @@ fn is_retryable(error: &RemoteError, repeat_is_safe: bool) -> bool {
 async fn api_error(response: reqwest::Response) -> RemoteError {
     let status = response.status();
     let retry_after = retry_after(status, response.headers());
-    let raw_body = match response.text().await {
-        Ok(text) => text,
-        Err(error) => return RemoteError::Transport(error),
-    };
+    // An oversized error body is cut rather than refused: the status must survive.
+    let mut response = response;
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_BODY_BYTES - bytes.len();
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() >= room {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(error) => return RemoteError::Transport(error),
+        }
+    }
+    let raw_body = String::from_utf8_lossy(&bytes).into_owned();
     let body = serde_json::from_str::<ErrorBody>(&raw_body).ok();
     RemoteError::Api {
         status: status.as_u16(),
@@ -343,6 +356,31 @@ async fn api_error(response: reqwest::Response) -> RemoteError {
         raw_body,
         retry_after,
     }
+}
+
+/// Largest 200 body of a generation accepted: four 2048×2048 PNGs inline as `data:` URIs fit.
+const MAX_SUCCESS_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Largest image file accepted from a file URL.
+const MAX_IMAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest error body accepted; the API's are a few hundred bytes.
+const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes, so a broken or hostile server cannot exhaust memory.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, RemoteError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(RemoteError::InvalidResponse(format!(
+                "the answer (HTTP {}) is larger than {limit} bytes",
+                response.status().as_u16()
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// `Retry-After` in delta-seconds (the form this API sends); dates are ignored.

@@ -44,7 +44,8 @@ impl Metrics {
             .fetch_add(images as u64, Ordering::Relaxed);
     }
 
-    /// Mean generation time so far, for `Retry-After` hints; 1 s before the first one.
+    /// Mean generation time so far (queueing excluded), for `Retry-After` hints: a full queue
+    /// frees a place about when the running generation ends. 1 s before the first one.
     pub(crate) fn mean_generation(&self) -> Duration {
         let count = self.generation_count.load(Ordering::Relaxed);
         if count == 0 {
@@ -87,7 +88,7 @@ impl Metrics {
         out.push_str("# TYPE flux_ready gauge\n");
         let _ = writeln!(out, "flux_ready {}", u8::from(ready));
         out.push_str(
-            "# HELP flux_generation_seconds Time from admission to generated images, per request.\n",
+            "# HELP flux_generation_seconds Seconds spent generating (not queueing), per request.\n",
         );
         out.push_str("# TYPE flux_generation_seconds histogram\n");
         for (bound, bucket) in GENERATION_BUCKETS.iter().zip(&self.generation_buckets) {

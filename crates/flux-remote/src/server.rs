@@ -550,22 +550,53 @@ async fn run_generation(
                 .map_err(|error| {
                     ApiErrorResponse::from_generator_error(&error, state.overload_hint())
                 })?;
+            // The backend's own measure excludes time spent waiting in its queue, so the
+            // histogram and the `Retry-After` hints built on it reflect one generation; a backend
+            // that reports nothing is timed from here.
+            let generation_time = match generation.timings.inference {
+                Duration::ZERO => started.elapsed(),
+                inference => inference,
+            };
             state
                 .inner
                 .metrics
-                .record_generation(started.elapsed(), generation.images.len());
+                .record_generation(generation_time, generation.images.len());
             let body = build_response(&state, generation, expected_images, sync_mode).await?;
-            let json = serde_json::to_vec(&body).map_err(|error| {
-                tracing::error!(%error, "cannot serialise the response");
-                ApiErrorResponse::inference_failed()
-            })?;
-            let json = Bytes::from(json);
+            let json = if sync_mode {
+                // Images inline make a body of up to tens of megabytes: too much CPU for an
+                // async worker.
+                off_the_runtime(move || serialize_response(&body)).await?
+            } else {
+                serialize_response(&body)?
+            };
             if let Some(reservation) = reservation {
                 reservation.complete(json.clone());
             }
             Ok(json_response(StatusCode::OK, json))
         })
         .await
+}
+
+fn serialize_response(body: &GenerateResponse) -> Result<Bytes, ApiErrorResponse> {
+    serde_json::to_vec(body).map(Bytes::from).map_err(|error| {
+        tracing::error!(%error, "cannot serialise the response");
+        ApiErrorResponse::inference_failed()
+    })
+}
+
+/// Runs CPU-heavy work (encoding megabytes) on the blocking pool, keeping the request's tracing
+/// span.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiErrorResponse> + Send + 'static,
+) -> Result<T, ApiErrorResponse> {
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(work)).await {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::error!(%error, "encoding task failed");
+            Err(ApiErrorResponse::inference_failed())
+        }
+    }
 }
 
 async fn build_response(
@@ -586,14 +617,18 @@ async fn build_response(
         return Err(ApiErrorResponse::inference_failed());
     }
     let mut images = Vec::with_capacity(expected_images);
-    for image in &generation.images {
+    for image in generation.images {
         let Some(kind) = FileKind::from_content_type(&image.content_type) else {
             tracing::error!(content_type = %image.content_type, "the generator returned an unknown image type");
             return Err(ApiErrorResponse::inference_failed());
         };
         let url = if sync_mode {
-            let payload = base64::engine::general_purpose::STANDARD.encode(&image.bytes);
-            format!("data:{};base64,{payload}", kind.content_type())
+            let bytes = image.bytes;
+            off_the_runtime(move || {
+                let payload = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                Ok(format!("data:{};base64,{payload}", kind.content_type()))
+            })
+            .await?
         } else {
             let name = state
                 .inner
@@ -651,6 +686,7 @@ impl Server {
             source,
         })?;
         let public_base_url = config.public_base_url(local_addr)?;
+        let state = AppState::new(&config, generator, public_base_url.clone())?;
         if config.allow_unauthenticated {
             tracing::warn!(
                 "AUTHENTICATION IS OFF: --allow-unauthenticated is set, requests without an API \
@@ -665,7 +701,7 @@ impl Server {
         tracing::info!(
             listen = %local_addr,
             public_url = %public_base_url,
-            generator = %generator.describe(),
+            generator = %state.inner.generator.describe(),
             api_keys = config.api_keys.len(),
             queue_depth = config.queue_depth,
             rate_limit = %config.rate_limit.map(|r| r.to_string()).unwrap_or_else(|| "off".to_owned()),
@@ -673,7 +709,6 @@ impl Server {
             retention_s = config.retention.as_secs(),
             "flux server ready to serve"
         );
-        let state = AppState::new(&config, generator, public_base_url)?;
         Ok(Server {
             listener,
             state,

@@ -601,3 +601,48 @@ async fn a_connect_timeout_is_a_retried_connection_error_not_the_total_timeout()
     assert!(elapsed >= Duration::from_millis(550), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
+
+#[tokio::test]
+async fn an_oversized_error_body_is_cut_and_the_status_kept() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let huge = 3 * 1024 * 1024;
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 64 * 1024];
+        let _ = stream.read(&mut request).await.unwrap();
+        let head = format!(
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: {huge}\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..huge / chunk.len() {
+            if stream.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let client = FluxClient::builder(&format!("http://{addr}"))
+        .api_key(KEY)
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let error = client
+        .generate(&small_request(64, 64, OutputFormat::Png))
+        .await
+        .unwrap_err();
+    match error {
+        RemoteError::Api {
+            status,
+            body,
+            raw_body,
+            ..
+        } => {
+            assert_eq!(status, 502);
+            assert!(body.is_none());
+            assert_eq!(raw_body.len(), 1024 * 1024, "cut at 1 MiB");
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+    server.abort();
+}

@@ -1020,3 +1020,115 @@ async fn with_a_key_a_timed_out_generation_finishes_and_is_replayed() {
     assert_eq!(response.headers()["idempotent-replayed"], "true");
     assert_eq!(generator.calls(), 1, "no second generation");
 }
+
+/// A backend with its own queue: each call waits 300 ms for the engine, then reports 50 ms of
+/// actual generation.
+struct QueueingBackend;
+
+impl flux_types::Generator for QueueingBackend {
+    fn generate(
+        &self,
+        request: flux_types::ValidRequest,
+        _progress: Option<flux_types::ProgressFn>,
+    ) -> flux_types::BoxFuture<'_, Result<flux_types::Generation, GeneratorError>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let bytes = encode_image(request.width(), request.height(), request.output_format());
+            Ok(flux_types::Generation {
+                images: vec![flux_types::GeneratedImage {
+                    bytes,
+                    width: request.width(),
+                    height: request.height(),
+                    content_type: request.output_format().content_type().to_owned(),
+                }],
+                seed: request.seed().unwrap_or(0),
+                has_nsfw_concepts: vec![false],
+                timings: flux_types::GenerationTimings {
+                    inference: Duration::from_millis(50),
+                    queued: Duration::from_millis(250),
+                },
+            })
+        })
+    }
+
+    fn describe(&self) -> String {
+        "queueing backend".to_owned()
+    }
+}
+
+#[tokio::test]
+async fn the_generation_histogram_counts_generation_not_queueing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = flux_remote::AppState::new(
+        &config(dir.path()),
+        Arc::new(QueueingBackend),
+        PUBLIC_URL.to_owned(),
+    )
+    .unwrap();
+    let app = router(state);
+    let response = app.clone().oneshot(generate_request(SMALL)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let json = json_body(response).await;
+    assert_eq!(json["timings"]["inference"], 0.05);
+    let response = app
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(body_bytes(response).await).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == r#"flux_generation_seconds_bucket{le="0.1"} 1"#),
+        "the 300 ms wait inside the backend was counted as generation:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "flux_generation_seconds_sum 0.05"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_frees_its_place_or_with_a_key_gets_its_answer_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let generator = FakeGenerator::with_delay(Duration::from_millis(400));
+    let state = state(&config(dir.path()), generator.clone());
+    let app = router(state.clone());
+
+    // Without a key: dropping the request (a disconnect) cancels the work and frees the place.
+    let call = tokio::spawn(app.clone().oneshot(generate_request(SMALL)));
+    wait_for_calls(&generator, 1).await;
+    assert_eq!(state.in_queue(), 1);
+    call.abort();
+    let _ = call.await;
+    for _ in 0..100 {
+        if state.in_queue() == 0 && generator.running.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        state.in_queue(),
+        0,
+        "a cancelled request kept its queue place"
+    );
+    assert_eq!(generator.running.load(Ordering::SeqCst), 0);
+
+    // With a key: the generation outlives the client, keeps its place until done, and is stored.
+    let call = tokio::spawn(app.clone().oneshot(with_key(SMALL, "gone-1")));
+    wait_for_calls(&generator, 2).await;
+    call.abort();
+    let _ = call.await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(state.in_queue(), 1, "the keyed generation still runs");
+    tokio::time::timeout(Duration::from_secs(5), state.wait_idle())
+        .await
+        .expect("the keyed generation finishes");
+    let response = app.oneshot(with_key(SMALL, "gone-1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        generator.calls(),
+        2,
+        "the retry was answered from the store"
+    );
+}

@@ -814,14 +814,16 @@ fn a_flood_of_unknown_fields_gives_a_bounded_message() {
 #[test]
 fn documented_edge_cases_of_numbers_and_nesting() {
     // `-0` is read as the float -0.0, so it is not an integer literal (docs/api.md says so).
-    let violation = parse_request(br#"{"prompt": "x", "seed": -0}"#).unwrap_err();
+    let violation =
+        parse_request(br#"{"prompt": "x", "seed": -0}"#).expect_err("-0 is not an integer");
     assert_eq!(violation.violations()[0].rule, Rule::Type);
     assert_eq!(
         violation.to_api_error().message,
         "seed must be an integer, got number -0.0"
     );
     // Any JSON number spelling is a number for guidance_scale.
-    let valid = parse_request(br#"{"prompt": "x", "guidance_scale": 35e-1}"#).unwrap();
+    let valid =
+        parse_request(br#"{"prompt": "x", "guidance_scale": 35e-1}"#).expect("35e-1 is 3.5");
     assert_eq!(valid.guidance_scale(), 3.5);
     // Beyond a double's range, and nested past serde_json's depth limit: not usable JSON.
     for body in [
@@ -833,7 +835,7 @@ fn documented_edge_cases_of_numbers_and_nesting() {
         )
         .into_bytes(),
     ] {
-        let error = parse_request(&body).unwrap_err();
+        let error = parse_request(&body).expect_err("not usable JSON");
         assert!(
             matches!(&error, RequestError::InvalidJson(m) if m.starts_with("request body is not valid JSON: ")),
             "{error:?}"
