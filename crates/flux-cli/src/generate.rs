@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use flux_facade::Backend;
+use flux_facade::{Backend, ExecutionProvider, LocalOptions, SessionConfig};
 use flux_types::{Generation, Progress, ProgressFn, ValidRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -28,6 +28,15 @@ pub struct BackendArgs {
     /// Default: the tiny model bundled in the binary.
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR")]
     pub model: Option<PathBuf>,
+
+    /// Where a local model runs: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature
+    /// (refused, never silently run on the CPU, when CUDA cannot be used). [default: cpu]
+    #[arg(long, env = "FLUX_DEVICE", value_name = "cpu|cuda[:N]")]
+    pub device: Option<String>,
+
+    /// ONNX Runtime threads per operator for a local model. [default: one per physical core]
+    #[arg(long, env = "FLUX_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 impl BackendArgs {
@@ -57,7 +66,34 @@ impl BackendArgs {
         {
             return Err(BadInput(format!("model folder {} does not exist", dir.display())).into());
         }
+        if !backend.is_local() && (self.device.is_some() || self.threads.is_some()) {
+            return Err(BadInput(format!(
+                "--device and --threads configure a local model; backend {backend} is remote"
+            ))
+            .into());
+        }
         Ok(backend.with_api_key(flux_facade::backend::api_key_from_env()))
+    }
+
+    /// The local engine's options from `--device` and `--threads`, with `queue_capacity` jobs
+    /// allowed to wait.
+    pub fn local_options(&self, queue_capacity: usize) -> anyhow::Result<LocalOptions> {
+        let mut session = SessionConfig::default();
+        if let Some(device) = &self.device {
+            session.execution_provider = device
+                .parse::<ExecutionProvider>()
+                .map_err(|error| BadInput(format!("--device: {error}")))?;
+        }
+        if let Some(threads) = self.threads {
+            if threads == 0 {
+                return Err(BadInput("--threads must be at least 1".to_owned()).into());
+            }
+            session.intra_op_threads = Some(threads);
+        }
+        Ok(LocalOptions {
+            queue_capacity,
+            session,
+        })
     }
 }
 
@@ -128,12 +164,15 @@ pub fn run(args: GenerateArgs, verbose: bool) -> anyhow::Result<()> {
     crate::init_logging(if verbose { "info" } else { "warn" });
     let request = build_request(&args)?;
     let backend = args.backend.resolve()?;
+    let options = args
+        .backend
+        .local_options(LocalOptions::default().queue_capacity)?;
     fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
 
     let interactive = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
     let runtime = crate::runtime()?;
-    let generation = runtime.block_on(generate(backend, request.clone(), interactive))?;
+    let generation = runtime.block_on(generate(backend, options, request.clone(), interactive))?;
 
     let paths = write_images(
         &args.output,
@@ -155,6 +194,7 @@ pub fn run(args: GenerateArgs, verbose: bool) -> anyhow::Result<()> {
 
 async fn generate(
     backend: Backend,
+    options: LocalOptions,
     request: ValidRequest,
     interactive: bool,
 ) -> anyhow::Result<Generation> {
@@ -164,7 +204,7 @@ async fn generate(
         spinner
     });
     let description = backend.to_string();
-    let generator = tokio::task::spawn_blocking(move || backend.start())
+    let generator = tokio::task::spawn_blocking(move || backend.start_with(&options))
         .await
         .context("the backend start-up task failed")?
         .with_context(|| format!("cannot start backend {description}"))?;
@@ -285,8 +325,12 @@ fn write_new_file(
             .open(&path)
         {
             Ok(mut file) => {
-                file.write_all(bytes)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                if let Err(error) = file.write_all(bytes).and_then(|()| file.sync_all()) {
+                    // A truncated image (disk full) must not look like a result.
+                    drop(file);
+                    let _ = fs::remove_file(&path);
+                    return Err(error).with_context(|| format!("cannot write {}", path.display()));
+                }
                 return Ok(path);
             }
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,

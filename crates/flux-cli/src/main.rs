@@ -16,7 +16,7 @@ const EXAMPLES: &str = "\
 Examples:
   flux generate \"a lighthouse on a cliff at dusk\" -o out
   flux generate \"a red fox in the snow\" --size square --steps 20 --seed 42 --format png
-  flux generate \"a red fox\" --model /models/FLUX.1-dev-onnx
+  flux generate \"a red fox\" --model /models/FLUX.1-dev-onnx --device cuda
   FLUX_API_KEY=sk-... flux generate \"a red fox\" --backend https://flux.example.com
   flux serve --allow-unauthenticated --listen 127.0.0.1:8080
   flux serve --api-key-file keys.txt --model /models/FLUX.1-dev-onnx

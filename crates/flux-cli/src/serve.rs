@@ -103,15 +103,16 @@ pub fn run(args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
         .validate()
         .map_err(|error| BadInput(error.to_string()))?;
     let backend = args.backend.resolve()?;
+    // The engine's own queue must hold everything the server admits, so that an admitted request
+    // is never refused by the layer below.
+    let options = args.backend.local_options(config.queue_depth)?;
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let description = backend.to_string();
-        let queue_capacity = config.queue_depth;
-        let generator =
-            tokio::task::spawn_blocking(move || start_backend(&backend, queue_capacity))
-                .await
-                .context("the backend start-up task failed")?
-                .with_context(|| format!("cannot start backend {description}"))?;
+        let generator = tokio::task::spawn_blocking(move || backend.start_with(&options))
+            .await
+            .context("the backend start-up task failed")?
+            .with_context(|| format!("cannot start backend {description}"))?;
         let server = Server::bind(config, generator).await?;
         let address = server.local_addr()?;
         // Scripts and tests read the bound address (port 0) from this line.
@@ -122,19 +123,6 @@ pub fn run(args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
         server.run(flux_remote::shutdown_signal()).await?;
         anyhow::Ok(())
     })
-}
-
-fn start_backend(
-    backend: &flux_facade::Backend,
-    queue_capacity: usize,
-) -> Result<std::sync::Arc<dyn flux_types::Generator>, flux_facade::FacadeError> {
-    // The engine's own queue must hold everything the server admits, so that an admitted request
-    // is never refused by the layer below.
-    let options = flux_facade::local::LocalOptions {
-        queue_capacity,
-        ..flux_facade::local::LocalOptions::default()
-    };
-    backend.start_with(&options)
 }
 
 fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {

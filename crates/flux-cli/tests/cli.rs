@@ -35,6 +35,8 @@ fn flux() -> Command {
         "FLUX_API_KEY",
         "FLUX_API_KEYS",
         "FLUX_LISTEN",
+        "FLUX_DEVICE",
+        "FLUX_THREADS",
     ] {
         command.env_remove(name);
     }
@@ -147,7 +149,7 @@ fn generate_with_the_bundled_model_from_any_folder_and_reproduce_by_seed() -> an
 #[test]
 fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
     let cwd = tempfile::tempdir()?;
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["generate", "x", "-n", "5"],
             "num_images must be between 1 and 4, got 5",
@@ -169,6 +171,19 @@ fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
             "does not exist",
         ),
         (&["generate", "x", "--model", "."], "invalid model"),
+        (&["generate", "x", "--device", "gpu"], "not a device"),
+        (&["generate", "x", "--threads", "0"], "at least 1"),
+        (
+            &[
+                "generate",
+                "x",
+                "--backend",
+                "http://127.0.0.1:9",
+                "--device",
+                "cpu",
+            ],
+            "configure a local model",
+        ),
     ];
     for (args, expected) in cases {
         let output = run_in(cwd.path(), args)?;
@@ -200,6 +215,29 @@ fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
 }
 
 #[test]
+fn cuda_in_a_build_without_it_is_an_error_not_a_cpu_run() -> anyhow::Result<()> {
+    if cfg!(feature = "cuda") {
+        return Ok(());
+    }
+    let cwd = tempfile::tempdir()?;
+    let output = run_in(
+        cwd.path(),
+        &[
+            "generate", "x", "--size", "64x64", "--steps", "1", "--device", "cuda",
+        ],
+    )?;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("without the `cuda` feature"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(cwd.path())?.count(),
+        0,
+        "an image was written"
+    );
+    Ok(())
+}
+
+#[test]
 fn help_lists_every_command_and_examples() -> anyhow::Result<()> {
     let cwd = tempfile::tempdir()?;
     let help = run_in(cwd.path(), &["--help"])?;
@@ -223,6 +261,8 @@ fn help_lists_every_command_and_examples() -> anyhow::Result<()> {
         "--backend",
         "--model",
         "--no-safety-checker",
+        "--device",
+        "--threads",
     ] {
         assert!(generate.contains(flag), "generate --help lacks {flag}");
     }

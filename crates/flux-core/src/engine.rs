@@ -2,13 +2,15 @@
 //! from a bounded queue, one at a time.
 //!
 //! Architecture invariants:
-//! - Submitting never blocks: a full queue is refused at once ([`SubmitError::Full`], which the
-//!   HTTP layer answers with 429), never buffered without bound.
+//! - Submitting never blocks: a full queue is refused at once ([`FluxError::QueueFull`], which
+//!   the HTTP layer answers with 429), never buffered without bound.
 //! - Results go back through the job's reply closure, on the engine thread; no async runtime is
 //!   involved here (the facade bridges with a oneshot sender inside the closure).
 //! - A failed job (bad input, ONNX Runtime error, even a panic) is answered with a typed error and
 //!   the thread goes on with the next job.
-//! - Cancellation is cooperative: checked before a job starts and between denoising steps.
+//! - Cancellation is cooperative: checked before a job starts and between denoising steps. A
+//!   job cancelled while queued keeps its queue slot until the engine reaches it (it is then
+//!   answered `Cancelled` at once, without running): the queue stays a plain bounded channel.
 //! - Shutdown closes the queue, finishes every job already queued, then joins the thread.
 //!
 //! Loading happens on the engine thread and [`Engine::start`] waits for it, so a broken model
@@ -45,32 +47,6 @@ impl std::fmt::Debug for Job {
             .field("params", &self.params)
             .field("on_progress", &self.on_progress.is_some())
             .finish()
-    }
-}
-
-/// Why a job was not queued. Nothing was queued in either case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubmitError {
-    /// The queue is at capacity: retry later (HTTP 429).
-    Full,
-    /// The engine is shutting down or its thread is gone (HTTP 503).
-    Closed,
-}
-
-impl std::fmt::Display for SubmitError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Full => "the generation queue is full",
-            Self::Closed => "the engine is shut down",
-        })
-    }
-}
-
-impl std::error::Error for SubmitError {}
-
-impl From<SubmitError> for FluxError {
-    fn from(error: SubmitError) -> Self {
-        FluxError::Engine(error.to_string())
     }
 }
 
@@ -214,11 +190,10 @@ impl Engine {
     /// Queues a job without blocking. `reply` is called exactly once with the result (or with
     /// [`FluxError::Cancelled`]) unless the job is refused here, in which case it is dropped
     /// uncalled and nothing was queued.
-    pub fn try_submit(
-        &self,
-        job: Job,
-        reply: Reply,
-    ) -> std::result::Result<JobHandle, SubmitError> {
+    ///
+    /// Refusals: [`FluxError::QueueFull`] when `queue_capacity` jobs already wait (HTTP 429),
+    /// [`FluxError::EngineClosed`] after [`Engine::close`] or when the thread is gone (HTTP 503).
+    pub fn try_submit(&self, job: Job, reply: Reply) -> Result<JobHandle> {
         let cancelled = Arc::new(AtomicBool::new(false));
         let envelope = Envelope {
             job,
@@ -231,7 +206,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(sender) = sender.as_ref() else {
-            return Err(SubmitError::Closed);
+            return Err(FluxError::EngineClosed);
         };
         // Counted before sending so the worker's decrement can never run first.
         self.queued.fetch_add(1, Ordering::SeqCst);
@@ -240,8 +215,10 @@ impl Engine {
             Err(error) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 Err(match error {
-                    TrySendError::Full(_) => SubmitError::Full,
-                    TrySendError::Disconnected(_) => SubmitError::Closed,
+                    TrySendError::Full(_) => FluxError::QueueFull {
+                        capacity: self.capacity,
+                    },
+                    TrySendError::Disconnected(_) => FluxError::EngineClosed,
                 })
             }
         }
@@ -271,6 +248,10 @@ impl Engine {
     }
 
     /// Closes the queue, lets the engine finish every queued job, and waits for its thread.
+    ///
+    /// Called on the engine thread itself (a reply or progress callback that held the last
+    /// reference to the engine), it cannot wait for itself: it only closes the queue, and the
+    /// thread ends by itself once the queued jobs are done.
     pub fn shutdown(&self) {
         self.close();
         let worker = self
@@ -278,6 +259,11 @@ impl Engine {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
+        if let Some(worker) = &worker
+            && worker.thread().id() == std::thread::current().id()
+        {
+            return;
+        }
         if let Some(worker) = worker
             && worker.join().is_err()
         {

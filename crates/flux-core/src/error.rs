@@ -69,8 +69,16 @@ pub enum FluxError {
     #[error("cancelled")]
     Cancelled,
 
-    /// The engine thread is gone or its queue is full / closed.
-    #[error("engine unavailable: {0}")]
+    /// The engine's queue is at capacity: nothing was queued; retry later (HTTP 429).
+    #[error("the generation queue is full ({capacity} waiting)")]
+    QueueFull { capacity: usize },
+
+    /// The engine is shutting down or its thread is gone: nothing was queued (HTTP 503).
+    #[error("the engine is shut down")]
+    EngineClosed,
+
+    /// The engine thread failed: it could not start, or a job panicked.
+    #[error("engine failure: {0}")]
     Engine(String),
 }
 

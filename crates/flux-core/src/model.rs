@@ -66,6 +66,39 @@ pub enum ExecutionProvider {
     Cuda { device_id: i32 },
 }
 
+impl std::str::FromStr for ExecutionProvider {
+    type Err = FluxError;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`, case-insensitive.
+    fn from_str(text: &str) -> Result<Self> {
+        let lowered = text.trim().to_ascii_lowercase();
+        let invalid = || FluxError::InvalidInput {
+            param: "device",
+            message: format!("{text:?} is not a device; expected `cpu`, `cuda` or `cuda:N`"),
+        };
+        match lowered.split_once(':') {
+            None if lowered == "cpu" => Ok(Self::Cpu),
+            None if lowered == "cuda" => Ok(Self::Cuda { device_id: 0 }),
+            Some(("cuda", id)) => id
+                .parse::<i32>()
+                .ok()
+                .filter(|id| *id >= 0)
+                .map(|device_id| Self::Cuda { device_id })
+                .ok_or_else(invalid),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda { device_id } => write!(f, "cuda:{device_id}"),
+        }
+    }
+}
+
 /// ONNX Runtime graph optimisation level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OptimizationLevel {
@@ -932,6 +965,36 @@ mod tests {
             Some(dir.path().join("transformer.opt/bf16/model.onnx"))
         );
         assert!(problems.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn devices_parse_and_print() -> anyhow::Result<()> {
+        assert_eq!("cpu".parse::<ExecutionProvider>()?, ExecutionProvider::Cpu);
+        assert_eq!(
+            " CUDA ".parse::<ExecutionProvider>()?,
+            ExecutionProvider::Cuda { device_id: 0 }
+        );
+        assert_eq!(
+            "cuda:3".parse::<ExecutionProvider>()?,
+            ExecutionProvider::Cuda { device_id: 3 }
+        );
+        assert_eq!(
+            ExecutionProvider::Cuda { device_id: 3 }.to_string(),
+            "cuda:3"
+        );
+        for bad in ["", "gpu", "cuda:", "cuda:-1", "cuda:x", "cpu:0"] {
+            assert!(
+                matches!(
+                    bad.parse::<ExecutionProvider>(),
+                    Err(FluxError::InvalidInput {
+                        param: "device",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
         Ok(())
     }
 

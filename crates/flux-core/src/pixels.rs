@@ -20,8 +20,11 @@ pub const JPEG_QUALITY: u8 = 95;
 /// cast to `uint8`. A NaN becomes 0, as numpy's cast gives on x86-64.
 pub fn to_u8(value: f32) -> u8 {
     let unit = (value * 0.5 + 0.5).clamp(0.0, 1.0);
-    // In [0, 255] after the clamp, so the cast is exact; NaN casts to 0.
-    (unit * 255.0).round_ties_even() as u8
+    // In [0, 255] after the clamp. Adding and subtracting 2^23 rounds to an integer with ties to
+    // even (the float32 default rounding), exactly what `round_ties_even` gives in this range,
+    // without the library call that baseline x86-64 makes for it. NaN stays NaN and casts to 0.
+    const ROUNDING_BIAS: f32 = 8_388_608.0;
+    ((unit * 255.0 + ROUNDING_BIAS) - ROUNDING_BIAS) as u8
 }
 
 /// Converts decoded images `[B, 3, H, W]` to RGB images. Errors when there are not exactly three
@@ -129,6 +132,41 @@ mod tests {
         assert_eq!(rgb[1].dimensions(), (3, 2));
         assert_eq!(rgb[1].get_pixel(2, 1).0, [112, 142, 172]);
         assert_eq!(rgb[0].get_pixel(0, 0).0, [0, 30, 60]);
+    }
+
+    #[test]
+    fn rounding_matches_round_ties_even_across_the_float_range() {
+        // Every 251st bit pattern (NaNs, infinities, subnormals, both signs included), plus the
+        // exact halves around every level.
+        let reference =
+            |value: f32| ((value * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0).round_ties_even() as u8;
+        for bits in (0..=u32::MAX).step_by(251) {
+            let value = f32::from_bits(bits);
+            assert_eq!(to_u8(value), reference(value), "{value:e} ({bits:#x})");
+        }
+        for level in 0..=255u16 {
+            for offset in [-0.5f32, 0.5] {
+                let scaled = f32::from(level) + offset;
+                let value = (scaled / 255.0 - 0.5) / 0.5;
+                for candidate in [value, value.next_down(), value.next_up()] {
+                    assert_eq!(to_u8(candidate), reference(candidate), "{candidate:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn to_rgb8_keeps_image_order_for_any_memory_layout() {
+        use ndarray::ShapeBuilder;
+        let level = |(b, c, y, x): (usize, usize, usize, usize)| {
+            2.0 * (b * 100 + c * 30 + y * 10 + x) as f32 / 255.0 - 1.0
+        };
+        let row_major = Array4::from_shape_fn((2, 3, 2, 3), level);
+        let column_major = Array4::from_shape_fn((2, 3, 2, 3).f(), level);
+        assert!(!column_major.is_standard_layout());
+        let expected = to_rgb8(row_major.view()).expect("valid shape");
+        let actual = to_rgb8(column_major.view()).expect("valid shape");
+        assert_eq!(actual, expected);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use flux_core::FluxError;
 use flux_core::denoise::StepControl;
-use flux_core::engine::{Engine, Job, JobRunner, SubmitError};
+use flux_core::engine::{Engine, Job, JobRunner};
 use flux_core::pipeline::{GenerationParams, PipelineOutput, StageTimings};
 use flux_types::OutputFormat;
 
@@ -90,7 +90,7 @@ fn submit(
     engine: &Engine,
     prompt: &str,
     replies: &mpsc::Sender<(String, flux_core::Result<PipelineOutput>)>,
-) -> Result<flux_core::engine::JobHandle, SubmitError> {
+) -> flux_core::Result<flux_core::engine::JobHandle> {
     let replies = replies.clone();
     let name = prompt.to_owned();
     engine.try_submit(
@@ -152,7 +152,10 @@ fn a_full_queue_is_refused_immediately_and_nothing_is_lost() -> anyhow::Result<(
 
     let started = Instant::now();
     let refused = submit(&engine, "one too many", &sender);
-    assert_eq!(refused.err(), Some(SubmitError::Full));
+    assert!(
+        matches!(refused, Err(FluxError::QueueFull { capacity: 1 })),
+        "{refused:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_millis(100),
         "try_submit blocked for {:?}",
@@ -180,10 +183,8 @@ fn shutdown_finishes_queued_jobs_then_refuses_new_ones() -> anyhow::Result<()> {
         submit(&engine, prompt, &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     engine.close();
-    assert_eq!(
-        submit(&engine, "late", &sender).err(),
-        Some(SubmitError::Closed)
-    );
+    let late = submit(&engine, "late", &sender);
+    assert!(matches!(late, Err(FluxError::EngineClosed)), "{late:?}");
     open.send(())?;
     engine.shutdown();
     let names: Vec<String> = replies
@@ -194,6 +195,44 @@ fn shutdown_finishes_queued_jobs_then_refuses_new_ones() -> anyhow::Result<()> {
         })
         .collect();
     assert_eq!(names, ["wait", "a", "b", "c"]);
+    Ok(())
+}
+
+#[test]
+fn a_reply_holding_the_last_reference_ends_the_engine_without_joining_itself() -> anyhow::Result<()>
+{
+    // The engine thread cannot join itself: dropping the engine there used to panic inside
+    // `Drop` ("failed to join thread: Resource deadlock avoided"). The reply must come back
+    // normally and the thread end on its own.
+    let (engine, open) = stand_in_engine(1)?;
+    let engine = Arc::new(engine);
+    let (sender, replies) = mpsc::channel();
+    let last_reference = Mutex::new(Some(Arc::clone(&engine)));
+    let dropped_on_engine_thread = Arc::new(Mutex::new(None));
+    let report = Arc::clone(&dropped_on_engine_thread);
+    engine.try_submit(
+        job("wait", 2),
+        Box::new(move |result| {
+            let engine = last_reference.lock().ok().and_then(|mut held| held.take());
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(engine)));
+            if let Ok(mut report) = report.lock() {
+                *report = Some(outcome.is_ok());
+            }
+            drop(sender.send(result.map(|_| ())));
+        }),
+    )?;
+    drop(engine);
+    open.send(())?;
+    let result = replies.recv_timeout(WAIT)?;
+    assert!(result.is_ok(), "{result:?}");
+    let dropped_cleanly = *dropped_on_engine_thread
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    assert_eq!(
+        dropped_cleanly,
+        Some(true),
+        "dropping the engine on its own thread panicked"
+    );
     Ok(())
 }
 

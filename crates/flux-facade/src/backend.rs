@@ -47,7 +47,17 @@ impl Default for Backend {
 impl Backend {
     /// `FLUX_BACKEND` (default: [`Backend::default`]), with `FLUX_API_KEY` for remote backends.
     pub fn from_env() -> Result<Self, FacadeError> {
-        let spec = std::env::var(BACKEND_ENV).unwrap_or_default();
+        let spec = match std::env::var(BACKEND_ENV) {
+            Ok(spec) => spec,
+            Err(std::env::VarError::NotPresent) => String::new(),
+            // Not a silent fall back to the local model: the user asked for something.
+            Err(std::env::VarError::NotUnicode(raw)) => {
+                return Err(FacadeError::InvalidBackend {
+                    spec: raw.to_string_lossy().into_owned(),
+                    reason: format!("{BACKEND_ENV} is not valid UTF-8"),
+                });
+            }
+        };
         let backend = if spec.trim().is_empty() {
             Self::default()
         } else {

@@ -97,6 +97,8 @@ pub mod remote;
 
 pub use backend::{API_KEY_ENV, BACKEND_ENV, Backend};
 pub use error::FacadeError;
+#[cfg(feature = "local")]
+pub use flux_core::model::{ExecutionProvider, SessionConfig};
 pub use flux_types::{
     BoxFuture, GenerateRequest, GeneratedImage, Generation, GenerationTimings, Generator,
     GeneratorError, ImageSize, ImageSizePreset, OutputFormat, Progress, ProgressFn, ValidRequest,

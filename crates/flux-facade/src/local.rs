@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use flux_core::FluxError;
-use flux_core::engine::{Engine, Job, JobHandle, ProgressCallback, SubmitError};
+use flux_core::engine::{Engine, Job, JobHandle, ProgressCallback};
 use flux_core::model::SessionConfig;
 use flux_core::pipeline::{GenerationParams, PipelineOutput};
 use flux_types::request::MAX_SEED;
@@ -95,13 +95,7 @@ impl LocalGenerator {
                 }) as ProgressCallback
             }),
         };
-        let handle = self
-            .engine
-            .try_submit(job, reply)
-            .map_err(|error| match error {
-                SubmitError::Full => GeneratorError::Overloaded { retry_after: None },
-                SubmitError::Closed => GeneratorError::ShuttingDown,
-            })?;
+        let handle = self.engine.try_submit(job, reply).map_err(map_core_error)?;
         Ok((
             PendingJob {
                 handle: Some(handle),
@@ -198,8 +192,9 @@ fn into_generation(output: PipelineOutput, seed: u64) -> Generation {
     }
 }
 
-/// Bad input stays bad input; a cancellation stays a cancellation; everything else is a failed
-/// generation whose detail goes to the log.
+/// Bad input stays bad input; a cancellation stays a cancellation; a full or closed engine queue is
+/// `Overloaded` / `ShuttingDown`; everything else is a failed generation whose detail goes to the
+/// log.
 fn map_core_error(error: FluxError) -> GeneratorError {
     match error {
         FluxError::InvalidInput { param, message } => GeneratorError::InvalidRequest {
@@ -207,6 +202,8 @@ fn map_core_error(error: FluxError) -> GeneratorError {
             message,
         },
         FluxError::Cancelled => GeneratorError::Cancelled,
+        FluxError::QueueFull { .. } => GeneratorError::Overloaded { retry_after: None },
+        FluxError::EngineClosed => GeneratorError::ShuttingDown,
         other => GeneratorError::Inference {
             detail: other.to_string(),
         },
