@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flux_types::{OutputFormat, ValidRequest};
+use flux_types::{GeneratedImage, OutputFormat, ValidRequest};
 use image::RgbImage;
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Ix2, Ix3, Ix4};
 use ort::session::SessionInputValue;
@@ -106,27 +106,6 @@ impl GenerationParams {
     }
 }
 
-/// One encoded image.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EncodedImage {
-    pub bytes: Vec<u8>,
-    pub width: u32,
-    pub height: u32,
-    /// `image/jpeg` or `image/png`.
-    pub content_type: &'static str,
-}
-
-impl std::fmt::Debug for EncodedImage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncodedImage")
-            .field("bytes", &format_args!("[{} bytes]", self.bytes.len()))
-            .field("width", &self.width)
-            .field("height", &self.height)
-            .field("content_type", &self.content_type)
-            .finish()
-    }
-}
-
 /// Where the time of one generation went (wall clock per stage).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimings {
@@ -148,7 +127,7 @@ pub struct StageTimings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineOutput {
     /// One per requested image, in batch order.
-    pub images: Vec<EncodedImage>,
+    pub images: Vec<GeneratedImage>,
     /// One per image; all false when the safety checker did not run.
     pub nsfw: Vec<bool>,
     /// The checker's nsfw probability per image, when it ran.
@@ -269,18 +248,14 @@ impl FluxPipeline {
         };
 
         let encode_started = Instant::now();
-        let content_type = match params.output_format {
-            OutputFormat::Jpeg => "image/jpeg",
-            OutputFormat::Png => "image/png",
-        };
         let images = rgb
             .iter()
             .map(|image| {
-                Ok(EncodedImage {
+                Ok(GeneratedImage {
                     bytes: pixels::encode(image, params.output_format)?,
                     width: image.width(),
                     height: image.height(),
-                    content_type,
+                    content_type: params.output_format.content_type().to_owned(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

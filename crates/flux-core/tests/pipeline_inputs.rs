@@ -43,7 +43,7 @@ fn a_validated_request_runs_with_the_seed_the_caller_resolved() -> anyhow::Resul
     assert_eq!(output.images.len(), 2);
     for image in &output.images {
         assert_eq!(
-            (image.width, image.height, image.content_type),
+            (image.width, image.height, image.content_type.as_str()),
             (80, 64, "image/png")
         );
         let decoded = image::load_from_memory(&image.bytes)?;

@@ -13,8 +13,8 @@ use flux_core::model::SessionConfig;
 use flux_core::pipeline::{GenerationParams, PipelineOutput};
 use flux_types::request::MAX_SEED;
 use flux_types::{
-    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, Progress,
-    ProgressFn, ValidRequest,
+    BoxFuture, Generation, GenerationTimings, Generator, GeneratorError, Progress, ProgressFn,
+    ValidRequest,
 };
 use tokio::sync::oneshot;
 
@@ -174,18 +174,8 @@ fn into_generation(output: PipelineOutput, seed: u64) -> Generation {
         inference: output.timings.total,
         queued: output.timings.queued,
     };
-    let images = output
-        .images
-        .into_iter()
-        .map(|image| GeneratedImage {
-            content_type: image.content_type.to_owned(),
-            width: image.width,
-            height: image.height,
-            bytes: image.bytes,
-        })
-        .collect();
     Generation {
-        images,
+        images: output.images,
         seed,
         has_nsfw_concepts: output.nsfw,
         timings,
