@@ -75,13 +75,13 @@ def argument_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def encode_image(pixels, image_format: str) -> bytes:
-    """HWC u8 pixels to JPEG (quality 90, as flux-core) or PNG bytes."""
+    """HWC u8 pixels to JPEG (quality 95, as flux-core's pixels::JPEG_QUALITY) or PNG bytes."""
     from PIL import Image
 
     buffer = io.BytesIO()
     image = Image.fromarray(pixels)
     if image_format == "jpeg":
-        image.save(buffer, format="JPEG", quality=90)
+        image.save(buffer, format="JPEG", quality=95)
     else:
         image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -167,11 +167,18 @@ pub fn medians(samples: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Parameter count written beside a generated benchmark model, when there is one.
+/// Parameter count of a generated model (`parameters.json`, written by `generate.py --medium`:
+/// one count per component; `vae_decoder` is part of `vae` and not added again).
 pub fn parameter_count(model_dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(model_dir.join("flux-rs-bench-model.json")).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("parameters")?.as_u64()
+    let text = std::fs::read_to_string(model_dir.join("parameters.json")).ok()?;
+    let counts: BTreeMap<String, u64> = serde_json::from_str(&text).ok()?;
+    Some(
+        counts
+            .iter()
+            .filter(|(name, _)| name.as_str() != "vae_decoder")
+            .map(|(_, n)| n)
+            .sum(),
+    )
 }
 
 #[cfg(test)]

@@ -78,9 +78,20 @@ impl PythonEnv {
 
     /// Runs `tools/bench/<script>`, returning its stdout; its stderr is shown only on failure.
     pub fn run_script(&self, script: &str, args: &[String]) -> Result<String> {
-        let path = self.repo_root.join("tools").join("bench").join(script);
+        self.run_script_at(
+            &self.repo_root.join("tools").join("bench").join(script),
+            args,
+        )
+    }
+
+    /// Runs the Python script at `path`, returning its stdout; its stderr is shown only on failure.
+    pub fn run_script_at(&self, path: &Path, args: &[String]) -> Result<String> {
+        let script = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let output = Command::new(&self.python)
-            .arg(&path)
+            .arg(path)
             .args(args)
             .current_dir(&self.repo_root)
             .stdin(Stdio::null())
@@ -117,8 +128,19 @@ fn ensure_venv(repo_root: &Path) -> Result<PathBuf> {
         .join("tools")
         .join("bench")
         .join("requirements.txt");
-    let requirements = std::fs::read_to_string(&requirements_path)
-        .with_context(|| format!("reading {}", requirements_path.display()))?;
+    // The peers' file includes the generator's pins: the stamp covers both, so a change to
+    // either remakes the venv.
+    let mut requirements = String::new();
+    for path in [
+        &requirements_path,
+        &repo_root
+            .join("tools")
+            .join("tiny-flux")
+            .join("requirements.txt"),
+    ] {
+        requirements += &std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
     let venv = repo_root.join(".cache").join("bench").join("venv");
     let python = venv.join("bin").join("python");
     let stamp = venv.join("flux-rs-requirements.txt");

@@ -203,6 +203,10 @@ pub struct ServerResults {
     pub added_latency_p50_ms: f64,
     /// HTTP p50 − direct p50, one client, `sync_mode`.
     pub added_latency_sync_mode_p50_ms: f64,
+    /// Median of the per-pair differences (HTTP request i − direct request i, run back to back):
+    /// less sensitive to slow drifts of the machine than a difference of two medians.
+    pub added_latency_paired_median_ms: f64,
+    pub added_latency_sync_mode_paired_median_ms: f64,
     pub concurrency: Vec<ConcurrencyLevel>,
     pub overload: Vec<OverloadResults>,
 }

@@ -262,12 +262,20 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
         steps: spec.steps,
         added_latency_p50_ms: http_sequential.p50_ms - direct_sequential.p50_ms,
         added_latency_sync_mode_p50_ms: http_sync_mode_sequential.p50_ms - direct_sequential.p50_ms,
+        added_latency_paired_median_ms: paired_median_ms(&http, &direct),
+        added_latency_sync_mode_paired_median_ms: paired_median_ms(&http_sync, &direct),
         direct_sequential,
         http_sequential,
         http_sync_mode_sequential,
         concurrency,
         overload: overloads,
     })
+}
+
+/// Median of `a[i] − b[i]`, in milliseconds.
+fn paired_median_ms(a: &[f64], b: &[f64]) -> f64 {
+    let differences: Vec<f64> = a.iter().zip(b).map(|(a, b)| (a - b) * 1000.0).collect();
+    super::stats::median(&differences).unwrap_or(f64::NAN)
 }
 
 /// `requests` calls spread over `clients` concurrent callers; wall time and every latency.
