@@ -2,6 +2,8 @@
 //! `tools/tiny-flux/generate.py`) in the format the pipeline reads it, and checks that the model
 //! folders, the reference cases and the randn references agree with each other in shape.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -16,20 +18,6 @@ const CLIP_LENGTH: usize = 77;
 const T5_LENGTH: usize = 32;
 const T5_PAD_ID: i64 = 0;
 const T5_EOS_ID: i64 = 1;
-
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "reading {} (run tools/tiny-flux/generate.py)",
-            path.display()
-        )
-    })?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
 
 fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     read_npy(path).with_context(|| format!("reading {} as float32 .npy", path.display()))
@@ -97,8 +85,8 @@ fn check_onnx(path: &Path, required_names: &[&str]) -> Result<u64> {
 /// every file on disk is indexed (so the index cannot silently go stale).
 #[test]
 fn every_indexed_fixture_file_loads() -> Result<()> {
-    let root = fixtures_dir();
-    let index: FileIndex = read_json(&root.join("index.json"))?;
+    let root = common::fixtures();
+    let index: FileIndex = common::read_json(&root.join("index.json"))?;
     ensure!(
         index.files.len() > 100,
         "index lists only {} files",
@@ -127,7 +115,7 @@ fn every_indexed_fixture_file_loads() -> Result<()> {
                 ensure!(loaded > 0, "{}: empty array", entry.path);
             }
             "json" => {
-                let _: serde_json::Value = read_json(&path)?;
+                let _: serde_json::Value = common::read_json(&path)?;
             }
             "png" => {
                 let image =
@@ -190,7 +178,7 @@ struct SchedulerConfig {
 #[test]
 fn model_folders_have_the_official_layout() -> Result<()> {
     for (folder, dev) in [("tiny-flux-dev", true), ("tiny-flux-schnell", false)] {
-        let root = fixtures_dir().join(folder);
+        let root = common::fixtures().join(folder);
         check_onnx(
             &root.join("clip.opt/model.onnx"),
             &["input_ids", "text_embeddings", "pooled_embeddings"],
@@ -239,7 +227,7 @@ fn model_folders_have_the_official_layout() -> Result<()> {
             "{folder}: CLIP must come as vocab.json + merges.txt only, like FLUX.1-dev"
         );
         let vocab: serde_json::Map<String, serde_json::Value> =
-            read_json(&root.join("tokenizer/vocab.json"))?;
+            common::read_json(&root.join("tokenizer/vocab.json"))?;
         let eos = vocab
             .get("<|endoftext|>")
             .and_then(serde_json::Value::as_u64);
@@ -250,7 +238,8 @@ fn model_folders_have_the_official_layout() -> Result<()> {
             eos == Some(vocab.len() as u64 - 1) && bos == Some(vocab.len() as u64 - 2),
             "{folder}: CLIP specials must be the last two ids (got bos {bos:?}, eos {eos:?})"
         );
-        let scheduler: SchedulerConfig = read_json(&root.join("scheduler/scheduler_config.json"))?;
+        let scheduler: SchedulerConfig =
+            common::read_json(&root.join("scheduler/scheduler_config.json"))?;
         ensure!(scheduler.class_name == "FlowMatchEulerDiscreteScheduler");
         ensure!(scheduler.use_dynamic_shifting == dev);
         ensure!(scheduler.shift == if dev { 3.0 } else { 1.0 });
@@ -288,14 +277,14 @@ struct Case {
 /// Every reference case has all its tensors with shapes that follow from its description.
 #[test]
 fn reference_cases_are_complete_and_consistent() -> Result<()> {
-    let cases_dir = fixtures_dir().join("reference/cases");
-    let index: CaseIndex = read_json(&cases_dir.join("index.json"))?;
+    let cases_dir = common::fixtures().join("reference/cases");
+    let index: CaseIndex = common::read_json(&cases_dir.join("index.json"))?;
     ensure!(index.cases.len() >= 6, "too few cases");
     let mut seen_models = BTreeSet::new();
     let mut seeds = BTreeSet::new();
     for entry in &index.cases {
         let dir = cases_dir.join(&entry.name);
-        let case: Case = read_json(&dir.join("case.json"))?;
+        let case: Case = common::read_json(&dir.join("case.json"))?;
         ensure!(case.model == entry.model, "{}: model mismatch", entry.name);
         ensure!(!case.prompt.is_empty() && case.guidance_scale >= 0.0);
         ensure!(case.max_sequence_length == T5_LENGTH);
@@ -413,23 +402,11 @@ fn reference_cases_are_complete_and_consistent() -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
-struct RandnIndex {
-    entries: Vec<RandnEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RandnEntry {
-    seed: u64,
-    shape: Vec<usize>,
-    file: String,
-}
-
 /// Each randn reference holds an array of the shape its index entry names.
 #[test]
 fn randn_references_match_their_index() -> Result<()> {
-    let dir = fixtures_dir().join("reference/randn");
-    let index: RandnIndex = read_json(&dir.join("index.json"))?;
+    let dir = common::fixtures().join("reference/randn");
+    let index: common::RandnIndex = common::read_json(&dir.join("index.json"))?;
     let seeds: BTreeSet<u64> = index.entries.iter().map(|e| e.seed).collect();
     for seed in [0, 1, 42, 1 << 31, 4_294_967_295] {
         ensure!(seeds.contains(&seed), "seed {seed} missing");
@@ -450,11 +427,11 @@ fn randn_references_match_their_index() -> Result<()> {
 /// gives the ids of the references once truncated and padded to the text length as diffusers does.
 #[test]
 fn t5_tokenizer_json_reproduces_reference_ids() -> Result<()> {
-    let cases_dir = fixtures_dir().join("reference/cases");
-    let index: CaseIndex = read_json(&cases_dir.join("index.json"))?;
+    let cases_dir = common::fixtures().join("reference/cases");
+    let index: CaseIndex = common::read_json(&cases_dir.join("index.json"))?;
     for entry in &index.cases {
-        let case: Case = read_json(&cases_dir.join(&entry.name).join("case.json"))?;
-        let path = fixtures_dir()
+        let case: Case = common::read_json(&cases_dir.join(&entry.name).join("case.json"))?;
+        let path = common::fixtures()
             .join(format!("tiny-flux-{}", case.model))
             .join("tokenizer_2/tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&path)

@@ -1,39 +1,11 @@
 //! Bit-exact parity of `flux_core::rng::randn` with PyTorch's CPU generator, against the raw
 //! `torch.randn` references in `fixtures/reference/randn/` (made by `tools/tiny-flux/generate.py`).
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use anyhow::{Context, Result, bail, ensure};
 use ndarray::ArrayD;
 use ndarray_npy::read_npy;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-struct RandnIndex {
-    entries: Vec<RandnEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RandnEntry {
-    seed: u64,
-    shape: Vec<usize>,
-    file: String,
-}
-
-fn randn_fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/reference/randn")
-}
-
-fn load_index() -> Result<RandnIndex> {
-    let path = randn_fixture_dir().join("index.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading {} (run tools/tiny-flux/generate.py)",
-            path.display()
-        )
-    })?;
-    Ok(serde_json::from_str(&text)?)
-}
 
 /// Index and value of the first element whose bits differ, if any.
 fn first_bit_mismatch(ours: &ArrayD<f32>, torch: &ArrayD<f32>) -> Option<(usize, f32, f32)> {
@@ -46,14 +18,14 @@ fn first_bit_mismatch(ours: &ArrayD<f32>, torch: &ArrayD<f32>) -> Option<(usize,
 
 #[test]
 fn randn_is_bit_identical_to_torch_for_every_fixture() -> Result<()> {
-    let index = load_index()?;
+    let index = common::randn_index()?;
     ensure!(
         !index.entries.is_empty(),
         "the randn index lists no entries"
     );
     let mut failures = Vec::new();
     for entry in &index.entries {
-        let torch: ArrayD<f32> = read_npy(randn_fixture_dir().join(&entry.file))
+        let torch: ArrayD<f32> = read_npy(common::randn_dir().join(&entry.file))
             .with_context(|| format!("reading {}", entry.file))?;
         ensure!(
             torch.shape() == entry.shape.as_slice(),
@@ -95,8 +67,8 @@ fn randn_is_bit_identical_to_torch_for_every_fixture() -> Result<()> {
 fn the_fixtures_cover_both_kernels_and_the_seed_extremes() -> Result<()> {
     // Guards the parity test against a shrunken fixture set that would no longer exercise the
     // short-tensor path, the tail redraw, and the full 32-bit seed range.
-    let index = load_index()?;
-    let numel = |entry: &RandnEntry| entry.shape.iter().product::<usize>();
+    let index = common::randn_index()?;
+    let numel = |entry: &common::RandnEntry| entry.shape.iter().product::<usize>();
     ensure!(
         index.entries.iter().any(|e| numel(e) < 16),
         "no entry below 16 elements"

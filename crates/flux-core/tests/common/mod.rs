@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: fixture paths, a session config for small CPU runs,
-//! and `.npy` loading.
+//! reading the fixtures' JSON indexes and reference cases, and `.npy` loading.
 
 #![allow(dead_code)]
 
@@ -18,6 +18,40 @@ pub fn dev_model() -> PathBuf {
 
 pub fn schnell_model() -> PathBuf {
     fixtures().join("tiny-flux-schnell")
+}
+
+/// Reads a JSON fixture, saying which file and how to regenerate it when that fails.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading {} (run tools/tiny-flux/generate.py)",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// `fixtures/reference/randn/index.json`: raw `torch.randn` draws, one file per seed and shape.
+#[derive(Debug, serde::Deserialize)]
+pub struct RandnIndex {
+    pub entries: Vec<RandnEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct RandnEntry {
+    pub seed: u64,
+    pub shape: Vec<usize>,
+    /// Relative to [`randn_dir`].
+    pub file: String,
+}
+
+pub fn randn_dir() -> PathBuf {
+    fixtures().join("reference/randn")
+}
+
+pub fn randn_index() -> anyhow::Result<RandnIndex> {
+    read_json(&randn_dir().join("index.json"))
 }
 
 /// One intra-op thread: the tiny graphs gain nothing from more, and test threads run in parallel.
@@ -59,6 +93,8 @@ pub struct Case {
     pub num_inference_steps: u32,
     pub guidance_scale: f64,
     pub max_sequence_length: usize,
+    /// (H/16)·(W/16), as the generator computed it.
+    pub image_seq_len: usize,
 }
 
 impl Case {
@@ -79,8 +115,7 @@ impl Case {
 /// Every case listed in the reference index.
 pub fn cases() -> anyhow::Result<Vec<Case>> {
     let root = fixtures().join("reference/cases");
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("index.json"))?)?;
+    let index: serde_json::Value = read_json(&root.join("index.json"))?;
     let names = index["cases"]
         .as_array()
         .ok_or_else(|| anyhow::anyhow!("index.json has no cases"))?
@@ -89,8 +124,7 @@ pub fn cases() -> anyhow::Result<Vec<Case>> {
     let mut cases = Vec::new();
     for name in names {
         let dir = root.join(&name);
-        let mut case: Case =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json"))?)?;
+        let mut case: Case = read_json(&dir.join("case.json"))?;
         case.name = name;
         case.dir = dir;
         cases.push(case);
