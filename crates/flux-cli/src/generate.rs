@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use flux_facade::{Backend, ExecutionProvider, LocalOptions, SessionConfig};
+use flux_facade::{Backend, ComputePriority, ExecutionProvider, LocalOptions, SessionConfig};
 use flux_types::{Generation, Progress, ProgressFn, ValidRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -37,6 +37,13 @@ pub struct BackendArgs {
     /// ONNX Runtime threads per operator for a local model. [default: one per physical core]
     #[arg(long, env = "FLUX_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+
+    /// Scheduling priority of a local model's inference threads: `normal`, or `idle` (Linux
+    /// SCHED_IDLE: inference yields the CPU to every other thread, so a server's HTTP layer
+    /// answers at once while the model saturates the cores; for machines dedicated to flux).
+    /// [default: normal]
+    #[arg(long, env = "FLUX_COMPUTE_PRIORITY", value_name = "normal|idle")]
+    pub compute_priority: Option<String>,
 }
 
 impl BackendArgs {
@@ -66,16 +73,18 @@ impl BackendArgs {
         {
             return Err(BadInput(format!("model folder {} does not exist", dir.display())).into());
         }
-        if !backend.is_local() && (self.device.is_some() || self.threads.is_some()) {
+        if !backend.is_local()
+            && (self.device.is_some() || self.threads.is_some() || self.compute_priority.is_some())
+        {
             return Err(BadInput(format!(
-                "--device and --threads configure a local model; backend {backend} is remote"
+                "--device, --threads and --compute-priority configure a local model; backend {backend} is remote"
             ))
             .into());
         }
         Ok(backend.with_api_key(flux_facade::backend::api_key_from_env()))
     }
 
-    /// The local engine's options from `--device` and `--threads`, with `queue_capacity` jobs
+    /// The local engine's options from `--device`, `--threads` and `--compute-priority`, with `queue_capacity` jobs
     /// allowed to wait.
     pub fn local_options(&self, queue_capacity: usize) -> anyhow::Result<LocalOptions> {
         let mut session = SessionConfig::default();
@@ -89,6 +98,11 @@ impl BackendArgs {
                 return Err(BadInput("--threads must be at least 1".to_owned()).into());
             }
             session.intra_op_threads = Some(threads);
+        }
+        if let Some(priority) = &self.compute_priority {
+            session.compute_priority = priority
+                .parse::<ComputePriority>()
+                .map_err(|error| BadInput(format!("--compute-priority: {error}")))?;
         }
         Ok(LocalOptions {
             queue_capacity,

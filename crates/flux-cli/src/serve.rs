@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use flux_remote::{RateLimit, Server, ServerConfig};
+use flux_remote::{FileDurability, RateLimit, Server, ServerConfig};
 
 use crate::BadInput;
 use crate::generate::BackendArgs;
@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// Folder for generated images. [default: <temp dir>/flux-files]
     #[arg(long, env = "FLUX_FILES_DIR", value_name = "DIR")]
     pub files_dir: Option<PathBuf>,
+
+    /// Flush each image to disk before answering, so every URL handed out survives a power cut
+    /// (one fsync per image on the response path). Default: flush right after answering.
+    #[arg(long, env = "FLUX_DURABLE_IMAGES")]
+    pub durable_images: bool,
 
     /// Base of image URLs in responses (e.g. https://flux.example.com). [default: http://<listen>]
     #[arg(long, env = "FLUX_PUBLIC_URL", value_name = "URL")]
@@ -146,6 +151,11 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         retention: parse_duration("--retention", &args.retention)?,
         request_timeout: parse_duration("--request-timeout", &args.request_timeout)?,
         json_logs: args.json_logs,
+        file_durability: if args.durable_images {
+            FileDurability::BeforeResponse
+        } else {
+            FileDurability::AfterResponse
+        },
         ..ServerConfig::default()
     };
     if let Some(dir) = &args.files_dir {

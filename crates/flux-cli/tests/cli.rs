@@ -149,7 +149,7 @@ fn generate_with_the_bundled_model_from_any_folder_and_reproduce_by_seed() -> an
 #[test]
 fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
     let cwd = tempfile::tempdir()?;
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 13] = [
         (
             &["generate", "x", "-n", "5"],
             "num_images must be between 1 and 4, got 5",
@@ -173,6 +173,10 @@ fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
         (&["generate", "x", "--model", "."], "invalid model"),
         (&["generate", "x", "--device", "gpu"], "not a device"),
         (&["generate", "x", "--threads", "0"], "at least 1"),
+        (
+            &["generate", "x", "--compute-priority", "low"],
+            "not a priority",
+        ),
         (
             &[
                 "generate",
@@ -263,6 +267,7 @@ fn help_lists_every_command_and_examples() -> anyhow::Result<()> {
         "--no-safety-checker",
         "--device",
         "--threads",
+        "--compute-priority",
     ] {
         assert!(generate.contains(flag), "generate --help lacks {flag}");
     }
@@ -277,6 +282,8 @@ fn help_lists_every_command_and_examples() -> anyhow::Result<()> {
         "--retention",
         "--allow-unauthenticated",
         "--json-logs",
+        "--durable-images",
+        "--compute-priority",
         "FLUX_LISTEN",
     ] {
         assert!(serve.contains(flag), "serve --help lacks {flag}");
@@ -305,6 +312,26 @@ fn schema_prints_json_schema_and_openapi() -> anyhow::Result<()> {
     );
     assert!(openapi["paths"]["/api/v1/flux/dev"]["post"].is_object());
     Ok(())
+}
+
+/// (thread name, scheduling policy) of every thread of process `pid`, from /proc.
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = entry?.path();
+        let name = std::fs::read_to_string(dir.join("comm"))?.trim().to_owned();
+        let stat = std::fs::read_to_string(dir.join("stat"))?;
+        // Fields after the parenthesised name; `policy` is field 41 of stat(5).
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let policy = after_name
+            .split_whitespace()
+            .nth(41 - 3)
+            .context("short /proc stat line")?
+            .parse()?;
+        threads.push((name, policy));
+    }
+    Ok(threads)
 }
 
 /// A running `flux serve`; killed on drop if a test fails half way.
@@ -508,9 +535,40 @@ async fn serve_with_a_key_file_refuses_unknown_keys() -> anyhow::Result<()> {
         cwd.path().join("keys.txt"),
         "# team keys\nsk-test-one\n\nsk-test-two\n",
     )?;
-    let server = ServeProcess::start(cwd.path(), &["--api-key-file", "keys.txt"])?;
+    // Also the non-default durability, and (Linux) the idle compute priority, end to end.
+    let mut args = vec!["--api-key-file", "keys.txt", "--durable-images"];
+    if cfg!(target_os = "linux") {
+        // Two threads: ONNX Runtime then makes one pool thread besides the engine's own.
+        args.extend(["--compute-priority", "idle", "--threads", "2"]);
+    }
+    let server = ServeProcess::start(cwd.path(), &args)?;
     let http = reqwest::Client::new();
     let body = r#"{"prompt": "a red fox", "image_size": {"width": 64, "height": 64}, "num_inference_steps": 2}"#;
+    #[cfg(target_os = "linux")]
+    {
+        // SCHED_IDLE is policy 5; the HTTP threads keep the normal policy (0).
+        let policies = thread_policies(server.child.id())?;
+        let of = |name: &str| -> Vec<u32> {
+            policies
+                .iter()
+                .filter(|(thread, _)| thread == name)
+                .map(|(_, policy)| *policy)
+                .collect()
+        };
+        for name in ["flux-engine", "flux-ort"] {
+            let found = of(name);
+            assert!(
+                !found.is_empty() && found.iter().all(|&p| p == 5),
+                "{name}: {policies:?}"
+            );
+        }
+        assert!(
+            policies
+                .iter()
+                .any(|(thread, policy)| thread.starts_with("tokio") && *policy == 0),
+            "{policies:?}"
+        );
+    }
 
     let (status, refused) = post(&http, &server.base_url, None, body).await?;
     assert_eq!(status, 401, "{refused}");

@@ -82,7 +82,7 @@ impl EulerGraph {
         hidden: FloatType,
         velocity: FloatType,
     ) -> Result<Self> {
-        let environment = crate::runtime::environment(config.runtime_kind())?;
+        let environment = crate::runtime::session_environment(config)?;
         let symbols = ["B", "S", "F"];
         let mut graph = EditorGraph::new().map_err(ort_error)?;
         graph

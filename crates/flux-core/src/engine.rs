@@ -120,6 +120,8 @@ impl Engine {
         let (loaded_sender, loaded) = mpsc::channel();
         let mut engine = Self::start_with(
             move || {
+                // Before loading: pools made while loading inherit this thread's priority.
+                config.compute_priority.apply_to_current_thread()?;
                 let pipeline = FluxPipeline::load(&model_dir, &config)?;
                 // The description leaves the thread once; the pipeline never does.
                 let _ = loaded_sender.send(pipeline.description().clone());

@@ -15,6 +15,10 @@ pub enum FluxError {
     #[error("execution provider {provider} was requested but cannot be used: {reason}")]
     ExecutionProvider { provider: String, reason: String },
 
+    /// The inference threads' scheduling priority cannot be set here.
+    #[error("cannot set the compute priority: {reason}")]
+    ThreadPriority { reason: String },
+
     /// A model folder is missing a file or a graph does not have the expected interface.
     #[error("invalid model at {}: {problems:?}", path.display())]
     InvalidModel {

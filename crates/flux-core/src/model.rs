@@ -10,15 +10,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{Outlet, ValueType};
 use serde::Deserialize;
 
 use crate::error::{FluxError, Result};
-use crate::runtime::{self, RuntimeKind};
+use crate::runtime::{self, RuntimeKind, SessionEnvironment};
 use crate::tensors::{FloatType, IdType};
+use crate::threads::{ComputePriority, PoolThreads, ThreadPool};
 use crate::tokenizer::{self, CLIP_LENGTH, PromptTokenizer};
 
 /// The manifest file name flux-rs looks for in a model folder.
@@ -126,6 +126,10 @@ impl OptimizationLevel {
 pub struct SessionConfig {
     /// Threads inside one operator; `None` lets ONNX Runtime use one per physical core.
     pub intra_op_threads: Option<usize>,
+    /// One process-wide pool for all sessions (default) or one per session.
+    pub thread_pool: ThreadPool,
+    /// Scheduling priority of the inference threads.
+    pub compute_priority: ComputePriority,
     pub optimization_level: OptimizationLevel,
     pub execution_provider: ExecutionProvider,
 }
@@ -457,7 +461,7 @@ impl FluxModel {
         let scheduler_config_path = root.join("scheduler/scheduler_config.json");
         let dynamic_shifting = read_dynamic_shifting(root, &scheduler_config_path, &mut problems);
 
-        let environment = runtime::environment(config.runtime_kind())?;
+        let environment = runtime::session_environment(config)?;
         // Registering the execution provider once up front makes a provider that cannot run here
         // an ExecutionProvider error, not one "invalid graph" problem per file.
         session_builder(&environment, config).map_err(|source| FluxError::ExecutionProvider {
@@ -748,7 +752,7 @@ fn read_dynamic_shifting(root: &Path, path: &Path, problems: &mut Vec<String>) -
 }
 
 fn open_graph(
-    environment: &Environment,
+    environment: &SessionEnvironment,
     config: &SessionConfig,
     label: &'static str,
     path: &Path,
@@ -780,13 +784,21 @@ fn open_graph(
 /// A session builder with `config`'s threads, optimisation level and execution provider
 /// (registered with `error_on_failure`: never a silent fallback).
 pub(crate) fn session_builder(
-    environment: &Environment,
+    environment: &SessionEnvironment,
     config: &SessionConfig,
 ) -> ort::Result<SessionBuilder> {
-    let mut builder = Session::builder(environment)?
+    let mut builder = Session::builder(&environment.environment)?
         .with_optimization_level(config.optimization_level.to_ort())?;
-    if let Some(threads) = config.intra_op_threads {
-        builder = builder.with_intra_threads(threads)?;
+    if !environment.shared_pool {
+        builder = builder.with_independent_thread_pool()?;
+        if let Some(threads) = config.intra_op_threads {
+            builder = builder.with_intra_threads(threads)?;
+        }
+        if config.compute_priority != ComputePriority::Normal {
+            builder = builder.with_thread_manager(PoolThreads {
+                priority: config.compute_priority,
+            })?;
+        }
     }
     match config.execution_provider {
         ExecutionProvider::Cpu => {
@@ -814,7 +826,7 @@ pub(crate) fn session_builder(
 }
 
 fn build_session(
-    environment: &Environment,
+    environment: &SessionEnvironment,
     config: &SessionConfig,
     path: &Path,
 ) -> ort::Result<Session> {

@@ -22,6 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ort::environment::Environment;
 
 use crate::error::{FluxError, Result};
+use crate::model::SessionConfig;
+use crate::threads::{ComputePriority, PoolThreads, ThreadPool};
 
 /// The ONNX Runtime release this crate is built and tested against (`ort` 2.0.0-rc.15 speaks its
 /// C API). The only place the version is written.
@@ -74,7 +76,23 @@ struct Initialised {
     kind: RuntimeKind,
     library: PathBuf,
     from_env_override: bool,
-    environment: Environment,
+    /// Made by the first session configuration, which also decides the shared pool.
+    environment: Option<(Environment, Option<SharedPool>)>,
+}
+
+/// The settings ONNX Runtime's process-wide intra-op pool was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SharedPool {
+    intra_op_threads: Option<usize>,
+    priority: ComputePriority,
+}
+
+/// The environment a pipeline's sessions are created in, and whether they run on its shared
+/// pool (otherwise each session makes its own).
+#[derive(Debug, Clone)]
+pub(crate) struct SessionEnvironment {
+    pub(crate) environment: Environment,
+    pub(crate) shared_pool: bool,
 }
 
 static INITIALISED: Mutex<Option<Initialised>> = Mutex::new(None);
@@ -117,19 +135,19 @@ pub fn ensure_runtime(kind: RuntimeKind) -> Result<PathBuf> {
     })
 }
 
-/// Loads ONNX Runtime for `kind` into this process and creates the process-wide `ort`
-/// environment. Idempotent and thread-safe. A process holds one runtime library: after a CPU
-/// runtime was loaded, asking for CUDA is an error (the GPU build serves both, so initialise with
-/// [`RuntimeKind::Cuda`] first when a process needs both).
+/// Loads ONNX Runtime for `kind` into this process. Idempotent and thread-safe. A process holds
+/// one runtime library: after a CPU runtime was loaded, asking for CUDA is an error (the GPU build
+/// serves both, so initialise with [`RuntimeKind::Cuda`] first when a process needs both). The
+/// `ort` environment itself is made when the first pipeline loads, with its thread settings.
 pub fn init_runtime(kind: RuntimeKind) -> Result<()> {
-    environment(kind).map(|_| ())
-}
-
-/// The process-wide `ort` environment, initialising the runtime for `kind` on first use.
-pub(crate) fn environment(kind: RuntimeKind) -> Result<Environment> {
     let mut state = INITIALISED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    loaded(&mut state, kind).map(|_| ())
+}
+
+/// The runtime state, loading the library for `kind` on first use.
+fn loaded(state: &mut Option<Initialised>, kind: RuntimeKind) -> Result<&mut Initialised> {
     if let Some(initialised) = state.as_ref() {
         let compatible =
             initialised.kind == kind || kind == RuntimeKind::Cpu || initialised.from_env_override;
@@ -145,30 +163,93 @@ pub(crate) fn environment(kind: RuntimeKind) -> Result<Environment> {
                 ),
             });
         }
-        return Ok(initialised.environment.clone());
+    } else {
+        let from_env_override = env_override()?.is_some();
+        let library = ensure_runtime(kind)?;
+        load_library(&library)?;
+        tracing::info!(library = %library.display(), %kind, "ONNX Runtime loaded");
+        *state = Some(Initialised {
+            kind,
+            library,
+            from_env_override,
+            environment: None,
+        });
     }
+    state.as_mut().ok_or_else(|| {
+        FluxError::Engine("the runtime state vanished while it was being set".to_owned())
+    })
+}
 
-    let from_env_override = env_override()?.is_some();
-    let library = ensure_runtime(kind)?;
-    let builder = ort::init_from(&library).map_err(|error| FluxError::RuntimeUnavailable {
+fn load_library(library: &Path) -> Result<ort::environment::EnvironmentBuilder> {
+    // `ort` loads the library once per process; later calls only hand out a builder.
+    ort::init_from(library).map_err(|error| FluxError::RuntimeUnavailable {
         reason: format!("cannot load {}: {error}", library.display()),
         hint: SETUP_HINT.to_owned(),
-    })?;
-    let environment = builder
-        .with_name("flux-rs")
-        .build()
-        .map_err(|source| FluxError::Ort {
-            stage: "runtime init",
-            source,
-        })?;
-    tracing::info!(library = %library.display(), %kind, "ONNX Runtime loaded");
-    *state = Some(Initialised {
-        kind,
-        library,
-        from_env_override,
+    })
+}
+
+/// The process-wide `ort` environment for sessions made with `config`, initialising the runtime
+/// on first use. The first configuration decides whether the environment has a shared pool and
+/// its settings (ONNX Runtime allows one environment per process); a configuration that wants the
+/// shared pool with other settings gets per-session pools.
+pub(crate) fn session_environment(config: &SessionConfig) -> Result<SessionEnvironment> {
+    config.compute_priority.check_supported()?;
+    let wanted = match config.thread_pool {
+        ThreadPool::Shared => Some(SharedPool {
+            intra_op_threads: config.intra_op_threads,
+            priority: config.compute_priority,
+        }),
+        ThreadPool::PerSession => None,
+    };
+    let mut state = INITIALISED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let initialised = loaded(&mut state, config.runtime_kind())?;
+    if initialised.environment.is_none() {
+        let environment = build_environment(&initialised.library, wanted)?;
+        initialised.environment = Some((environment, wanted));
+    }
+    let Some((environment, pool)) = initialised.environment.as_ref() else {
+        return Err(FluxError::Engine(
+            "the ONNX Runtime environment vanished while it was being made".to_owned(),
+        ));
+    };
+    let shared_pool = wanted.is_some() && wanted == *pool;
+    if wanted.is_some() && !shared_pool {
+        tracing::warn!(
+            process_pool = ?pool,
+            wanted = ?wanted,
+            "this process's shared ONNX Runtime pool was made with other settings; these sessions get pools of their own"
+        );
+    }
+    Ok(SessionEnvironment {
         environment: environment.clone(),
-    });
-    Ok(environment)
+        shared_pool,
+    })
+}
+
+fn build_environment(library: &Path, pool: Option<SharedPool>) -> Result<Environment> {
+    let ort_error = |source| FluxError::Ort {
+        stage: "runtime init",
+        source,
+    };
+    let mut builder = load_library(library)?.with_name("flux-rs");
+    if let Some(pool) = pool {
+        let options = ort::environment::GlobalThreadPoolOptions::default()
+            // 0: ONNX Runtime's default, one thread per physical core.
+            .with_intra_threads(pool.intra_op_threads.unwrap_or(0))
+            // Sessions run their graphs sequentially: an inter-op pool would only hold idle
+            // threads (with 1, ONNX Runtime makes none).
+            .and_then(|options| options.with_inter_threads(1))
+            .and_then(|options| {
+                options.with_thread_manager(PoolThreads {
+                    priority: pool.priority,
+                })
+            })
+            .map_err(ort_error)?;
+        builder = builder.with_global_thread_pool(options);
+    }
+    builder.build().map_err(ort_error)
 }
 
 /// `ORT_DYLIB_PATH`, checked: a set but wrong path is an error, not a reason to look elsewhere.

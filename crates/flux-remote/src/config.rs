@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::RemoteError;
+use crate::files::FileDurability;
 
 /// The contract's body limit: 64 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub queue_depth: usize,
     /// Where generated images are stored. Default `<system temp dir>/flux-files`.
     pub files_dir: PathBuf,
+    /// When a stored image is flushed to disk: right after the response (default) or before it.
+    pub file_durability: FileDurability,
     /// Base of the image URLs in responses, e.g. `https://flux.example.com`. Default `None`:
     /// `http://<listen address>` (set it when listening on `0.0.0.0` or behind a proxy).
     pub public_url: Option<String>,
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             rate_limit: Some(RateLimit::default()),
             queue_depth: 16,
             files_dir: std::env::temp_dir().join("flux-files"),
+            file_durability: FileDurability::default(),
             public_url: None,
             retention: Duration::from_secs(24 * 60 * 60),
             request_timeout: Duration::from_secs(10 * 60),

@@ -19,6 +19,7 @@ pub use api_error::{ApiErrorResponse, status_for};
 pub use client::{FluxClient, FluxClientBuilder};
 pub use config::{DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, RateLimit, ServerConfig, load_api_keys};
 pub use error::{ClientError, RemoteError};
+pub use files::FileDurability;
 pub use server::{AppState, FILES_PATH, GENERATE_PATH, Server, router, serve, shutdown_signal};
 
 /// Installs the global `tracing` subscriber: JSON lines when `json` is true, readable text

@@ -94,7 +94,11 @@ impl AppState {
                 rate_limiter: config.rate_limit.map(RateLimiterByKey::new),
                 queue: Arc::new(Semaphore::new(config.queue_depth)),
                 queue_depth: config.queue_depth,
-                files: FileStore::open(&config.files_dir, config.retention)?,
+                files: FileStore::open(
+                    &config.files_dir,
+                    config.retention,
+                    config.file_durability,
+                )?,
                 idempotency: IdempotencyStore::new(config.retention),
                 metrics: Metrics::default(),
                 public_base_url: public_base_url.trim_end_matches('/').to_owned(),
@@ -633,7 +637,7 @@ async fn build_response(
             let name = state
                 .inner
                 .files
-                .store(&image.bytes, kind)
+                .store(image.bytes, kind)
                 .await
                 .map_err(|error| {
                     tracing::error!(%error, "cannot store a generated image");

@@ -54,6 +54,7 @@ options:
   --repeats N        measured runs per size and step count (default 3, --quick 2)
   --python PATH      interpreter for the peers (default: $FLUX_BENCH_PYTHON, else a venv made once
                      in .cache/bench/venv from tools/bench/requirements.txt)
+  --no-pipeline      skip the pipeline timings (and the peers); server and memory runs only
   --no-server        skip the HTTP server benchmark
   --no-soak          skip the memory-over-requests run
   --soak-requests N  sequential requests of the memory run (default 1000, --quick 100)
@@ -90,6 +91,7 @@ struct Options {
     threads: usize,
     repeats: usize,
     python: Option<PathBuf>,
+    pipeline: bool,
     server: bool,
     soak: bool,
     soak_requests: usize,
@@ -106,6 +108,7 @@ impl Options {
         let mut threads = None;
         let mut repeats = None;
         let mut python = None;
+        let mut pipeline = true;
         let mut server = true;
         let mut soak = true;
         let mut soak_requests = None;
@@ -127,6 +130,7 @@ impl Options {
                 "--threads" => threads = Some(parse_positive("--threads", &value("--threads")?)?),
                 "--repeats" => repeats = Some(parse_positive("--repeats", &value("--repeats")?)?),
                 "--python" => python = Some(PathBuf::from(value("--python")?)),
+                "--no-pipeline" => pipeline = false,
                 "--no-server" => server = false,
                 "--no-soak" => soak = false,
                 "--soak-requests" => {
@@ -162,7 +166,7 @@ impl Options {
         });
         Ok(Options {
             quick,
-            peers: peers.unwrap_or(!quick),
+            peers: pipeline && peers.unwrap_or(!quick),
             models,
             out,
             docs,
@@ -170,6 +174,7 @@ impl Options {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
             repeats: repeats.unwrap_or(if quick { 2 } else { 3 }),
             python,
+            pipeline,
             server,
             soak,
             soak_requests: soak_requests.unwrap_or(if quick { 100 } else { 1000 }),
@@ -363,7 +368,9 @@ pub fn run(args: &[String]) -> Result<()> {
             };
             build_medium(python, &root, &plan.dir)?;
         }
-        bench_model(&plan, &options, python.as_ref(), &root, &mut results)?;
+        if options.pipeline {
+            bench_model(&plan, &options, python.as_ref(), &root, &mut results)?;
+        }
         if choice == ModelChoice::Tiny {
             if options.server {
                 results.server = Some(run_server(&plan, &options)?);
@@ -643,7 +650,18 @@ fn log_document(document: &results::WorkerDocument) {
 fn run_server(plan: &ModelPlan, options: &Options) -> Result<results::ServerResults> {
     eprintln!("bench: HTTP server versus direct calls (tiny model)");
     let spec = server::ServerSpec::new(plan.dir.clone(), options.threads, options.quick);
-    worker::spawn(&WorkerSpec::Server(spec))
+    let mut results: results::ServerResults = worker::spawn(&WorkerSpec::Server(spec.clone()))?;
+    // The floods again with the model's threads at idle priority (`--compute-priority idle`),
+    // where the operating system lets the HTTP threads preempt inference at once.
+    if cfg!(target_os = "linux") {
+        let idle = server::ServerSpec {
+            compute_priority: flux_facade::ComputePriority::Idle.to_string(),
+            ..spec
+        };
+        let overloads: Vec<results::OverloadResults> = worker::spawn(&WorkerSpec::Overload(idle))?;
+        results.overload.extend(overloads);
+    }
+    Ok(results)
 }
 
 fn run_soak(plan: &ModelPlan, options: &Options) -> Result<results::SoakResults> {

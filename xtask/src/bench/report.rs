@@ -334,9 +334,10 @@ fn summary(out: &mut String, results: &BenchResults) {
             if let Some(latency) = &overload.rejection_latency {
                 let _ = writeln!(
                     out,
-                    "| 429 `overloaded` answer time, p99, {} client{} (target ≤ {TARGET_OVERLOAD_P99_MS} ms) | {:.2} ms | {} |",
+                    "| 429 `overloaded` answer time, p99, {} client{}, {} compute priority (target ≤ {TARGET_OVERLOAD_P99_MS} ms) | {:.2} ms | {} |",
                     overload.clients,
                     if overload.clients == 1 { "" } else { "s" },
+                    overload.compute_priority,
                     latency.p99_ms,
                     met(latency.p99_ms <= TARGET_OVERLOAD_P99_MS)
                 );
@@ -605,7 +606,8 @@ fn server_section(out: &mut String, results: &BenchResults) {
         out,
         "\nThe one-client rows alternate direct, HTTP with files and HTTP with `sync_mode` request by request. \
          Added latency of the HTTP path at p50, one client: **{:.2} ms** with the images stored as files (the \
-         default; the file store writes each image durably, temp file + fsync + rename), **{:.2} ms** with \
+         default: each image is written to a temporary file and renamed into place before the answer, and \
+         flushed to disk right after it; `--durable-images` moves the fsync before the answer), **{:.2} ms** with \
          `sync_mode` (a `data:` URI, nothing stored). Median of the per-request differences (HTTP \
          request i minus the direct request just before it): {:.2} ms (files), {:.2} ms (`sync_mode`).\n",
         server.added_latency_p50_ms,
@@ -616,9 +618,12 @@ fn server_section(out: &mut String, results: &BenchResults) {
     let _ = writeln!(
         out,
         "Overload: the admission queue is kept full by long generations (1024², 28 steps), then the server is \
-         flooded; time from sending a request to having the whole 429 answer.\n\n\
-         | clients | attempts | 429 `overloaded` | with `Retry-After` | admitted | other | p50 ms | p99 ms | max ms |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         flooded; time from sending a request to having the whole 429 answer. The server runs on its own \
+         runtime threads, as in `flux serve`; the clients, the server and the model share the machine's cores. \
+         `normal`: the model's threads at the default priority; `idle`: `--compute-priority idle` (Linux \
+         `SCHED_IDLE`), so the HTTP threads preempt inference at once.\n\n\
+         | clients | compute priority | attempts | 429 `overloaded` | with `Retry-After` | admitted | other | p50 ms | p99 ms | max ms |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for overload in &server.overload {
         let latency = |f: fn(&super::results::LatencyStats) -> f64| {
@@ -629,8 +634,9 @@ fn server_section(out: &mut String, results: &BenchResults) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             overload.clients,
+            overload.compute_priority,
             overload.attempts,
             overload.rejected,
             overload.rejected_with_retry_after,

@@ -175,6 +175,9 @@ pub struct ConcurrencyLevel {
 pub struct OverloadResults {
     /// Concurrent flooding clients.
     pub clients: usize,
+    /// Scheduling priority of the inference threads (`normal` or `idle`).
+    #[serde(default = "normal_priority")]
+    pub compute_priority: String,
     pub queue_depth: usize,
     pub attempts: usize,
     pub rejected: usize,
@@ -279,6 +282,10 @@ impl BenchResults {
             .flat_map(|entry| entry.document.runs.iter())
             .find(|run| [run.width, run.height] == size && run.steps == steps)
     }
+}
+
+fn normal_priority() -> String {
+    "normal".to_owned()
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use flux_facade::{Generator, LocalGenerator, LocalOptions};
+use flux_facade::{ComputePriority, Generator, LocalGenerator, LocalOptions, SessionConfig};
 use flux_remote::{GENERATE_PATH, Server, ServerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,8 @@ pub struct ServerSpec {
     /// Client counts of the floods: one client shows the server's own answer time, many show
     /// it under a burst (client and server then share the two cores with the busy model).
     pub overload_clients: Vec<usize>,
+    /// Scheduling priority of the model's threads (`normal` or `idle`).
+    pub compute_priority: String,
 }
 
 impl ServerSpec {
@@ -52,19 +54,73 @@ impl ServerSpec {
             size: [64, 64],
             steps: 1,
             overload_queue_depth: 2,
-            overload_attempts: if quick { 200 } else { 1000 },
+            // A 32-client flood answers ~30,000 requests a second: 10,000 attempts keep it
+            // going for a fraction of a second, long enough that p99 is not one scheduler slice.
+            overload_attempts: if quick { 1000 } else { 10_000 },
             overload_clients: vec![1, 32],
+            compute_priority: ComputePriority::Normal.to_string(),
         }
+    }
+
+    fn session_config(&self) -> Result<SessionConfig> {
+        let mut config = session_config(self.threads);
+        config.compute_priority = self
+            .compute_priority
+            .parse::<ComputePriority>()
+            .map_err(|error| anyhow::anyhow!(error))?;
+        Ok(config)
     }
 }
 
 /// Runs the spec in this process (the worker side).
 pub fn measure(spec: &ServerSpec) -> Result<ServerResults> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    client_runtime()?.block_on(measure_async(spec))
+}
+
+/// Runs only the spec's 429 floods in this process (the worker side).
+pub fn measure_overload(spec: &ServerSpec) -> Result<Vec<OverloadResults>> {
+    client_runtime()?.block_on(async {
+        let generator = start_generator(spec).await?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let files_dir = bench_files_dir();
+        let mut overloads = Vec::new();
+        for &clients in &spec.overload_clients {
+            let dir = files_dir.join(format!("overload-{clients}"));
+            overloads.push(overload(spec, clients, generator.clone(), dir, &client).await?);
+        }
+        let _ = std::fs::remove_dir_all(&files_dir);
+        Ok(overloads)
+    })
+}
+
+/// The runtime of the benchmark's clients (and of the direct calls).
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting tokio")?;
-    runtime.block_on(measure_async(spec))
+        .context("starting tokio")
+}
+
+fn bench_files_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("flux-bench-files-{}", std::process::id()))
+}
+
+/// The tiny model behind a `LocalGenerator`, loaded off the async threads.
+async fn start_generator(spec: &ServerSpec) -> Result<Arc<dyn Generator>> {
+    let options = LocalOptions {
+        queue_capacity: 64,
+        session: spec.session_config()?,
+    };
+    let model_dir = spec.model_dir.clone();
+    let local = tokio::task::spawn_blocking(move || {
+        LocalGenerator::start(&model_dir, &options).map_err(|error| anyhow::anyhow!(error))
+    })
+    .await
+    .context("loading the model")?
+    .context("starting the local generator")?;
+    Ok(Arc::new(local))
 }
 
 fn body(seed: usize, size: [u32; 2], steps: u32) -> String {
@@ -84,12 +140,14 @@ fn body_with(seed: usize, size: [u32; 2], steps: u32, sync_mode: bool) -> String
     .to_string()
 }
 
-/// A running server on loopback; dropping `stop` shuts it down.
+/// A running server on loopback, on a runtime of its own (as in `flux serve`), so that the
+/// benchmark's clients, like real ones, are not scheduled on the server's worker threads.
 struct RunningServer {
     url: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), flux_remote::RemoteError>>,
     state: flux_remote::AppState,
+    runtime: tokio::runtime::Runtime,
 }
 
 async fn start_server(
@@ -105,13 +163,20 @@ async fn start_server(
         files_dir,
         ..ServerConfig::default()
     };
-    let server = Server::bind(config, generator)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("flux-bench-server")
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    let server = runtime
+        .spawn(Server::bind(config, generator))
         .await
+        .context("binding task")?
         .context("binding the benchmark server")?;
     let url = format!("http://{}{GENERATE_PATH}", server.local_addr()?);
     let state = server.state().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
+    let task = runtime.spawn(server.run(async move {
         let _ = stopped.await;
     }));
     Ok(RunningServer {
@@ -119,6 +184,7 @@ async fn start_server(
         stop,
         task,
         state,
+        runtime,
     })
 }
 
@@ -126,6 +192,8 @@ impl RunningServer {
     async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
         self.task.await.context("server task")?.context("server")?;
+        // Dropping a runtime blocks, which async code must not do.
+        self.runtime.shutdown_background();
         Ok(())
     }
 }
@@ -165,19 +233,8 @@ async fn http_call(client: &reqwest::Client, url: &str, body: &str) -> Result<f6
 }
 
 async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
-    let files_dir = std::env::temp_dir().join(format!("flux-bench-files-{}", std::process::id()));
-    let options = LocalOptions {
-        queue_capacity: 64,
-        session: session_config(spec.threads),
-    };
-    let model_dir = spec.model_dir.clone();
-    let local = tokio::task::spawn_blocking(move || {
-        LocalGenerator::start(&model_dir, &options).map_err(|error| anyhow::anyhow!(error))
-    })
-    .await
-    .context("loading the model")?
-    .context("starting the local generator")?;
-    let generator: Arc<dyn Generator> = Arc::new(local);
+    let files_dir = bench_files_dir();
+    let generator = start_generator(spec).await?;
     let server = start_server(generator.clone(), 64, files_dir.join("main")).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -395,12 +452,13 @@ async fn overload(
     let rejection_latency = LatencyStats::from_seconds(&rejection_latencies);
     if let Some(stats) = &rejection_latency {
         eprintln!(
-            "bench:   429 overloaded, {clients} clients: p50 {:.2} ms, p99 {:.2} ms",
-            stats.p50_ms, stats.p99_ms
+            "bench:   429 overloaded, {clients} clients, {} compute priority: p50 {:.2} ms, p99 {:.2} ms",
+            spec.compute_priority, stats.p50_ms, stats.p99_ms
         );
     }
     Ok(OverloadResults {
         clients,
+        compute_priority: spec.compute_priority.clone(),
         queue_depth: spec.overload_queue_depth,
         attempts: spec.overload_attempts,
         rejected: rejection_latencies.len(),

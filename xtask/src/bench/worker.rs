@@ -25,6 +25,8 @@ pub enum WorkerSpec {
     Pipeline(PipelineSpec),
     Soak(SoakSpec),
     Server(ServerSpec),
+    /// Only the 429 floods (run again at another compute priority).
+    Overload(ServerSpec),
 }
 
 /// Entry point of `xtask bench worker <spec-json>` (the child side).
@@ -39,6 +41,9 @@ pub fn run(args: &[String]) -> Result<()> {
         WorkerSpec::Pipeline(spec) => serde_json::to_string(&super::pipeline::measure(&spec)?)?,
         WorkerSpec::Soak(spec) => serde_json::to_string(&super::soak::measure(&spec)?)?,
         WorkerSpec::Server(spec) => serde_json::to_string(&super::server::measure(&spec)?)?,
+        WorkerSpec::Overload(spec) => {
+            serde_json::to_string(&super::server::measure_overload(&spec)?)?
+        }
     };
     println!("{RESULT_PREFIX}{result}");
     Ok(())
