@@ -48,9 +48,12 @@ pub fn to_rgb8(images: ArrayView4<f32>) -> Result<Vec<RgbImage>> {
                 .ok_or_else(|| shape_error(images.shape()))?;
             let (red, rest) = values.split_at(height * width);
             let (green, blue) = rest.split_at(height * width);
-            let mut bytes = Vec::with_capacity(height * width * 3);
-            for ((&r, &g), &b) in red.iter().zip(green).zip(blue) {
-                bytes.extend_from_slice(&[to_u8(r), to_u8(g), to_u8(b)]);
+            let mut bytes = vec![0u8; height * width * 3];
+            for (pixel, ((&r, &g), &b)) in bytes
+                .chunks_exact_mut(3)
+                .zip(red.iter().zip(green).zip(blue))
+            {
+                pixel.copy_from_slice(&[to_u8(r), to_u8(g), to_u8(b)]);
             }
             RgbImage::from_raw(width_u32, height_u32, bytes)
                 .ok_or_else(|| shape_error(images.shape()))

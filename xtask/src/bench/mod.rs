@@ -308,6 +308,7 @@ pub fn run(args: &[String]) -> Result<()> {
         pipeline: Vec::new(),
         server: None,
         soak: None,
+        step_profiles: Vec::new(),
         gpu: GpuSection {
             measured: false,
             note: gpu_note(),
@@ -631,7 +632,64 @@ fn bench_model(
             }
         }
     }
+    // The smallest and largest size: where the attention share is least and most.
+    let by_tokens = |size: &&[u32; 2]| size[0] * size[1];
+    let mut profiled: Vec<[u32; 2]> = Vec::new();
+    profiled.extend(plan.sizes.iter().min_by_key(by_tokens).copied());
+    profiled.extend(plan.sizes.iter().max_by_key(by_tokens).copied());
+    profiled.dedup();
+    if let (Some(python), Some(weights)) = (python.filter(|_| options.peers), &diffusers_weights) {
+        for size in profiled {
+            step_profile(python, plan, weights, size, options.threads, results);
+        }
+    }
     Ok(())
+}
+
+/// Runs `tools/bench/step_profile.py` on one size of the plan's model.
+fn step_profile(
+    python: &PythonEnv,
+    plan: &ModelPlan,
+    diffusers_weights: &Path,
+    size: [u32; 2],
+    threads: usize,
+    results: &mut BenchResults,
+) {
+    let model = plan.choice.name();
+    eprintln!(
+        "bench: {model} {}x{}: one transformer step, profiled in ONNX Runtime and torch",
+        size[0], size[1]
+    );
+    let args = [
+        "--onnx-model".to_owned(),
+        path_arg(&plan.dir),
+        "--diffusers-model".to_owned(),
+        path_arg(diffusers_weights),
+        "--size".to_owned(),
+        format!("{}x{}", size[0], size[1]),
+        "--threads".to_owned(),
+        threads.to_string(),
+    ];
+    let profile = python
+        .run_script("step_profile.py", &args)
+        .and_then(|output| {
+            let line = output
+                .lines()
+                .rev()
+                .find(|line| line.trim_start().starts_with('{'))
+                .unwrap_or_default();
+            serde_json::from_str::<results::StepProfile>(line)
+                .context("step_profile.py printed no result document")
+        });
+    match profile {
+        Ok(mut profile) => {
+            profile.model = model.to_owned();
+            results.step_profiles.push(profile);
+        }
+        Err(error) => results.notes.push(format!(
+            "step profile failed on the {model} model: {error:#}"
+        )),
+    }
 }
 
 fn log_document(document: &results::WorkerDocument) {

@@ -45,6 +45,10 @@ pub struct BenchResults {
     pub pipeline: Vec<PipelineEntry>,
     pub server: Option<ServerResults>,
     pub soak: Option<SoakResults>,
+    /// One transformer step of each model split into attention, linear layers and the rest, in
+    /// ONNX Runtime and in torch (with the peers only).
+    #[serde(default)]
+    pub step_profiles: Vec<StepProfile>,
     pub gpu: GpuSection,
     /// What was skipped or could not be measured, and why.
     pub notes: Vec<String>,
@@ -282,6 +286,33 @@ impl BenchResults {
             .flat_map(|entry| entry.document.runs.iter())
             .find(|run| [run.width, run.height] == size && run.steps == steps)
     }
+}
+
+/// `tools/bench/step_profile.py`'s document: one transformer step at one size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepProfile {
+    /// Set by xtask (the script does not know the model's name).
+    #[serde(default)]
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    pub image_tokens: u32,
+    pub text_tokens: u32,
+    pub threads: usize,
+    pub repeats: usize,
+    pub onnxruntime: StepSplit,
+    pub torch: StepSplit,
+}
+
+/// Milliseconds of one transformer step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepSplit {
+    pub step_ms: f64,
+    /// ONNX: Softmax and the activation-by-activation MatMuls (QK^T, PV); torch: SDPA.
+    pub attention_ms: f64,
+    /// Projections and MLPs: MatMul/Gemm against weights, `aten::linear`.
+    pub linear_ms: f64,
+    pub other_ms: f64,
 }
 
 fn normal_priority() -> String {
