@@ -74,6 +74,20 @@ def text_length(session_inputs) -> int:
     raise SystemExit("the transformer's encoder_hidden_states has no fixed text length")
 
 
+def split(walls: list[float], attention_us: float, linear_us: float, repeats: int) -> dict:
+    """The step's median wall time and its parts in milliseconds; `other` is what neither
+    attention nor the linear layers took."""
+    step_ms = statistics.median(walls) * 1e3
+    attention_ms = attention_us / 1e3 / repeats
+    linear_ms = linear_us / 1e3 / repeats
+    return {
+        "step_ms": step_ms,
+        "attention_ms": attention_ms,
+        "linear_ms": linear_ms,
+        "other_ms": max(step_ms - attention_ms - linear_ms, 0.0),
+    }
+
+
 def profile_onnxruntime(model: Path, image_tokens: int, threads: int, repeats: int) -> tuple[dict, int]:
     import onnxruntime as ort
 
@@ -113,15 +127,7 @@ def profile_onnxruntime(model: Path, image_tokens: int, threads: int, repeats: i
             attention += microseconds
         elif op in ("MatMul", "FusedMatMul", "Gemm"):
             linear += microseconds
-    step_ms = statistics.median(walls) * 1e3
-    attention_ms = attention / 1e3 / repeats
-    linear_ms = linear / 1e3 / repeats
-    return {
-        "step_ms": step_ms,
-        "attention_ms": attention_ms,
-        "linear_ms": linear_ms,
-        "other_ms": max(step_ms - attention_ms - linear_ms, 0.0),
-    }, text_length(session.get_inputs())
+    return split(walls, attention, linear, repeats), text_length(session.get_inputs())
 
 
 def profile_torch(model: Path, image_tokens: int, text_tokens: int, threads: int, repeats: int) -> dict:
@@ -159,15 +165,7 @@ def profile_torch(model: Path, image_tokens: int, text_tokens: int, threads: int
     totals = {event.key: event.cpu_time_total for event in profiler.key_averages()}
     attention_us = totals.get("aten::scaled_dot_product_attention", 0.0)
     linear_us = totals.get("aten::linear", 0.0)
-    step_ms = statistics.median(walls) * 1e3
-    attention_ms = attention_us / 1e3 / repeats
-    linear_ms = linear_us / 1e3 / repeats
-    return {
-        "step_ms": step_ms,
-        "attention_ms": attention_ms,
-        "linear_ms": linear_ms,
-        "other_ms": max(step_ms - attention_ms - linear_ms, 0.0),
-    }
+    return split(walls, attention_us, linear_us, repeats)
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::results::{BenchResults, RunResult, implementation, stage};
+use super::results::{BenchResults, RunResult, StepSplit, implementation, stage};
 
 /// File name of the plot, written beside the Markdown file.
 pub const PLOT_FILE: &str = "benchmarks-time-vs-tokens.png";
@@ -197,6 +197,7 @@ const HOW_TO: &str = "## How to run\n
 cargo xtask bench                 # full run: tiny + medium model, peers, server, memory (tens of minutes)
 cargo xtask bench --quick         # smoke run (< 5 min): tiny model, no peers; writes bench-results/tmp/
 cargo xtask bench --no-peers      # flux-rs only (no Python needed once the medium model exists)
+cargo xtask bench --no-pipeline   # server and memory runs only
 cargo xtask bench --model tiny    # one model (tiny | medium | all)
 cargo xtask bench --out DIR       # results folder (DIR/latest.json)
 cargo xtask bench report          # re-render this page from bench-results/latest.json
@@ -207,6 +208,7 @@ The peers live in `tools/bench/`: `ort_pipeline.py` (the same pipeline in plain 
 `diffusers_peer.py` (diffusers' `FluxPipeline`, torch, CPU, float32). `torch_weights.py` rebuilds the
 torch weights of each ONNX model from the fixtures generator's seeds and checks them against the
 graphs before saving them in diffusers' format, so all three implementations run the same weights.
+`step_profile.py` times one transformer step under both runtimes' profilers.
 The medium model (same architecture, ~78 M parameters) is built on first use into
 `.cache/models/medium-flux-dev`. Python comes from `$FLUX_BENCH_PYTHON`, `--python`, or a venv that
 xtask makes once in `.cache/bench/venv` from `tools/bench/requirements.txt`.
@@ -433,7 +435,7 @@ fn step_profiles(out: &mut String, results: &BenchResults) {
         "One transformer step (batch 1, random inputs of the pipeline's shapes) under each runtime's \
          profiler, split into attention (ONNX: `Softmax` and the `MatMul`s between two activations, QKᵀ \
          and PV; torch: `scaled_dot_product_attention`), linear layers (`MatMul`/`Gemm` against a \
-         weight; `aten::linear`) and the rest; milliseconds, median of {} runs after a warm-up.\n\n\
+         weight; `aten::linear`) and the rest; milliseconds, median of {} runs after two warm-up runs.\n\n\
          | model | size | tokens (image + text) | runtime | step | attention | linear | rest |\n\
          |---|---|---:|---|---:|---:|---:|---:|",
         results.step_profiles[0].repeats
@@ -483,15 +485,34 @@ fn step_profiles(out: &mut String, results: &BenchResults) {
             ratio(torch.other_ms, ort.other_ms),
         );
     }
+    let range = |part: fn(&StepSplit) -> f64| {
+        let ratios: Vec<f64> = results
+            .step_profiles
+            .iter()
+            .filter(|p| part(&p.onnxruntime) > 0.0)
+            .map(|p| part(&p.torch) / part(&p.onnxruntime))
+            .collect();
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if ratios.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("{low:.2}–{high:.2}×")
+        }
+    };
     let _ = writeln!(
         out,
-        "\nONNX Runtime's GEMMs (MLAS) and its unfused attention are both faster than torch's CPU \
-         kernels here; what keeps the ratio near 2× rather than above it is the rest: the element-wise \
-         operators of the exported graph (modulation, the tanh GELU spelled as Pow/Mul/Add/Tanh, rotary \
-         embeddings, and the Concat/Transpose/Split between them), each one pass over memory, as in \
-         torch's eager mode. Their share is largest at few tokens, which is where the ratio is lowest. \
-         flux-rs runs these graphs as they are; fewer, fused operators would have to come from the \
-         export (or an offline graph optimiser), and would speed up any ONNX Runtime pipeline alike."
+        "\nAcross these profiles torch takes {} ONNX Runtime's time in the linear layers (MLAS GEMMs), \
+         {} in attention (three unfused kernels against torch's fused one) and {} in the rest: the \
+         element-wise operators of the exported graph (modulation, the tanh GELU spelled as \
+         Pow/Mul/Add/Tanh, rotary embeddings, and the Concat/Transpose/Split between them), each one \
+         pass over memory. Where the rest or attention weighs most (the tiny model, whose layers are \
+         too narrow for GEMMs to matter), diffusers comes closest. flux-rs runs the graphs as they are \
+         exported; fewer, fused operators would have to come from the export (or an offline graph \
+         optimiser) and would speed up any ONNX Runtime pipeline alike.",
+        range(|split| split.linear_ms),
+        range(|split| split.attention_ms),
+        range(|split| split.other_ms),
     );
     let _ = writeln!(out);
 }
@@ -701,7 +722,10 @@ fn server_section(out: &mut String, results: &BenchResults) {
          flooded; time from sending a request to having the whole 429 answer. The server runs on its own \
          runtime threads, as in `flux serve`; the clients, the server and the model share the machine's cores. \
          `normal`: the model's threads at the default priority; `idle`: `--compute-priority idle` (Linux \
-         `SCHED_IDLE`), so the HTTP threads preempt inference at once.\n\n\
+         `SCHED_IDLE`), so the HTTP threads preempt inference at once. At normal priority the scheduler \
+         lets a running inference thread finish its time slice (a few milliseconds on current Linux) \
+         before a woken HTTP thread gets the core; with 32 clients keeping the HTTP threads busy, that \
+         wait is the tail.\n\n\
          | clients | compute priority | attempts | 429 `overloaded` | with `Retry-After` | admitted | other | p50 ms | p99 ms | max ms |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
