@@ -587,35 +587,21 @@ fn bench_model(
                 spec.output_format.clone(),
             ]
         };
-        eprintln!(
-            "bench: {model} {}x{}: {}",
-            size[0],
-            size[1],
-            implementation::PYTHON_ORT
-        );
-        match python.run_peer("ort_pipeline.py", &peer_args(&plan.dir)) {
-            Ok(document) => {
-                log_document(&document);
-                results.pipeline.push(PipelineEntry {
-                    model: model.to_owned(),
-                    document,
-                });
-            }
-            Err(error) => results.notes.push(format!(
-                "{} failed on {model} {}x{}: {error:#}",
-                implementation::PYTHON_ORT,
-                size[0],
-                size[1]
-            )),
-        }
+        let mut peers = vec![(
+            implementation::PYTHON_ORT,
+            "ort_pipeline.py",
+            plan.dir.as_path(),
+        )];
         if let Some(weights) = &diffusers_weights {
-            eprintln!(
-                "bench: {model} {}x{}: {}",
-                size[0],
-                size[1],
-                implementation::DIFFUSERS
-            );
-            match python.run_peer("diffusers_peer.py", &peer_args(weights)) {
+            peers.push((
+                implementation::DIFFUSERS,
+                "diffusers_peer.py",
+                weights.as_path(),
+            ));
+        }
+        for (name, script, model_arg) in peers {
+            eprintln!("bench: {model} {}x{}: {name}", size[0], size[1]);
+            match python.run_peer(script, &peer_args(model_arg)) {
                 Ok(document) => {
                     log_document(&document);
                     results.pipeline.push(PipelineEntry {
@@ -624,10 +610,8 @@ fn bench_model(
                     });
                 }
                 Err(error) => results.notes.push(format!(
-                    "{} failed on {model} {}x{}: {error:#}",
-                    implementation::DIFFUSERS,
-                    size[0],
-                    size[1]
+                    "{name} failed on {model} {}x{}: {error:#}",
+                    size[0], size[1]
                 )),
             }
         }
