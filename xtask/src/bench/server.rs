@@ -81,18 +81,33 @@ pub fn measure(spec: &ServerSpec) -> Result<ServerResults> {
 pub fn measure_overload(spec: &ServerSpec) -> Result<Vec<OverloadResults>> {
     client_runtime()?.block_on(async {
         let generator = start_generator(spec).await?;
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()?;
+        let client = bench_client()?;
         let files_dir = bench_files_dir();
-        let mut overloads = Vec::new();
-        for &clients in &spec.overload_clients {
-            let dir = files_dir.join(format!("overload-{clients}"));
-            overloads.push(overload(spec, clients, generator.clone(), dir, &client).await?);
-        }
-        let _ = std::fs::remove_dir_all(&files_dir);
-        Ok(overloads)
+        floods(spec, generator, &files_dir, &client).await
     })
+}
+
+/// The spec's 429 floods, one per client count, each against a fresh server; then the files go.
+async fn floods(
+    spec: &ServerSpec,
+    generator: Arc<dyn Generator>,
+    files_dir: &std::path::Path,
+    client: &reqwest::Client,
+) -> Result<Vec<OverloadResults>> {
+    let mut overloads = Vec::new();
+    for &clients in &spec.overload_clients {
+        let dir = files_dir.join(format!("overload-{clients}"));
+        overloads.push(overload(spec, clients, generator.clone(), dir, client).await?);
+    }
+    let _ = std::fs::remove_dir_all(files_dir);
+    Ok(overloads)
+}
+
+/// The benchmark's HTTP client: keep-alive connections for every concurrent client.
+fn bench_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?)
 }
 
 /// The runtime of the benchmark's clients (and of the direct calls).
@@ -236,9 +251,7 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
     let files_dir = bench_files_dir();
     let generator = start_generator(spec).await?;
     let server = start_server(generator.clone(), 64, files_dir.join("main")).await?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()?;
+    let client = bench_client()?;
 
     // Warm-up: both paths, so sessions, pools and connections exist before the clock runs.
     for seed in 0..5 {
@@ -306,12 +319,7 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
     }
     server.shutdown().await?;
 
-    let mut overloads = Vec::new();
-    for &clients in &spec.overload_clients {
-        let dir = files_dir.join(format!("overload-{clients}"));
-        overloads.push(overload(spec, clients, generator.clone(), dir, &client).await?);
-    }
-    let _ = std::fs::remove_dir_all(&files_dir);
+    let overloads = floods(spec, generator, &files_dir, &client).await?;
     Ok(ServerResults {
         model: "tiny".to_owned(),
         width: spec.size[0],
