@@ -484,7 +484,8 @@ async fn serve_answers_the_readme_curl_example_and_drains_on_sigterm() -> anyhow
     check_first_image(&http, &body, (512, 512)).await?;
 
     // SIGTERM while generations are admitted: they are answered, then the server exits 0.
-    let small = r#"{"prompt": "a red fox", "image_size": {"width": 256, "height": 256}, "num_inference_steps": 8}"#;
+    // Long enough (several hundred ms for the three) that all are admitted well before the last ends.
+    let small = r#"{"prompt": "a red fox", "image_size": {"width": 512, "height": 512}, "num_inference_steps": 8}"#;
     let in_flight: Vec<_> = (0..3)
         .map(|_| {
             let http = http.clone();
@@ -492,7 +493,8 @@ async fn serve_answers_the_readme_curl_example_and_drains_on_sigterm() -> anyhow
             tokio::spawn(async move { post(&http, &base, None, small).await })
         })
         .collect();
-    wait_for_admitted_work(&http, &server.base_url).await?;
+    // The README request was answered already; the three must all be in before the signal.
+    wait_for_admitted_work(&http, &server.base_url, 4).await?;
     server.terminate()?;
     for request in in_flight {
         let (status, body) = request.await??;
@@ -506,26 +508,44 @@ async fn serve_answers_the_readme_curl_example_and_drains_on_sigterm() -> anyhow
     Ok(())
 }
 
-/// Polls `/metrics` until at least one generation is admitted (so the SIGTERM lands mid-work).
-async fn wait_for_admitted_work(http: &reqwest::Client, base_url: &str) -> anyhow::Result<()> {
-    for _ in 0..400 {
+/// Polls `/metrics` until `expected` generation requests have been admitted in all (answered ones
+/// plus those queued or running) and at least one of them is still at work, so the SIGTERM lands
+/// mid-work and no request of the test is still on its way in. A request the server has not read
+/// yet when the drain starts has its connection closed, which is not what this test is about.
+async fn wait_for_admitted_work(
+    http: &reqwest::Client,
+    base_url: &str,
+    expected: u64,
+) -> anyhow::Result<()> {
+    let mut last = String::new();
+    for _ in 0..2000 {
         let metrics = http
             .get(format!("{base_url}/metrics"))
             .send()
             .await?
             .text()
             .await?;
-        let depth = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("flux_queue_depth "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .unwrap_or_default();
-        if depth >= 1.0 {
+        let value_of = |prefix: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .map_or(0, |value| value as u64)
+        };
+        let in_queue = value_of("flux_queue_depth ");
+        let answered =
+            value_of("flux_http_requests_total{route=\"/api/v1/flux/dev\",status=\"200\"} ");
+        if in_queue >= 1 && in_queue + answered >= expected {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        ensure!(
+            in_queue + answered < expected || in_queue >= 1,
+            "every generation was answered before the test could send SIGTERM"
+        );
+        last = format!("in queue {in_queue}, answered {answered}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    bail!("no generation was ever admitted")
+    bail!("the generations were never all admitted ({last})")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

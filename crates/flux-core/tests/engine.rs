@@ -157,7 +157,7 @@ fn a_full_queue_is_refused_immediately_and_nothing_is_lost() -> anyhow::Result<(
         "{refused:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_millis(100),
+        started.elapsed() < Duration::from_secs(1),
         "try_submit blocked for {:?}",
         started.elapsed()
     );

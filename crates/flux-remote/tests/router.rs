@@ -501,15 +501,18 @@ async fn full_queue_is_429_overloaded_at_once_and_backend_overload_too() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.queue_depth = 1;
-    let generator = FakeGenerator::with_delay(Duration::from_millis(500));
+    // The first generation takes 2 s; the refusal must not wait for it (1 s leaves room for a
+    // loaded CI host, and the first must still be running when the refusal is in).
+    let generator = FakeGenerator::with_delay(Duration::from_secs(2));
     let app = router(state(&config, generator.clone()));
     let first = tokio::spawn(app.clone().oneshot(generate_request(SMALL)));
     wait_for_calls(&generator, 1).await;
     let started = std::time::Instant::now();
     let response = app.clone().oneshot(generate_request(SMALL)).await.unwrap();
     assert!(
-        started.elapsed() < Duration::from_millis(300),
-        "refused at once"
+        started.elapsed() < Duration::from_secs(1) && !first.is_finished(),
+        "refused at once, not after the running generation: {:?}",
+        started.elapsed()
     );
     assert!(
         response.headers()["retry-after"]
@@ -918,7 +921,8 @@ async fn file_route_refuses_malformed_names_and_traversal() {
 async fn expired_files_are_404_and_swept() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    config.retention = Duration::from_millis(300);
+    // Long enough that a loaded CI host still fetches the image before it expires.
+    config.retention = Duration::from_millis(1500);
     let state = state(&config, FakeGenerator::new());
     let app = router(state.clone());
     let response = app.clone().oneshot(generate_request(SMALL)).await.unwrap();
@@ -934,7 +938,7 @@ async fn expired_files_are_404_and_swept() {
     let response = app.clone().oneshot(generate_request(SMALL)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     let response = app.oneshot(fetch()).await.unwrap();
     expect_error(response, StatusCode::NOT_FOUND, "not_found", None).await;
     state.sweep().await;
@@ -977,7 +981,8 @@ async fn with_a_key_a_timed_out_generation_finishes_and_is_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.request_timeout = Duration::from_millis(200);
-    let generator = FakeGenerator::with_delay(Duration::from_millis(600));
+    // 1.5 s of generation against a 200 ms timeout: the second call must find it still running.
+    let generator = FakeGenerator::with_delay(Duration::from_millis(1500));
     let app = router(state(&config, generator.clone()));
     let response = app
         .clone()
@@ -1004,7 +1009,7 @@ async fn with_a_key_a_timed_out_generation_finishes_and_is_replayed() {
     )
     .await;
     let mut replayed = None;
-    for _ in 0..100 {
+    for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let response = app
             .clone()
@@ -1016,7 +1021,7 @@ async fn with_a_key_a_timed_out_generation_finishes_and_is_replayed() {
             break;
         }
     }
-    let response = replayed.expect("the generation finished and was stored within 2 s");
+    let response = replayed.expect("the generation finished and was stored within 6 s");
     assert_eq!(response.headers()["idempotent-replayed"], "true");
     assert_eq!(generator.calls(), 1, "no second generation");
 }
@@ -1090,7 +1095,7 @@ async fn the_generation_histogram_counts_generation_not_queueing() {
 #[tokio::test]
 async fn a_client_that_goes_away_frees_its_place_or_with_a_key_gets_its_answer_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let generator = FakeGenerator::with_delay(Duration::from_millis(400));
+    let generator = FakeGenerator::with_delay(Duration::from_millis(1000));
     let state = state(&config(dir.path()), generator.clone());
     let app = router(state.clone());
 
