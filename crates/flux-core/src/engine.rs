@@ -9,19 +9,20 @@
 //! - A failed job (bad input, ONNX Runtime error, even a panic) is answered with a typed error and
 //!   the thread goes on with the next job.
 //! - Cancellation is cooperative: checked before a job starts and between denoising steps. A
-//!   job cancelled while queued keeps its queue slot until the engine reaches it (it is then
-//!   answered `Cancelled` at once, without running): the queue stays a plain bounded channel.
+//!   job cancelled while it waits gives its queue place back at once (the capacity counts only
+//!   live jobs), and is answered `Cancelled` on the engine thread at the next step boundary or
+//!   when the engine reaches it, whichever comes first; it never runs.
 //! - Shutdown closes the queue, finishes every job already queued, then joins the thread.
 //!
 //! Loading happens on the engine thread and [`Engine::start`] waits for it, so a broken model
 //! folder is reported by `start` itself; callers that must not block (an async server) run
 //! `start` on a blocking thread and report "not ready" meanwhile.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -94,11 +95,102 @@ struct Envelope {
     submitted: Instant,
 }
 
+impl Envelope {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+/// The jobs waiting for the engine thread, and whether it takes more.
+struct Waiting {
+    jobs: VecDeque<Envelope>,
+    /// False after [`Engine::close`], or once the engine thread has ended.
+    open: bool,
+    /// The engine thread is blocked waiting for work (a capacity of 0 admits a job only then).
+    idle: bool,
+}
+
+impl Waiting {
+    /// Jobs that wait and have not been cancelled: what the capacity is measured against.
+    fn live(&self) -> usize {
+        self.jobs.iter().filter(|job| !job.is_cancelled()).count()
+    }
+}
+
+/// The queue shared by the submitters and the engine thread.
+struct Queue {
+    waiting: Mutex<Waiting>,
+    work: Condvar,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Blocks until a job waits (returned in order, cancelled ones too) or the queue is closed
+    /// and empty (`None`).
+    fn next(&self) -> Option<Envelope> {
+        let mut waiting = self.lock();
+        loop {
+            if let Some(envelope) = waiting.jobs.pop_front() {
+                waiting.idle = false;
+                return Some(envelope);
+            }
+            if !waiting.open {
+                return None;
+            }
+            waiting.idle = true;
+            waiting = self
+                .work
+                .wait(waiting)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Takes the cancelled jobs out of the queue, so their replies can be sent.
+    fn take_cancelled(&self) -> Vec<Envelope> {
+        let mut waiting = self.lock();
+        if !waiting.jobs.iter().any(Envelope::is_cancelled) {
+            return Vec::new();
+        }
+        let (cancelled, live): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut waiting.jobs)
+            .into_iter()
+            .partition(Envelope::is_cancelled);
+        waiting.jobs = live;
+        cancelled.into()
+    }
+
+    fn close(&self) {
+        self.lock().open = false;
+        self.work.notify_all();
+    }
+}
+
+/// Closes the queue when the engine thread ends, however it ends, and answers what still waits:
+/// without it, submitters would wait forever on a thread that is gone.
+struct CloseOnExit(Arc<Queue>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        let left: Vec<Envelope> = {
+            let mut waiting = self.0.lock();
+            waiting.open = false;
+            waiting.idle = false;
+            waiting.jobs.drain(..).collect()
+        };
+        for envelope in left {
+            answer(envelope.reply, Err(FluxError::EngineClosed));
+        }
+    }
+}
+
 /// The running engine. `Sync`: share it (e.g. in an `Arc`) between request handlers.
 pub struct Engine {
-    sender: Mutex<Option<SyncSender<Envelope>>>,
+    queue: Arc<Queue>,
     worker: Mutex<Option<JoinHandle<()>>>,
-    queued: Arc<AtomicUsize>,
     capacity: usize,
     description: Option<ModelDescription>,
 }
@@ -140,13 +232,20 @@ impl Engine {
         R: JobRunner + 'static,
         F: FnOnce() -> Result<R> + Send + 'static,
     {
-        let (sender, receiver) = mpsc::sync_channel::<Envelope>(queue_capacity);
+        let queue = Arc::new(Queue {
+            waiting: Mutex::new(Waiting {
+                jobs: VecDeque::new(),
+                open: true,
+                idle: false,
+            }),
+            work: Condvar::new(),
+        });
         let (ready_sender, ready) = mpsc::channel::<Result<()>>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let worker_queued = Arc::clone(&queued);
+        let worker_queue = Arc::clone(&queue);
         let worker = std::thread::Builder::new()
             .name("flux-engine".to_owned())
             .spawn(move || {
+                let _close_on_exit = CloseOnExit(Arc::clone(&worker_queue));
                 let runner = match catch_unwind(AssertUnwindSafe(load)) {
                     Ok(Ok(runner)) => runner,
                     Ok(Err(error)) => {
@@ -162,7 +261,7 @@ impl Engine {
                     }
                 };
                 let _ = ready_sender.send(Ok(()));
-                serve(runner, receiver, &worker_queued);
+                serve(runner, &worker_queue);
             })
             .map_err(|error| {
                 FluxError::Engine(format!("cannot spawn the engine thread: {error}"))
@@ -170,9 +269,8 @@ impl Engine {
 
         match ready.recv() {
             Ok(Ok(())) => Ok(Self {
-                sender: Mutex::new(Some(sender)),
+                queue,
                 worker: Mutex::new(Some(worker)),
-                queued,
                 capacity: queue_capacity,
                 description: None,
             }),
@@ -193,42 +291,38 @@ impl Engine {
     /// [`FluxError::Cancelled`]) unless the job is refused here, in which case it is dropped
     /// uncalled and nothing was queued.
     ///
-    /// Refusals: [`FluxError::QueueFull`] when `queue_capacity` jobs already wait (HTTP 429),
-    /// [`FluxError::EngineClosed`] after [`Engine::close`] or when the thread is gone (HTTP 503).
+    /// Refusals: [`FluxError::QueueFull`] when `queue_capacity` live (not cancelled) jobs
+    /// already wait (HTTP 429), [`FluxError::EngineClosed`] after [`Engine::close`] or when the
+    /// thread is gone (HTTP 503).
     pub fn try_submit(&self, job: Job, reply: Reply) -> Result<JobHandle> {
+        let mut waiting = self.queue.lock();
+        if !waiting.open {
+            return Err(FluxError::EngineClosed);
+        }
+        // An idle engine takes the job at once, so it does not use a queue place.
+        let places = self.capacity + usize::from(waiting.idle);
+        if waiting.live() >= places {
+            return Err(FluxError::QueueFull {
+                capacity: self.capacity,
+            });
+        }
         let cancelled = Arc::new(AtomicBool::new(false));
-        let envelope = Envelope {
+        waiting.jobs.push_back(Envelope {
             job,
             reply,
             cancelled: Arc::clone(&cancelled),
             submitted: Instant::now(),
-        };
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(sender) = sender.as_ref() else {
-            return Err(FluxError::EngineClosed);
-        };
-        // Counted before sending so the worker's decrement can never run first.
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        match sender.try_send(envelope) {
-            Ok(()) => Ok(JobHandle { cancelled }),
-            Err(error) => {
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(match error {
-                    TrySendError::Full(_) => FluxError::QueueFull {
-                        capacity: self.capacity,
-                    },
-                    TrySendError::Disconnected(_) => FluxError::EngineClosed,
-                })
-            }
-        }
+        });
+        // Taken: a second job before the engine thread wakes must find a queue place of its own.
+        waiting.idle = false;
+        drop(waiting);
+        self.queue.work.notify_one();
+        Ok(JobHandle { cancelled })
     }
 
-    /// Jobs accepted but not yet started.
+    /// Jobs accepted, not yet started, and not cancelled.
     pub fn queued_jobs(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
+        self.queue.lock().live()
     }
 
     /// How many jobs may wait while one runs.
@@ -243,10 +337,7 @@ impl Engine {
 
     /// Refuses new jobs from now on; queued ones still run.
     pub fn close(&self) {
-        self.sender
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        self.queue.close();
     }
 
     /// Closes the queue, lets the engine finish every queued job, and waits for its thread.
@@ -280,10 +371,9 @@ impl Drop for Engine {
     }
 }
 
-fn serve<R: JobRunner>(mut runner: R, receiver: Receiver<Envelope>, queued: &AtomicUsize) {
-    // recv keeps returning queued jobs after every sender is gone, then ends the loop.
-    while let Ok(envelope) = receiver.recv() {
-        queued.fetch_sub(1, Ordering::SeqCst);
+fn serve<R: JobRunner>(mut runner: R, queue: &Queue) {
+    // After close, `next` keeps returning the jobs that wait, then ends the loop.
+    while let Some(envelope) = queue.next() {
         let Envelope {
             job,
             reply,
@@ -294,14 +384,19 @@ fn serve<R: JobRunner>(mut runner: R, receiver: Receiver<Envelope>, queued: &Ato
         let result = if cancelled.load(Ordering::SeqCst) {
             Err(FluxError::Cancelled)
         } else {
-            run_one(&mut runner, job, &cancelled).map(|mut output| {
+            run_one(&mut runner, job, &cancelled, queue).map(|mut output| {
                 output.timings.queued = queued_for;
                 output
             })
         };
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || reply(result))) {
-            tracing::error!(panic = %panic_message(&panic), "a job's reply callback panicked");
-        }
+        answer(reply, result);
+    }
+}
+
+/// Sends a job's result; a panicking reply is logged and the engine goes on.
+fn answer(reply: Reply, result: Result<PipelineOutput>) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(move || reply(result))) {
+        tracing::error!(panic = %panic_message(&panic), "a job's reply callback panicked");
     }
 }
 
@@ -309,6 +404,7 @@ fn run_one<R: JobRunner>(
     runner: &mut R,
     job: Job,
     cancelled: &AtomicBool,
+    queue: &Queue,
 ) -> Result<PipelineOutput> {
     let Job {
         params,
@@ -317,6 +413,10 @@ fn run_one<R: JobRunner>(
     let mut on_step = |step: usize, total: usize| {
         if let Some(progress) = on_progress.as_mut() {
             progress(step, total);
+        }
+        // Waiting jobs cancelled meanwhile are answered now rather than after this job.
+        for envelope in queue.take_cancelled() {
+            answer(envelope.reply, Err(FluxError::Cancelled));
         }
         if cancelled.load(Ordering::SeqCst) {
             StepControl::Cancel

@@ -237,17 +237,72 @@ fn a_reply_holding_the_last_reference_ends_the_engine_without_joining_itself() -
 }
 
 #[test]
-fn a_job_cancelled_while_queued_never_runs() -> anyhow::Result<()> {
-    let (engine, open) = stand_in_engine(2)?;
+fn a_job_cancelled_while_queued_never_runs_and_gives_its_place_back_at_once() -> anyhow::Result<()>
+{
+    let (engine, open) = stand_in_engine(1)?;
     let (sender, replies) = mpsc::channel();
     submit(&engine, "wait", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    wait_until_started(&engine);
     let handle = submit(&engine, "doomed", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(engine.queued_jobs(), 1);
     handle.cancel();
+    // The place is free while the first job still runs: no spurious QueueFull for the next one.
+    assert_eq!(engine.queued_jobs(), 0, "a cancelled job is not counted");
+    submit(&engine, "next", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let refused = submit(&engine, "one too many", &sender);
+    assert!(
+        matches!(refused, Err(FluxError::QueueFull { capacity: 1 })),
+        "{refused:?}"
+    );
+
     open.send(())?;
-    assert_eq!(next(&replies)?.0, "wait");
+    // The cancelled job is answered at the running job's first step boundary, before it ends.
     let (name, result) = next(&replies)?;
     assert_eq!(name, "doomed");
     assert!(matches!(result, Err(FluxError::Cancelled)), "{result:?}");
+    for expected in ["wait", "next"] {
+        let (name, result) = next(&replies)?;
+        assert_eq!(name, expected);
+        assert!(result.is_ok(), "{name}: {result:?}");
+    }
+    assert!(
+        replies.recv_timeout(Duration::from_millis(50)).is_err(),
+        "the refused job must never run, the cancelled one never twice"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_queue_of_capacity_zero_takes_a_job_only_when_idle() -> anyhow::Result<()> {
+    let (engine, open) = stand_in_engine(0)?;
+    let (sender, replies) = mpsc::channel();
+    // The engine thread reports idle once it waits for work; until then a submit may be refused.
+    let deadline = Instant::now() + WAIT;
+    while submit(&engine, "wait", &sender).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle engine never took a job"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let busy = submit(&engine, "busy", &sender);
+    assert!(
+        matches!(busy, Err(FluxError::QueueFull { capacity: 0 })),
+        "{busy:?}"
+    );
+    open.send(())?;
+    assert_eq!(next(&replies)?.0, "wait");
+    let deadline = Instant::now() + WAIT;
+    while submit(&engine, "after", &sender).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the engine never became idle again"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (name, result) = next(&replies)?;
+    assert_eq!(name, "after");
+    assert!(result.is_ok(), "{result:?}");
     Ok(())
 }
 
