@@ -243,7 +243,10 @@ impl FluxPipeline {
         };
         let threshold = self.model.description.safety_threshold;
         let nsfw = match &nsfw_probabilities {
-            Some(probabilities) => probabilities.iter().map(|&p| p > threshold).collect(),
+            Some(probabilities) => probabilities
+                .iter()
+                .map(|&probability| is_flagged(probability, threshold))
+                .collect(),
             None => vec![false; rgb.len()],
         };
 
@@ -702,5 +705,26 @@ impl VelocityModel for TransformerVelocity<'_> {
         velocity
             .into_dimensionality::<Ix3>()
             .map_err(|_| shape_error("transformer latent", "[B, S, 64]"))
+    }
+}
+
+/// Whether the safety checker's nsfw probability flags an image. At the threshold itself the image
+/// is flagged, as in the reference CLI (black-forest-labs/flux keeps an image only when the score
+/// is below `NSFW_THRESHOLD`).
+fn is_flagged(nsfw_probability: f32, threshold: f32) -> bool {
+    nsfw_probability >= threshold
+}
+
+#[cfg(test)]
+mod safety_flag_tests {
+    use super::is_flagged;
+
+    #[test]
+    fn an_image_at_the_threshold_is_flagged_like_the_reference() {
+        assert!(is_flagged(0.85, 0.85));
+        assert!(is_flagged(0.9, 0.85));
+        assert!(!is_flagged(0.849_999, 0.85));
+        assert!(!is_flagged(0.0, 0.85));
+        assert!(is_flagged(1.0, 1.0));
     }
 }
