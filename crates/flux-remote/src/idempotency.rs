@@ -181,7 +181,10 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
-    pub(crate) fn complete(mut self, body: Bytes) {
+    /// Stores the answer. `files_written_from` is an instant taken before the answer's image files
+    /// were written: the record expires `retention` after it, so it never outlives those files
+    /// and a replay never hands out URLs that already answer 404.
+    pub(crate) fn complete(mut self, body: Bytes, files_written_from: Instant) {
         if let Some(key) = self.key.take() {
             let cost = record_cost(&key, &body);
             let mut records = self.store.lock();
@@ -190,7 +193,7 @@ impl Reservation {
             };
             record.state = State::Done {
                 body,
-                stored_at: Instant::now(),
+                stored_at: files_written_from,
             };
             records.stored_bytes += cost;
             while records.stored_bytes > self.store.max_stored_bytes && records.evict_oldest() {}
@@ -240,7 +243,7 @@ mod tests {
         let Begin::Fresh(second) = store.begin(caller, "k".into(), [1; 32]) else {
             panic!("after a failure the key is fresh again");
         };
-        second.complete(Bytes::from_static(b"{}"));
+        second.complete(Bytes::from_static(b"{}"), Instant::now());
         match store.begin(caller, "k".into(), [1; 32]) {
             Begin::Replay(body) => assert_eq!(&body[..], b"{}"),
             other => panic!("expected a replay, got {other:?}"),
@@ -262,7 +265,7 @@ mod tests {
             else {
                 panic!("fresh");
             };
-            reservation.complete(body.clone());
+            reservation.complete(body.clone(), Instant::now());
             std::thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(store.len(), 2);
@@ -283,12 +286,31 @@ mod tests {
         let Begin::Fresh(reservation) = store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) else {
             panic!("fresh");
         };
-        reservation.complete(Bytes::from_static(b"{}"));
+        reservation.complete(Bytes::from_static(b"{}"), Instant::now());
         std::thread::sleep(Duration::from_millis(40));
         assert!(matches!(
             store.begin(Caller::ANONYMOUS, "k".into(), [9; 32]),
             Begin::Fresh(_)
         ));
         assert_eq!(store.sweep(), 0, "the fresh record is running, not swept");
+    }
+
+    #[test]
+    fn a_record_expires_with_the_files_written_before_it_was_stored() {
+        let store = IdempotencyStore::new(Duration::from_millis(300));
+        let Begin::Fresh(reservation) = store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) else {
+            panic!("fresh");
+        };
+        // The files were written 250 ms before the answer was stored (a slow disk, say).
+        let files_written_from = Instant::now() - Duration::from_millis(250);
+        reservation.complete(Bytes::from_static(b"{}"), files_written_from);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            matches!(
+                store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]),
+                Begin::Fresh(_)
+            ),
+            "300 ms after the files were written the record must be gone with them"
+        );
     }
 }

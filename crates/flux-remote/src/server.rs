@@ -565,6 +565,8 @@ async fn run_generation(
                 .inner
                 .metrics
                 .record_generation(generation_time, generation.images.len());
+            // Before the first image file is written: the idempotency record must not outlive it.
+            let files_written_from = Instant::now();
             let body = build_response(&state, generation, expected_images, sync_mode).await?;
             let json = if sync_mode {
                 // Images inline make a body of up to tens of megabytes: too much CPU for an
@@ -574,7 +576,7 @@ async fn run_generation(
                 serialize_response(&body)?
             };
             if let Some(reservation) = reservation {
-                reservation.complete(json.clone());
+                reservation.complete(json.clone(), files_written_from);
             }
             Ok(json_response(StatusCode::OK, json))
         })
