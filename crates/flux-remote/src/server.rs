@@ -63,6 +63,7 @@ struct Shared {
     metrics: Metrics,
     public_base_url: String,
     request_timeout: Duration,
+    body_read_timeout: Duration,
     max_body_bytes: usize,
     draining: AtomicBool,
 }
@@ -103,6 +104,7 @@ impl AppState {
                 metrics: Metrics::default(),
                 public_base_url: public_base_url.trim_end_matches('/').to_owned(),
                 request_timeout: config.request_timeout,
+                body_read_timeout: config.body_read_timeout,
                 max_body_bytes: config.max_body_bytes,
                 draining: AtomicBool::new(false),
             }),
@@ -348,8 +350,19 @@ async fn generate_authorized(
 ) -> Result<Response, ApiErrorResponse> {
     check_json_content_type(request.headers())?;
     let idempotency_key = idempotency_key(request.headers())?;
-    let body = Bytes::from_request(request, &())
+    let body_read_timeout = state.inner.body_read_timeout;
+    let body = tokio::time::timeout(body_read_timeout, Bytes::from_request(request, &()))
         .await
+        .map_err(|_elapsed| {
+            ApiErrorResponse::new(
+                ErrorCode::InvalidJson,
+                format!(
+                    "the request body was not received within {} s",
+                    body_read_timeout.as_secs_f64()
+                ),
+                None,
+            )
+        })?
         .map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 payload_too_large(state.inner.max_body_bytes)

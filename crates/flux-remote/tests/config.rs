@@ -124,6 +124,10 @@ fn validation_and_defaults() {
             ..with_key.clone()
         },
         ServerConfig {
+            body_read_timeout: Duration::ZERO,
+            ..with_key.clone()
+        },
+        ServerConfig {
             max_body_bytes: 0,
             ..with_key.clone()
         },

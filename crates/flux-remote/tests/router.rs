@@ -1137,3 +1137,54 @@ async fn a_client_that_goes_away_frees_its_place_or_with_a_key_gets_its_answer_s
         "the retry was answered from the store"
     );
 }
+
+#[tokio::test]
+async fn a_body_that_stalls_is_400_after_the_body_read_timeout_and_nothing_is_queued() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.body_read_timeout = Duration::from_millis(200);
+    let generator = FakeGenerator::new();
+    let state = state(&config, generator.clone());
+    let app = router(state.clone());
+
+    // Half of a valid body, then nothing (the client keeps the connection open and stalls).
+    let half = axum::body::Bytes::from(SMALL[..SMALL.len() / 2].to_owned());
+    let stalled = futures::stream::once(async move { Ok::<_, std::io::Error>(half) })
+        .chain(futures::stream::pending());
+    let request = post_json(SMALL).body(Body::from_stream(stalled)).unwrap();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(request))
+        .await
+        .expect("a stalled body must not hold the handler for ever")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "answered before the timeout: {:?}",
+        started.elapsed()
+    );
+    let body = expect_error(response, StatusCode::BAD_REQUEST, "invalid_json", None).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not received within 0.2 s")),
+        "{body}"
+    );
+    assert_eq!(generator.calls(), 0, "nothing was generated");
+    assert_eq!(state.in_queue(), 0, "nothing was queued");
+
+    // A body that arrives in slow pieces, but within the timeout, is read whole and answered.
+    let pieces: Vec<Result<axum::body::Bytes, std::io::Error>> = SMALL
+        .as_bytes()
+        .chunks(16)
+        .map(|chunk| Ok(axum::body::Bytes::copy_from_slice(chunk)))
+        .collect();
+    let trickled = futures::stream::iter(pieces).then(|piece| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        piece
+    });
+    let request = post_json(SMALL).body(Body::from_stream(trickled)).unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(generator.calls(), 1);
+}
