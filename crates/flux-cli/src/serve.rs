@@ -92,14 +92,15 @@ pub struct ServeArgs {
     )]
     pub request_timeout: String,
 
-    /// Longest time to receive a request body once its headers are in (then 400): e.g. 30s.
+    /// Longest time to receive a request's headers, and again its body (also how long an idle
+    /// keep-alive connection stays open): e.g. 60s.
     #[arg(
         long,
-        env = "FLUX_BODY_READ_TIMEOUT",
+        env = "FLUX_READ_TIMEOUT",
         value_name = "DURATION",
-        default_value = "30s"
+        default_value = "60s"
     )]
-    pub body_read_timeout: String,
+    pub read_timeout: String,
 
     /// Log JSON lines instead of text.
     #[arg(long, env = "FLUX_JSON_LOGS")]
@@ -159,7 +160,7 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         public_url: args.public_url.clone(),
         retention: parse_duration("--retention", &args.retention)?,
         request_timeout: parse_duration("--request-timeout", &args.request_timeout)?,
-        body_read_timeout: parse_duration("--body-read-timeout", &args.body_read_timeout)?,
+        read_timeout: parse_duration("--read-timeout", &args.read_timeout)?,
         json_logs: args.json_logs,
         file_durability: if args.durable_images {
             FileDurability::BeforeResponse

@@ -12,6 +12,9 @@ use crate::error::RemoteError;
 use crate::files::random_hex;
 use crate::server::GENERATE_PATH;
 
+/// How long an idle pooled connection is kept: below the server's default read timeout.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// Builds a [`FluxClient`]; every setting has a default written on its method.
 #[derive(Debug, Clone)]
 pub struct FluxClientBuilder {
@@ -97,6 +100,9 @@ impl FluxClientBuilder {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
+            // A flux server closes a keep-alive connection after `read_timeout` (default 60 s)
+            // without a request; dropping ours sooner avoids reusing one just as it closes.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("flux-remote/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(FluxClient {

@@ -46,10 +46,11 @@ pub struct ServerConfig {
     /// Longest wait for one generation, queueing included; past it the request is answered 500
     /// `inference_failed`. Default 10 min.
     pub request_timeout: Duration,
-    /// Longest time to receive a generation request's body once its headers are in; past it the
-    /// request is answered 400 `invalid_json` and nothing is queued, so a client that trickles its
-    /// body (or stalls) cannot hold a handler forever. Default 30 s.
-    pub body_read_timeout: Duration,
+    /// Longest time to receive a request's headers, and again its body, so a client that stalls
+    /// or trickles cannot hold a connection for ever. Headers: the connection is closed (an idle
+    /// keep-alive connection too, once it has waited this long for its next request). Body of a
+    /// generation request: answered 400 `invalid_json`, nothing queued. Default 60 s.
+    pub read_timeout: Duration,
     /// Largest accepted request body. Default 64 KiB (the contract's limit).
     pub max_body_bytes: usize,
     /// Log as JSON lines instead of human-readable text (used by [`crate::init_logging`]).
@@ -70,7 +71,7 @@ impl Default for ServerConfig {
             public_url: None,
             retention: Duration::from_secs(24 * 60 * 60),
             request_timeout: Duration::from_secs(10 * 60),
-            body_read_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             json_logs: false,
         }
@@ -113,9 +114,9 @@ impl ServerConfig {
                 "request_timeout must be longer than 0 s".to_owned(),
             ));
         }
-        if self.body_read_timeout.is_zero() {
+        if self.read_timeout.is_zero() {
             return Err(RemoteError::Config(
-                "body_read_timeout must be longer than 0 s".to_owned(),
+                "read_timeout must be longer than 0 s".to_owned(),
             ));
         }
         if let Some(url) = &self.public_url {

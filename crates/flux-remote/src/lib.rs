@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod files;
 mod idempotency;
+mod listener;
 mod metrics;
 mod rate_limit;
 mod server;

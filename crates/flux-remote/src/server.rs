@@ -29,6 +29,7 @@ use crate::config::ServerConfig;
 use crate::error::RemoteError;
 use crate::files::{FileKind, FileStore, random_hex};
 use crate::idempotency::{Begin, IdempotencyStore, Reservation};
+use crate::listener::serve_connections;
 use crate::metrics::Metrics;
 use crate::rate_limit::{Limited, RateLimiterByKey};
 
@@ -63,7 +64,7 @@ struct Shared {
     metrics: Metrics,
     public_base_url: String,
     request_timeout: Duration,
-    body_read_timeout: Duration,
+    read_timeout: Duration,
     max_body_bytes: usize,
     draining: AtomicBool,
 }
@@ -104,7 +105,7 @@ impl AppState {
                 metrics: Metrics::default(),
                 public_base_url: public_base_url.trim_end_matches('/').to_owned(),
                 request_timeout: config.request_timeout,
-                body_read_timeout: config.body_read_timeout,
+                read_timeout: config.read_timeout,
                 max_body_bytes: config.max_body_bytes,
                 draining: AtomicBool::new(false),
             }),
@@ -350,15 +351,15 @@ async fn generate_authorized(
 ) -> Result<Response, ApiErrorResponse> {
     check_json_content_type(request.headers())?;
     let idempotency_key = idempotency_key(request.headers())?;
-    let body_read_timeout = state.inner.body_read_timeout;
-    let body = tokio::time::timeout(body_read_timeout, Bytes::from_request(request, &()))
+    let read_timeout = state.inner.read_timeout;
+    let body = tokio::time::timeout(read_timeout, Bytes::from_request(request, &()))
         .await
         .map_err(|_elapsed| {
             ApiErrorResponse::new(
                 ErrorCode::InvalidJson,
                 format!(
                     "the request body was not received within {} s",
-                    body_read_timeout.as_secs_f64()
+                    read_timeout.as_secs_f64()
                 ),
                 None,
             )
@@ -773,13 +774,12 @@ impl Server {
                 "shutting down: no new connections; finishing admitted work"
             );
         };
-        let served = axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(drain)
-            .await;
+        let read_timeout = state.inner.read_timeout;
+        serve_connections(listener, router(state.clone()), read_timeout, drain).await;
         state.wait_idle().await;
         sweeper.abort();
         tracing::info!("server stopped");
-        served.map_err(RemoteError::Serve)
+        Ok(())
     }
 }
 

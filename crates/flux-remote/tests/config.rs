@@ -124,7 +124,7 @@ fn validation_and_defaults() {
             ..with_key.clone()
         },
         ServerConfig {
-            body_read_timeout: Duration::ZERO,
+            read_timeout: Duration::ZERO,
             ..with_key.clone()
         },
         ServerConfig {

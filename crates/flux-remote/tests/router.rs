@@ -1139,11 +1139,11 @@ async fn a_client_that_goes_away_frees_its_place_or_with_a_key_gets_its_answer_s
 }
 
 #[tokio::test]
-async fn a_body_that_stalls_is_400_after_the_body_read_timeout_and_nothing_is_queued() {
+async fn a_body_that_stalls_is_400_after_the_read_timeout_and_nothing_is_queued() {
     use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    config.body_read_timeout = Duration::from_millis(200);
+    config.read_timeout = Duration::from_millis(200);
     let generator = FakeGenerator::new();
     let state = state(&config, generator.clone());
     let app = router(state.clone());

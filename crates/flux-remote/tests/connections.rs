@@ -1,0 +1,114 @@
+//! Connection handling of the real server on a loopback socket: a client that never sends its
+//! request headers, or stalls half-way through them, is disconnected after the read timeout, while
+//! ordinary keep-alive clients are served.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use flux_remote::{FluxClient, Server};
+use flux_types::{GenerateRequest, ImageSize};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const READ_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Starts a server with a short read timeout; returns its address and a handle that stops it.
+async fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let mut config = config(dir);
+    config.read_timeout = READ_TIMEOUT;
+    let server = Server::bind(config, FakeGenerator::new()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// Reads until the server closes the connection; returns what it sent and when it closed.
+async fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("the server kept a stalled connection open for 10 s");
+        match read {
+            Ok(0) | Err(_) => return (received, started.elapsed()),
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _stop) = start(dir.path()).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let (received, after) = read_until_closed(&mut silent).await;
+    assert!(
+        after >= READ_TIMEOUT - Duration::from_millis(50),
+        "{after:?}"
+    );
+    // Nothing was asked, so nothing but (at most) a 408 comes back.
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn headers_that_stall_half_way_are_closed_after_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _stop) = start(dir.path()).await;
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /api/v1/flux/dev HTTP/1.1\r\nHost: flux\r\nContent-Type: appl")
+        .await
+        .unwrap();
+    let (received, after) = read_until_closed(&mut stalled).await;
+    assert!(
+        after >= READ_TIMEOUT - Duration::from_millis(50),
+        "{after:?}"
+    );
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_clients_are_served_and_may_pause_between_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = start(dir.path()).await;
+    let client = FluxClient::builder(&format!("http://{addr}"))
+        .api_key(KEY)
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let request = GenerateRequest {
+        image_size: ImageSize::Custom {
+            width: 64,
+            height: 64,
+        },
+        ..GenerateRequest::new("a fox")
+    };
+    for _ in 0..3 {
+        let response = client.generate(&request).await.unwrap();
+        assert_eq!(response.images.len(), 1);
+        // Shorter than the read timeout: the pooled connection is still open for the next one.
+        tokio::time::sleep(READ_TIMEOUT / 3).await;
+    }
+    // Longer than the read timeout: the server closed the idle connection, and a new request
+    // still succeeds (on a new connection).
+    tokio::time::sleep(READ_TIMEOUT * 3).await;
+    let response = client.generate(&request).await.unwrap();
+    assert_eq!(response.images.len(), 1);
+    let _ = stop.send(());
+}
