@@ -17,9 +17,16 @@ const READ_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Starts a server with a short read timeout; returns its address and a handle that stops it.
 async fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    start_with(dir, FakeGenerator::new()).await
+}
+
+async fn start_with(
+    dir: &std::path::Path,
+    generator: std::sync::Arc<FakeGenerator>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let mut config = config(dir);
     config.read_timeout = READ_TIMEOUT;
-    let server = Server::bind(config, FakeGenerator::new()).await.unwrap();
+    let server = Server::bind(config, generator).await.unwrap();
     let addr = server.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async move {
@@ -83,22 +90,40 @@ async fn headers_that_stall_half_way_are_closed_after_the_read_timeout() {
     );
 }
 
-#[tokio::test]
-async fn keep_alive_clients_are_served_and_may_pause_between_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let (addr, stop) = start(dir.path()).await;
-    let client = FluxClient::builder(&format!("http://{addr}"))
+fn client(addr: std::net::SocketAddr) -> FluxClient {
+    FluxClient::builder(&format!("http://{addr}"))
         .api_key(KEY)
         .max_attempts(1)
         .build()
-        .unwrap();
-    let request = GenerateRequest {
+        .unwrap()
+}
+
+fn small_request() -> GenerateRequest {
+    GenerateRequest {
         image_size: ImageSize::Custom {
             width: 64,
             height: 64,
         },
         ..GenerateRequest::new("a fox")
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_generation_longer_than_the_read_timeout_is_still_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = start_with(dir.path(), FakeGenerator::with_delay(READ_TIMEOUT * 4)).await;
+    // The read timeout covers receiving the request, not the time it takes to answer it.
+    let response = client(addr).generate(&small_request()).await.unwrap();
+    assert_eq!(response.images.len(), 1);
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn keep_alive_clients_are_served_and_may_pause_between_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = start(dir.path()).await;
+    let client = client(addr);
+    let request = small_request();
     for _ in 0..3 {
         let response = client.generate(&request).await.unwrap();
         assert_eq!(response.images.len(), 1);
