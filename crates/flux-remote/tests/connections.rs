@@ -118,20 +118,70 @@ async fn a_generation_longer_than_the_read_timeout_is_still_answered() {
     let _ = stop.send(());
 }
 
+/// Reads one HTTP/1.1 response (head and a `Content-Length` body) from `stream`; returns the head.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("no response within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the server closed the connection instead of answering"
+        );
+        received.extend_from_slice(&buffer[..n]);
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("a Content-Length");
+    while received.len() < head_end + length {
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "the body was cut short");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    head
+}
+
 #[tokio::test]
-async fn keep_alive_clients_are_served_and_may_pause_between_requests() {
+async fn an_idle_keep_alive_connection_is_reused_within_the_read_timeout_and_closed_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, stop) = start(dir.path()).await;
-    let client = client(addr);
-    let request = small_request();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let health = b"GET /health HTTP/1.1\r\nHost: flux\r\n\r\n";
     for _ in 0..3 {
-        let response = client.generate(&request).await.unwrap();
-        assert_eq!(response.images.len(), 1);
-        // Shorter than the read timeout: the pooled connection is still open for the next one.
+        stream.write_all(health).await.unwrap();
+        let head = read_response(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // Shorter than the read timeout: the same connection takes the next request.
         tokio::time::sleep(READ_TIMEOUT / 3).await;
     }
-    // Longer than the read timeout: the server closed the idle connection, and a new request
-    // still succeeds (on a new connection).
+    // Longer than the read timeout without a request: the server has closed the connection.
+    tokio::time::sleep(READ_TIMEOUT * 3).await;
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("the idle connection is still open after three read timeouts");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected the connection closed, read {read:?}"
+    );
+
+    // The Rust client, whose pooled connection the server closed the same way, still succeeds.
+    let client = client(addr);
+    let request = small_request();
+    let response = client.generate(&request).await.unwrap();
+    assert_eq!(response.images.len(), 1);
     tokio::time::sleep(READ_TIMEOUT * 3).await;
     let response = client.generate(&request).await.unwrap();
     assert_eq!(response.images.len(), 1);
