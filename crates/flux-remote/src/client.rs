@@ -42,13 +42,16 @@ impl FluxClientBuilder {
         self
     }
 
-    /// Deadline for one logical call, every attempt and wait included. Default 15 min.
+    /// Deadline for one logical call, every attempt, wait and body read included. Default 15 min;
+    /// anything over 30 days counts as 30 days.
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total_timeout = timeout;
         self
     }
 
-    /// Attempts per logical call, the first included (1 = no retries). Default 4.
+    /// Attempts per logical call, the first included (1 = no retries). Default 4. A 409
+    /// `idempotency_conflict` (this call's own earlier attempt is still generating) does not use
+    /// one up: the client waits as the server's `Retry-After` says, until the total timeout.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -145,10 +148,16 @@ impl std::fmt::Debug for FluxClient {
 }
 
 /// The answer of one attempt, before deciding whether to retry.
-enum Attempt {
-    Success(reqwest::Response),
+/// How one attempt ended, when it did not succeed.
+enum AttemptError {
+    /// The call's total time ran out during it.
+    OutOfTime,
+    /// Decided by [`is_retryable`].
     Failed(RemoteError),
 }
+
+/// The longest total timeout honoured: keeps deadline arithmetic far from overflow.
+const MAX_TOTAL_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 impl FluxClient {
     /// A client with default settings (see [`FluxClientBuilder`]).
@@ -193,24 +202,27 @@ impl FluxClient {
     ) -> Result<GenerateResponse, RemoteError> {
         let body = request_body(request)?;
         let url = format!("{}{GENERATE_PATH}", self.base);
-        let response = self
-            .send_with_retries(idempotency_key.is_some(), |remaining| {
-                let mut builder = self
-                    .http
-                    .post(&url)
-                    .timeout(remaining)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(body.clone());
-                if let Some(key) = &self.api_key {
-                    builder = builder.bearer_auth(key);
-                }
-                if let Some(key) = idempotency_key {
-                    builder = builder.header("idempotency-key", key);
-                }
-                builder
-            })
+        let bytes = self
+            .send_with_retries(
+                idempotency_key.is_some(),
+                MAX_SUCCESS_BODY_BYTES,
+                |remaining| {
+                    let mut builder = self
+                        .http
+                        .post(&url)
+                        .timeout(remaining)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(body.clone());
+                    if let Some(key) = &self.api_key {
+                        builder = builder.bearer_auth(key);
+                    }
+                    if let Some(key) = idempotency_key {
+                        builder = builder.header("idempotency-key", key);
+                    }
+                    builder
+                },
+            )
             .await?;
-        let bytes = read_capped(response, MAX_SUCCESS_BODY_BYTES).await?;
         serde_json::from_slice(&bytes).map_err(|error| {
             RemoteError::InvalidResponse(format!("the 200 body is not a GenerateResponse: {error}"))
         })
@@ -230,12 +242,10 @@ impl FluxClient {
                 "image URL {url:?} is neither http(s) nor data:"
             )));
         }
-        let response = self
-            .send_with_retries(true, |remaining| {
-                self.http.get(parsed.clone()).timeout(remaining)
-            })
-            .await?;
-        read_capped(response, MAX_IMAGE_BYTES).await
+        self.send_with_retries(true, MAX_IMAGE_BYTES, |remaining| {
+            self.http.get(parsed.clone()).timeout(remaining)
+        })
+        .await
     }
 
     /// Whether the server answers `GET /ready` with 200.
@@ -249,56 +259,60 @@ impl FluxClient {
         Ok(response.status().is_success())
     }
 
-    /// Sends a request built by `build(remaining_time)` until it succeeds, a non-retryable answer
-    /// comes, the attempts are spent, or the deadline would pass.
+    /// Sends a request built by `build(remaining_time)` and reads its body (at most `limit`
+    /// bytes) until that succeeds, a non-retryable answer comes, the attempts are spent, or the
+    /// deadline would pass. A body cut off half-way is a failed attempt like a failed send.
     async fn send_with_retries(
         &self,
         repeat_is_safe: bool,
+        limit: usize,
         build: impl Fn(Duration) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, RemoteError> {
-        let deadline = Instant::now() + self.total_timeout;
+    ) -> Result<Vec<u8>, RemoteError> {
+        let budget = self.total_timeout.min(MAX_TOTAL_TIMEOUT);
+        let deadline = Instant::now() + budget;
         let mut attempt = 1;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(RemoteError::Timeout(self.total_timeout));
             }
-            let outcome = match build(remaining).send().await {
-                Ok(response) if response.status().is_success() => Attempt::Success(response),
-                Ok(response) => Attempt::Failed(api_error(response).await),
-                // A connect timeout is also a timeout to reqwest, but it is a connection failure
-                // (retried), not the end of the call's total time.
-                Err(error) if error.is_connect() => Attempt::Failed(RemoteError::Transport(error)),
-                Err(error) if error.is_timeout() => {
+            let error = match attempt_once(build(remaining), limit).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(AttemptError::OutOfTime) => {
                     return Err(RemoteError::Timeout(self.total_timeout));
                 }
-                Err(error) => Attempt::Failed(RemoteError::Transport(error)),
+                Err(AttemptError::Failed(error)) => error,
             };
-            let error = match outcome {
-                Attempt::Success(response) => return Ok(response),
-                Attempt::Failed(error) => error,
-            };
-            if attempt >= self.max_attempts || !is_retryable(&error, repeat_is_safe) {
+            if !is_retryable(&error, repeat_is_safe) {
                 return Err(error);
             }
-            let wait = match &error {
-                RemoteError::Api {
-                    retry_after: Some(hint),
-                    ..
-                } => {
-                    if *hint > self.max_retry_after {
-                        return Err(error);
-                    }
-                    *hint
-                }
-                _ => self.backoff(attempt),
+            // Waiting for this call's own earlier attempt is not a failure: it costs time, which
+            // the deadline bounds, not an attempt.
+            let own_attempt_running = is_idempotency_conflict(&error);
+            if !own_attempt_running && attempt >= self.max_attempts {
+                return Err(error);
+            }
+            let hint = match &error {
+                RemoteError::Api { retry_after, .. } => *retry_after,
+                _ => None,
             };
-            if Instant::now() + wait >= deadline {
+            let wait = match hint {
+                // An estimate of when the running attempt ends; polling sooner is pointless,
+                // waiting longer than we would for any hint is too.
+                Some(hint) if own_attempt_running => hint.min(self.max_retry_after),
+                None if own_attempt_running => self.backoff(attempt).max(self.backoff_base),
+                Some(hint) if hint > self.max_retry_after => return Err(error),
+                Some(hint) => hint,
+                None => self.backoff(attempt),
+            };
+            if wait >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(error);
             }
             tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %error, "retrying");
             tokio::time::sleep(wait).await;
-            attempt += 1;
+            if !own_attempt_running {
+                attempt += 1;
+            }
         }
     }
 
@@ -314,20 +328,46 @@ impl FluxClient {
     }
 }
 
+/// One request and its body. Errors while reading the body count like errors while sending: a
+/// dropped connection (retried when safe), or the end of the call's time.
+async fn attempt_once(
+    request: reqwest::RequestBuilder,
+    limit: usize,
+) -> Result<Vec<u8>, AttemptError> {
+    let response = match request.send().await {
+        Ok(response) => response,
+        // A connect timeout is also a timeout to reqwest, but it is a connection failure
+        // (retried), not the end of the call's total time.
+        Err(error) if error.is_connect() => {
+            return Err(AttemptError::Failed(RemoteError::Transport(error)));
+        }
+        Err(error) if error.is_timeout() => return Err(AttemptError::OutOfTime),
+        Err(error) => return Err(AttemptError::Failed(RemoteError::Transport(error))),
+    };
+    if !response.status().is_success() {
+        return Err(AttemptError::Failed(api_error(response).await));
+    }
+    match read_capped(response, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(RemoteError::Transport(error)) if error.is_timeout() => Err(AttemptError::OutOfTime),
+        Err(error) => Err(AttemptError::Failed(error)),
+    }
+}
+
+fn is_idempotency_conflict(error: &RemoteError) -> bool {
+    matches!(error, RemoteError::Api { status: 409, body: Some(body), .. }
+        if body.error.code == ErrorCode::IdempotencyConflict)
+}
+
 /// 429, 502, 503, 504 and connection failures always; 500, a dropped connection and 409
 /// `idempotency_conflict` (the earlier attempt of this very call is still running) only when
 /// repeating the request is safe (it carries an `Idempotency-Key`, or is a GET).
 fn is_retryable(error: &RemoteError, repeat_is_safe: bool) -> bool {
     match error {
-        RemoteError::Api { status, body, .. } => match *status {
+        RemoteError::Api { status, .. } => match *status {
             429 | 502 | 503 | 504 => true,
             500 => repeat_is_safe,
-            409 => {
-                repeat_is_safe
-                    && body
-                        .as_ref()
-                        .is_some_and(|b| b.error.code == ErrorCode::IdempotencyConflict)
-            }
+            409 => repeat_is_safe && is_idempotency_conflict(error),
             _ => false,
         },
         RemoteError::Transport(error) => error.is_connect() || repeat_is_safe,
@@ -351,7 +391,12 @@ async fn api_error(response: reqwest::Response) -> RemoteError {
                 }
             }
             Ok(None) => break,
-            Err(error) => return RemoteError::Transport(error),
+            // Cut short: the status (and `Retry-After`) still say what happened, and decide
+            // whether to retry.
+            Err(error) => {
+                tracing::debug!(%error, "the error body was cut short");
+                break;
+            }
         }
     }
     let raw_body = String::from_utf8_lossy(&bytes).into_owned();
@@ -389,9 +434,13 @@ async fn read_capped(
     Ok(body)
 }
 
-/// `Retry-After` in delta-seconds (the form this API sends); dates are ignored.
+/// `Retry-After` in delta-seconds (the form this API sends) on 409, 429 and 503; dates are
+/// ignored.
 fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+    if !matches!(
+        status,
+        StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
         return None;
     }
     headers

@@ -93,6 +93,14 @@ impl ServerConfig {
             check_key_syntax(key)
                 .map_err(|why| RemoteError::Config(format!("API key #{} {why}", index + 1)))?;
         }
+        if let Some(rate_limit) = &self.rate_limit
+            && (rate_limit.period.is_zero() || rate_limit.period > MAX_RATE_LIMIT_PERIOD)
+        {
+            return Err(RemoteError::Config(format!(
+                "rate_limit period must be longer than 0 s and at most a day, got {:?}",
+                rate_limit.period
+            )));
+        }
         if !(1..=MAX_QUEUE_DEPTH).contains(&self.queue_depth) {
             return Err(RemoteError::Config(format!(
                 "queue_depth must be between 1 and {MAX_QUEUE_DEPTH}, got {}",
@@ -150,6 +158,9 @@ fn normalize_public_url(url: &str) -> Result<String, RemoteError> {
     }
     Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
+
+/// The longest rate-limit period a configuration may give (the text form allows up to an hour).
+const MAX_RATE_LIMIT_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A token bucket: `requests` tokens per `period`, holding at most `burst`.
 ///

@@ -24,8 +24,8 @@ fn record_cost(key: &RecordKey, body: &Bytes) -> usize {
 
 #[derive(Debug)]
 enum State {
-    /// The first request is still being answered.
-    Running,
+    /// The first request is still being answered; it began at `since`.
+    Running { since: Instant },
     /// The stored 200 body.
     Done { body: Bytes, stored_at: Instant },
 }
@@ -43,8 +43,8 @@ pub(crate) enum Begin {
     Fresh(Reservation),
     /// Answer with this stored 200 body.
     Replay(Bytes),
-    /// The first request with this key is still running.
-    Conflict,
+    /// The first request with this key is still running, for this long so far.
+    Conflict { running_for: Duration },
     /// The key was used with a different body.
     Mismatch,
 }
@@ -80,7 +80,7 @@ impl Records {
             .iter()
             .filter_map(|(key, record)| match &record.state {
                 State::Done { stored_at, .. } => Some((*stored_at, key.clone())),
-                State::Running => None,
+                State::Running { .. } => None,
             })
             .min_by_key(|(stored_at, _)| *stored_at);
         match oldest {
@@ -129,7 +129,9 @@ impl IdempotencyStore {
                     return Begin::Mismatch;
                 }
                 return match &record.state {
-                    State::Running => Begin::Conflict,
+                    State::Running { since } => Begin::Conflict {
+                        running_for: since.elapsed(),
+                    },
                     State::Done { body, .. } => Begin::Replay(body.clone()),
                 };
             }
@@ -139,7 +141,9 @@ impl IdempotencyStore {
             record_key.clone(),
             Record {
                 body_digest,
-                state: State::Running,
+                state: State::Running {
+                    since: Instant::now(),
+                },
             },
         );
         Begin::Fresh(Reservation {
@@ -208,7 +212,7 @@ impl Drop for Reservation {
             if matches!(
                 records.by_key.get(&key),
                 Some(Record {
-                    state: State::Running,
+                    state: State::Running { .. },
                     ..
                 })
             ) {
@@ -232,7 +236,7 @@ mod tests {
         };
         assert!(matches!(
             store.begin(caller, "k".into(), [1; 32]),
-            Begin::Conflict
+            Begin::Conflict { .. }
         ));
         assert!(matches!(
             store.begin(caller, "k".into(), [2; 32]),

@@ -73,7 +73,7 @@ impl RateLimiterByKey {
         match self.limiter.check_key(caller) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
-                let until_full = interval * (limit.saturating_sub(remaining));
+                let until_full = interval.saturating_mul(limit.saturating_sub(remaining));
                 Ok(RateLimitState {
                     limit,
                     remaining,
@@ -82,7 +82,8 @@ impl RateLimiterByKey {
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.limiter.clock().now());
-                let until_full = wait + interval * limit.saturating_sub(1);
+                let until_full =
+                    wait.saturating_add(interval.saturating_mul(limit.saturating_sub(1)));
                 let response = ApiErrorResponse::new(
                     ErrorCode::RateLimited,
                     format!(

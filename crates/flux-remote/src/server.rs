@@ -391,13 +391,19 @@ async fn generate_authorized(
                     .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
                 return Ok(response);
             }
-            Begin::Conflict => {
+            Begin::Conflict { running_for } => {
+                // When the running one should be done: a mean generation after it began.
+                let wait = state
+                    .overload_hint()
+                    .saturating_sub(running_for)
+                    .max(Duration::from_secs(1));
                 return Err(ApiErrorResponse::with_param(
                     ErrorCode::IdempotencyConflict,
                     "Idempotency-Key",
                     "a request with this Idempotency-Key is still running; retry when it has \
                      finished to get its answer",
-                ));
+                )
+                .retry_after(wait));
             }
             Begin::Mismatch => {
                 return Err(ApiErrorResponse::with_param(

@@ -107,6 +107,21 @@ fn validation_and_defaults() {
             ..with_key.clone()
         },
         ServerConfig {
+            rate_limit: Some(RateLimit {
+                period: Duration::ZERO,
+                ..RateLimit::default()
+            }),
+            ..with_key.clone()
+        },
+        ServerConfig {
+            // Would overflow the rate-limit headers' arithmetic.
+            rate_limit: Some(RateLimit {
+                period: Duration::MAX,
+                ..RateLimit::default()
+            }),
+            ..with_key.clone()
+        },
+        ServerConfig {
             // tokio's semaphore panics above 2^61 permits; the config must refuse it first.
             queue_depth: usize::MAX,
             ..with_key.clone()

@@ -646,3 +646,240 @@ async fn an_oversized_error_body_is_cut_and_the_status_kept() {
     }
     server.abort();
 }
+
+/// A proxy whose first answer is a 502 at once (a hop that failed) while it still forwards that
+/// first request upstream in the background; later requests are forwarded and answered.
+async fn start_first_answer_lost_proxy(upstream: String) -> (SocketAddr, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::new();
+    let seen_in = seen.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (seen, http, upstream) = (seen_in.clone(), http.clone(), upstream.clone());
+        async move {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let mut forward = http
+                .request(
+                    parts.method.clone(),
+                    format!("{upstream}{}", parts.uri.path()),
+                )
+                .body(body);
+            for name in ["authorization", "content-type", "idempotency-key"] {
+                if let Some(value) = parts.headers.get(name) {
+                    forward = forward.header(name, value.clone());
+                }
+            }
+            if n == 0 {
+                tokio::spawn(forward.send());
+                return axum::http::Response::builder()
+                    .status(502)
+                    .body(axum::body::Body::from("bad gateway"))
+                    .unwrap();
+            }
+            let answer = forward.send().await.unwrap();
+            let mut response = axum::http::Response::builder().status(answer.status());
+            for name in ["content-type", "retry-after", "idempotent-replayed"] {
+                if let Some(value) = answer.headers().get(name) {
+                    response = response.header(name, value.clone());
+                }
+            }
+            response
+                .body(axum::body::Body::from(answer.bytes().await.unwrap()))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn waiting_for_its_own_running_attempt_does_not_use_up_the_attempts() {
+    // The first attempt's answer is lost while the server goes on generating for 2.5 s; every
+    // retry meanwhile gets 409 with a Retry-After. Two attempts would not outlast that if each
+    // 409 used one up.
+    let generator = FakeGenerator::with_delay(Duration::from_millis(2500));
+    let server = start(generator.clone(), |_| {}).await;
+    let (proxy, seen) = start_first_answer_lost_proxy(server.url()).await;
+    let client = FluxClient::builder(&format!("http://{proxy}"))
+        .api_key(KEY)
+        .max_attempts(2)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .total_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let response = client
+        .generate(&small_request(64, 64, OutputFormat::Png))
+        .await
+        .unwrap();
+    assert_eq!(response.images.len(), 1);
+    assert_eq!(
+        generator.calls(),
+        1,
+        "answered by a replay, not a second generation"
+    );
+    let requests = seen.load(Ordering::SeqCst);
+    assert!(
+        requests >= 3,
+        "the 502, at least one 409, the replay: {requests}"
+    );
+    // The server's Retry-After (at least 1 s) paced the polling: not a busy loop.
+    assert!(
+        requests <= 6,
+        "{requests} requests in {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_conflict_answer_carries_retry_after() {
+    let generator = FakeGenerator::with_delay(Duration::from_millis(1500));
+    let server = start(generator.clone(), |_| {}).await;
+    let http = reqwest::Client::new();
+    let send = || {
+        http.post(format!("{}{}", server.url(), flux_remote::GENERATE_PATH))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "conflict-1")
+            .body(SMALL)
+            .send()
+    };
+    let first = tokio::spawn(send());
+    while generator.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let conflict = send().await.unwrap();
+    assert_eq!(conflict.status().as_u16(), 409);
+    let wait: u64 = conflict.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 1, "{wait}");
+    assert_eq!(first.await.unwrap().unwrap().status().as_u16(), 200);
+    server.stop().await;
+}
+
+/// A server that answers the first connection with a 200 whose body stops half-way (the
+/// connection drops), and later connections with a whole 200; counts the connections.
+async fn start_body_cut_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut request).await;
+                let body = r#"{"images":[{"url":"http://flux.test/a.png","width":64,"height":64,"content_type":"image/png"}],"seed":7,"has_nsfw_concepts":[false],"timings":{"inference":0.1}}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let sent = if n == 0 {
+                    &body[..body.len() / 2]
+                } else {
+                    body
+                };
+                let _ = stream.write_all(sent.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_body_cut_off_is_retried_when_safe_and_a_transport_error_when_not() {
+    let (addr, connections) = start_body_cut_server().await;
+    let keyed = FluxClient::builder(&format!("http://{addr}"))
+        .api_key(KEY)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let response = keyed
+        .generate(&small_request(64, 64, OutputFormat::Png))
+        .await
+        .unwrap();
+    assert_eq!(response.seed, 7);
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "one retry");
+
+    let (addr, connections) = start_body_cut_server().await;
+    let keyless = FluxClient::builder(&format!("http://{addr}"))
+        .api_key(KEY)
+        .auto_idempotency_key(false)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let error = keyless
+        .generate(&small_request(64, 64, OutputFormat::Png))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RemoteError::Transport(_)), "{error:?}");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "a generation without a key is never sent twice"
+    );
+}
+
+#[tokio::test]
+async fn an_error_body_cut_off_keeps_the_status() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 64 * 1024];
+        let _ = stream.read(&mut request).await;
+        let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 7\r\ncontent-length: 500\r\nconnection: close\r\n\r\n{\"error\":";
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    });
+    let client = FluxClient::builder(&format!("http://{addr}"))
+        .api_key(KEY)
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let error = client
+        .generate(&small_request(64, 64, OutputFormat::Png))
+        .await
+        .unwrap_err();
+    match error {
+        RemoteError::Api {
+            status,
+            retry_after,
+            raw_body,
+            ..
+        } => {
+            assert_eq!(status, 503);
+            assert_eq!(retry_after, Some(Duration::from_secs(7)));
+            assert_eq!(raw_body, "{\"error\":");
+        }
+        other => panic!("expected the 503 kept, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unbounded_total_timeout_does_not_overflow() {
+    let generator = FakeGenerator::new();
+    let server = start(generator, |_| {}).await;
+    let client = server
+        .client()
+        .total_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let response = client
+        .generate(&small_request(64, 64, OutputFormat::Png))
+        .await
+        .unwrap();
+    assert_eq!(response.images.len(), 1);
+    server.stop().await;
+}

@@ -208,7 +208,7 @@ fn generate_operation(
             "400": error_response(error_schema, "The body is malformed or breaks a rule (the message names the field and the rule; integers must be JSON integer literals, so `2.0` and `1e3` are refused), or the Idempotency-Key header is malformed (`param` is `Idempotency-Key`)", &[ErrorCode::InvalidJson, ErrorCode::InvalidParameter, ErrorCode::UnknownField], rate),
             "401": error_response(error_schema, "Missing, malformed or unknown API key", &[ErrorCode::Unauthorized], &["WWW-Authenticate"]),
             "405": error_response(error_schema, "The path does not serve this method; `Allow` lists those it does (the contract has no code of its own for this)", &[ErrorCode::NotFound], &["Allow"]),
-            "409": error_response(error_schema, "A request with this Idempotency-Key and body is still running; retry later to get its stored answer", &[ErrorCode::IdempotencyConflict], rate),
+            "409": error_response(error_schema, "A request with this Idempotency-Key and body is still running; retry after `Retry-After` (when it should be done) to get its stored answer", &[ErrorCode::IdempotencyConflict], &with_rate_limit),
             "413": error_response(error_schema, "The body is over 64 KiB (also when sent without Content-Length)", &[ErrorCode::PayloadTooLarge], rate),
             "415": error_response(error_schema, "The body is not application/json (parameters such as `; charset=utf-8` are accepted)", &[ErrorCode::UnsupportedMediaType], rate),
             "422": error_response(error_schema, "This Idempotency-Key was used with a different body", &[ErrorCode::IdempotencyMismatch], rate),
