@@ -299,7 +299,7 @@ impl Engine {
         if !waiting.open {
             return Err(FluxError::EngineClosed);
         }
-        // An idle engine takes the job at once, so it does not use a queue place.
+        // An idle engine is about to take a job, so one more fits than the queue holds.
         let places = self.capacity + usize::from(waiting.idle);
         if waiting.live() >= places {
             return Err(FluxError::QueueFull {
@@ -313,11 +313,17 @@ impl Engine {
             cancelled: Arc::clone(&cancelled),
             submitted: Instant::now(),
         });
-        // Taken: a second job before the engine thread wakes must find a queue place of its own.
-        waiting.idle = false;
+        // `idle` stays set until the engine thread takes a job: until then every job is counted
+        // in `live` against `capacity + 1` places, the one the idle engine is about to free.
         drop(waiting);
         self.queue.work.notify_one();
         Ok(JobHandle { cancelled })
+    }
+
+    /// Whether the engine thread is waiting for work (nothing runs, nothing waits).
+    pub fn is_idle(&self) -> bool {
+        let waiting = self.queue.lock();
+        waiting.idle && waiting.jobs.is_empty()
     }
 
     /// Jobs accepted, not yet started, and not cancelled.

@@ -390,3 +390,32 @@ fn the_engine_can_be_shared_between_request_handlers() {
     shareable::<Engine>();
     shareable::<flux_core::engine::JobHandle>();
 }
+
+#[test]
+fn an_idle_engine_takes_one_job_and_queues_capacity_more_at_once() -> anyhow::Result<()> {
+    let (engine, open) = stand_in_engine(1)?;
+    let (sender, replies) = mpsc::channel();
+    // Wait until the engine thread is idle (it reports so once it waits for work).
+    let deadline = Instant::now() + WAIT;
+    while !engine.is_idle() {
+        assert!(Instant::now() < deadline, "the engine never became idle");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Back to back, whether or not the engine thread has taken the first one yet: one runs, one
+    // waits, the third is refused (a submit that marked the engine busy before it took the job
+    // used to refuse the second when it came first).
+    submit(&engine, "wait", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    submit(&engine, "second", &sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let third = submit(&engine, "third", &sender);
+    assert!(
+        matches!(third, Err(FluxError::QueueFull { capacity: 1 })),
+        "{third:?}"
+    );
+    open.send(())?;
+    for expected in ["wait", "second"] {
+        let (name, result) = next(&replies)?;
+        assert_eq!(name, expected);
+        assert!(result.is_ok(), "{name}: {result:?}");
+    }
+    Ok(())
+}

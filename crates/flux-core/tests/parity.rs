@@ -148,7 +148,7 @@ fn every_reference_case_matches_diffusers() -> anyhow::Result<()> {
             let flags = |probabilities: &[f32]| {
                 probabilities
                     .iter()
-                    .map(|&p| p > threshold)
+                    .map(|&p| p >= threshold)
                     .collect::<Vec<_>>()
             };
             assert_eq!(
@@ -237,7 +237,7 @@ fn the_same_request_gives_the_same_bytes_twice() -> anyhow::Result<()> {
         let threshold = pipeline.description().safety_threshold;
         let probabilities = first.nsfw_probabilities.clone().unwrap_or_default();
         assert_eq!(probabilities.len(), first.images.len());
-        let flags: Vec<bool> = probabilities.iter().map(|&p| p > threshold).collect();
+        let flags: Vec<bool> = probabilities.iter().map(|&p| p >= threshold).collect();
         assert_eq!(first.nsfw, flags);
         let expected_type = if format == OutputFormat::Png {
             "image/png"

@@ -6,8 +6,7 @@
 //! anyway. The server reports no per-step progress over HTTP, so the progress callback hears only
 //! the final step, once the images have arrived.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flux_remote::{ClientError, FluxClient};
@@ -18,12 +17,19 @@ use flux_types::{
 
 use crate::error::FacadeError;
 
+/// How long a 503 from the server makes this generator report "not ready" when the answer has no
+/// `Retry-After`, and at most in any case: long enough not to hammer a server that is loading or
+/// draining, short enough that the next request soon asks again.
+const NOT_READY_HOLD: Duration = Duration::from_secs(5);
+
 /// A flux server as a [`Generator`].
 #[derive(Debug)]
 pub struct RemoteGenerator {
     client: FluxClient,
-    /// What the last answer said about readiness: `is_ready` cannot make an HTTP call.
-    ready: AtomicBool,
+    /// Until when the last 503 (loading or draining) says the server is not ready. `is_ready`
+    /// cannot make an HTTP call, and a server fronting this generator sends it nothing while it
+    /// reports not ready, so the answer must expire by itself.
+    not_ready_until: Mutex<Option<Instant>>,
 }
 
 impl RemoteGenerator {
@@ -42,7 +48,7 @@ impl RemoteGenerator {
     pub fn from_client(client: FluxClient) -> Self {
         Self {
             client,
-            ready: AtomicBool::new(true),
+            not_ready_until: Mutex::new(None),
         }
     }
 
@@ -60,10 +66,18 @@ impl RemoteGenerator {
         let mut wire = request.into_request();
         wire.sync_mode = true;
         let result = self.client.generate(&wire).await;
-        self.ready.store(
-            !matches!(&result, Err(error) if error.status() == Some(503)),
-            Ordering::Relaxed,
-        );
+        let not_ready_until = match &result {
+            Err(ClientError::Api {
+                status: 503,
+                retry_after,
+                ..
+            }) => Some(Instant::now() + retry_after.unwrap_or(NOT_READY_HOLD).min(NOT_READY_HOLD)),
+            _ => None,
+        };
+        *self
+            .not_ready_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = not_ready_until;
         let response = result.map_err(map_client_error)?;
         let mut images = Vec::with_capacity(response.images.len());
         for image in &response.images {
@@ -110,7 +124,10 @@ impl Generator for RemoteGenerator {
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.not_ready_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|until| Instant::now() >= until)
     }
 
     fn describe(&self) -> String {

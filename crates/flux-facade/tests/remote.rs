@@ -264,3 +264,60 @@ async fn failover_skips_an_unreachable_server_but_not_a_bad_request() -> anyhow:
     );
     Ok(())
 }
+
+/// A generator that reports not ready until the test says so (a server still loading its model).
+struct Loading {
+    ready: std::sync::atomic::AtomicBool,
+    inner: Arc<dyn Generator>,
+}
+
+impl Generator for Loading {
+    fn generate(
+        &self,
+        request: ValidRequest,
+        progress: Option<ProgressFn>,
+    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
+        self.inner.generate(request, progress)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn describe(&self) -> String {
+        "loading".to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_makes_the_remote_not_ready_only_for_a_while() -> anyhow::Result<()> {
+    let upstream = Arc::new(Loading {
+        ready: std::sync::atomic::AtomicBool::new(false),
+        inner: local().await?,
+    });
+    let server = serve(upstream.clone(), 4).await?;
+    let remote = single_attempt(&server.base_url, KEY)?;
+    assert!(remote.is_ready(), "nothing was asked yet");
+    let refused = remote.generate(request(64, 64, 1, Some(1))?, None).await;
+    assert!(
+        matches!(refused, Err(GeneratorError::NotReady)),
+        "{refused:?}"
+    );
+    assert!(!remote.is_ready(), "the 503 is reported");
+
+    // The upstream finishes loading. A server fronting `remote` asks it nothing while it reports
+    // not ready, so the report must expire by itself (the upstream's Retry-After, at most 5 s).
+    upstream.ready.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    while !remote.is_ready() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "the remote stayed not ready after the upstream became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let generation = remote.generate(request(64, 64, 1, Some(1))?, None).await?;
+    assert_eq!(generation.images.len(), 1);
+    assert!(remote.is_ready());
+    Ok(())
+}

@@ -148,5 +148,13 @@ pub fn max_abs_diff<D: ndarray::Dimension>(
         .iter()
         .zip(expected)
         .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max))
+        // `f32::max` would drop a NaN and report a perfect match; a NaN must fail every
+        // tolerance check instead.
+        .fold(0.0, |worst, difference| {
+            if difference.is_nan() || difference > worst {
+                difference
+            } else {
+                worst
+            }
+        }))
 }
