@@ -187,3 +187,45 @@ async fn an_idle_keep_alive_connection_is_reused_within_the_read_timeout_and_clo
     assert_eq!(response.images.len(), 1);
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_dropped_and_the_drain_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    // An image far larger than the socket buffers, so the answer cannot be written in full
+    // unless the client reads it.
+    let name = format!("{}.png", "ab".repeat(16));
+    std::fs::write(dir.path().join(&name), vec![7u8; 48 * 1024 * 1024]).unwrap();
+    let mut config = config(dir.path());
+    config.read_timeout = READ_TIMEOUT;
+    let server = Server::bind(config, FakeGenerator::new()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut greedy = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /api/v1/files/{name} HTTP/1.1\r\nHost: flux\r\n\r\n");
+    greedy.write_all(request.as_bytes()).await.unwrap();
+    // Let the server fill the socket buffers, then drain it while the client still reads nothing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop.send(());
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the drain waited for ever on a client that reads nothing")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The server gave up on that answer: what the client can still read ends early.
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 1024 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), greedy.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection stayed open after the drain"),
+        }
+    }
+    assert!(received < 48 * 1024 * 1024, "{received} bytes arrived");
+}
