@@ -75,6 +75,37 @@ fn small_request(width: u32, height: u32, format: OutputFormat) -> GenerateReque
     }
 }
 
+/// A client for `addr` that does not retry: an answer comes back as it was given.
+fn single_attempt_client(addr: SocketAddr) -> FluxClient {
+    FluxClient::builder(&format!("http://{addr}"))
+        .api_key(KEY)
+        .max_attempts(1)
+        .build()
+        .unwrap()
+}
+
+/// The request a test proxy sends upstream for `parts` and `body`: same method, path, body and
+/// the headers that matter to the API.
+fn forwarded(
+    http: &reqwest::Client,
+    upstream: &str,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> reqwest::RequestBuilder {
+    let mut forward = http
+        .request(
+            parts.method.clone(),
+            format!("{upstream}{}", parts.uri.path()),
+        )
+        .body(body);
+    for name in ["authorization", "content-type", "idempotency-key"] {
+        if let Some(value) = parts.headers.get(name) {
+            forward = forward.header(name, value.clone());
+        }
+    }
+    forward
+}
+
 fn api_code(error: &RemoteError) -> Option<ErrorCode> {
     error.error_body().map(|body| body.error.code)
 }
@@ -302,14 +333,7 @@ async fn start_lossy_proxy(
             let n = seen.fetch_add(1, Ordering::SeqCst);
             let (parts, body) = request.into_parts();
             let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-            let mut forward = http
-                .request(parts.method.clone(), format!("{upstream}{}", parts.uri.path()))
-                .body(body);
-            for name in ["authorization", "content-type", "idempotency-key"] {
-                if let Some(value) = parts.headers.get(name) {
-                    forward = forward.header(name, value.clone());
-                }
-            }
+            let forward = forwarded(&http, &upstream, &parts, body);
             let answer = forward.send().await.unwrap();
             replays
                 .lock()
@@ -622,11 +646,7 @@ async fn an_oversized_error_body_is_cut_and_the_status_kept() {
             }
         }
     });
-    let client = FluxClient::builder(&format!("http://{addr}"))
-        .api_key(KEY)
-        .max_attempts(1)
-        .build()
-        .unwrap();
+    let client = single_attempt_client(addr);
     let error = client
         .generate(&small_request(64, 64, OutputFormat::Png))
         .await
@@ -659,17 +679,7 @@ async fn start_first_answer_lost_proxy(upstream: String) -> (SocketAddr, Arc<Ato
             let n = seen.fetch_add(1, Ordering::SeqCst);
             let (parts, body) = request.into_parts();
             let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-            let mut forward = http
-                .request(
-                    parts.method.clone(),
-                    format!("{upstream}{}", parts.uri.path()),
-                )
-                .body(body);
-            for name in ["authorization", "content-type", "idempotency-key"] {
-                if let Some(value) = parts.headers.get(name) {
-                    forward = forward.header(name, value.clone());
-                }
-            }
+            let forward = forwarded(&http, &upstream, &parts, body);
             if n == 0 {
                 tokio::spawn(forward.send());
                 return axum::http::Response::builder()
@@ -843,11 +853,7 @@ async fn an_error_body_cut_off_keeps_the_status() {
         let _ = stream.write_all(head.as_bytes()).await;
         let _ = stream.shutdown().await;
     });
-    let client = FluxClient::builder(&format!("http://{addr}"))
-        .api_key(KEY)
-        .max_attempts(1)
-        .build()
-        .unwrap();
+    let client = single_attempt_client(addr);
     let error = client
         .generate(&small_request(64, 64, OutputFormat::Png))
         .await
