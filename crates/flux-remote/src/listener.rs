@@ -46,13 +46,15 @@ pub(crate) async fn serve_connections(
         };
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
+            // A connection reset before it was accepted: the client's business, not ours.
+            Err(error) if is_connection_error(&error) => {
+                tracing::debug!(%error, "a connection went away before it was accepted");
+                continue;
+            }
+            // Out of file descriptors, say: retrying at once would spin.
             Err(error) => {
-                // Per-connection failures (reset before accept) are normal; running out of file
-                // descriptors is not, and retrying at once would spin.
                 tracing::warn!(%error, "cannot accept a connection");
-                if !is_connection_error(&error) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -77,12 +79,12 @@ pub(crate) async fn serve_connections(
     graceful.shutdown().await;
 }
 
-fn is_connection_error(error: &std::io::Error) -> bool {
+fn is_connection_error(error: &io::Error) -> bool {
     matches!(
         error.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
     )
 }
 
