@@ -147,7 +147,6 @@ impl std::fmt::Debug for FluxClient {
     }
 }
 
-/// The answer of one attempt, before deciding whether to retry.
 /// How one attempt ended, when it did not succeed.
 enum AttemptError {
     /// The call's total time ran out during it.
@@ -334,23 +333,26 @@ async fn attempt_once(
     request: reqwest::RequestBuilder,
     limit: usize,
 ) -> Result<Vec<u8>, AttemptError> {
-    let response = match request.send().await {
-        Ok(response) => response,
-        // A connect timeout is also a timeout to reqwest, but it is a connection failure
-        // (retried), not the end of the call's total time.
-        Err(error) if error.is_connect() => {
-            return Err(AttemptError::Failed(RemoteError::Transport(error)));
-        }
-        Err(error) if error.is_timeout() => return Err(AttemptError::OutOfTime),
-        Err(error) => return Err(AttemptError::Failed(RemoteError::Transport(error))),
-    };
+    let response = request.send().await.map_err(transport_failure)?;
     if !response.status().is_success() {
         return Err(AttemptError::Failed(api_error(response).await));
     }
-    match read_capped(response, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(RemoteError::Transport(error)) if error.is_timeout() => Err(AttemptError::OutOfTime),
-        Err(error) => Err(AttemptError::Failed(error)),
+    read_capped(response, limit)
+        .await
+        .map_err(|error| match error {
+            RemoteError::Transport(error) => transport_failure(error),
+            other => AttemptError::Failed(other),
+        })
+}
+
+/// A transport error while sending or reading: the end of the call's time, or a failure.
+fn transport_failure(error: reqwest::Error) -> AttemptError {
+    // A connect timeout is also a timeout to reqwest, but it is a connection failure (retried),
+    // not the end of the call's total time.
+    if error.is_timeout() && !error.is_connect() {
+        AttemptError::OutOfTime
+    } else {
+        AttemptError::Failed(RemoteError::Transport(error))
     }
 }
 
