@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 
@@ -22,12 +22,54 @@ fn record_cost(key: &RecordKey, body: &Bytes) -> usize {
     RECORD_OVERHEAD_BYTES + key.1.len() + body.len()
 }
 
+/// A moment taken just before an answer's image files were written, on both clocks. The file
+/// store ages files by their modification time against the wall clock (that survives restarts),
+/// while this process measures time on the monotonic clock; a record that expires by whichever
+/// clock runs out first never outlives the files, even when the wall clock is stepped forward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FilesWrittenFrom {
+    monotonic: Instant,
+    wall: SystemTime,
+}
+
+impl FilesWrittenFrom {
+    pub(crate) fn now() -> Self {
+        FilesWrittenFrom {
+            monotonic: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// Whether `retention` has passed since this moment on either clock. A wall clock stepped
+    /// back (the moment is "in the future") leaves the files in place, so only the monotonic
+    /// clock counts then.
+    fn is_older_than(&self, retention: Duration, now: Instant, now_wall: SystemTime) -> bool {
+        let monotonic_age = now.saturating_duration_since(self.monotonic);
+        let wall_age = now_wall.duration_since(self.wall).unwrap_or(Duration::ZERO);
+        monotonic_age >= retention || wall_age >= retention
+    }
+}
+
 #[derive(Debug)]
 enum State {
     /// The first request is still being answered; it began at `since`.
     Running { since: Instant },
     /// The stored 200 body.
-    Done { body: Bytes, stored_at: Instant },
+    Done {
+        body: Bytes,
+        stored_at: FilesWrittenFrom,
+    },
+}
+
+impl State {
+    fn is_expired(&self, retention: Duration) -> bool {
+        match self {
+            State::Done { stored_at, .. } => {
+                stored_at.is_older_than(retention, Instant::now(), SystemTime::now())
+            }
+            State::Running { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -79,7 +121,7 @@ impl Records {
             .by_key
             .iter()
             .filter_map(|(key, record)| match &record.state {
-                State::Done { stored_at, .. } => Some((*stored_at, key.clone())),
+                State::Done { stored_at, .. } => Some((stored_at.monotonic, key.clone())),
                 State::Running { .. } => None,
             })
             .min_by_key(|(stored_at, _)| *stored_at);
@@ -121,20 +163,18 @@ impl IdempotencyStore {
     ) -> Begin {
         let mut records = self.lock();
         let record_key = (caller, key);
-        if let Some(record) = records.by_key.get(&record_key) {
-            let expired = matches!(&record.state,
-                State::Done { stored_at, .. } if stored_at.elapsed() >= self.retention);
-            if !expired {
-                if record.body_digest != body_digest {
-                    return Begin::Mismatch;
-                }
-                return match &record.state {
-                    State::Running { since } => Begin::Conflict {
-                        running_for: since.elapsed(),
-                    },
-                    State::Done { body, .. } => Begin::Replay(body.clone()),
-                };
+        if let Some(record) = records.by_key.get(&record_key)
+            && !record.state.is_expired(self.retention)
+        {
+            if record.body_digest != body_digest {
+                return Begin::Mismatch;
             }
+            return match &record.state {
+                State::Running { since } => Begin::Conflict {
+                    running_for: since.elapsed(),
+                },
+                State::Done { body, .. } => Begin::Replay(body.clone()),
+            };
         }
         records.remove(&record_key);
         records.by_key.insert(
@@ -158,10 +198,7 @@ impl IdempotencyStore {
         let expired: Vec<RecordKey> = records
             .by_key
             .iter()
-            .filter(|(_, record)| {
-                matches!(&record.state,
-                    State::Done { stored_at, .. } if stored_at.elapsed() >= self.retention)
-            })
+            .filter(|(_, record)| record.state.is_expired(self.retention))
             .map(|(key, _)| key.clone())
             .collect();
         for key in &expired {
@@ -185,10 +222,10 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
-    /// Stores the answer. `files_written_from` is an instant taken before the answer's image files
-    /// were written: the record expires `retention` after it, so it never outlives those files
-    /// and a replay never hands out URLs that already answer 404.
-    pub(crate) fn complete(mut self, body: Bytes, files_written_from: Instant) {
+    /// Stores the answer. `files_written_from` was taken before the answer's image files were
+    /// written: the record expires `retention` after it, so it never outlives those files and a
+    /// replay never hands out URLs that already answer 404.
+    pub(crate) fn complete(mut self, body: Bytes, files_written_from: FilesWrittenFrom) {
         if let Some(key) = self.key.take() {
             let cost = record_cost(&key, &body);
             let mut records = self.store.lock();
@@ -247,7 +284,7 @@ mod tests {
         let Begin::Fresh(second) = store.begin(caller, "k".into(), [1; 32]) else {
             panic!("after a failure the key is fresh again");
         };
-        second.complete(Bytes::from_static(b"{}"), Instant::now());
+        second.complete(Bytes::from_static(b"{}"), FilesWrittenFrom::now());
         match store.begin(caller, "k".into(), [1; 32]) {
             Begin::Replay(body) => assert_eq!(&body[..], b"{}"),
             other => panic!("expected a replay, got {other:?}"),
@@ -269,7 +306,7 @@ mod tests {
             else {
                 panic!("fresh");
             };
-            reservation.complete(body.clone(), Instant::now());
+            reservation.complete(body.clone(), FilesWrittenFrom::now());
             std::thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(store.len(), 2);
@@ -290,7 +327,7 @@ mod tests {
         let Begin::Fresh(reservation) = store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) else {
             panic!("fresh");
         };
-        reservation.complete(Bytes::from_static(b"{}"), Instant::now());
+        reservation.complete(Bytes::from_static(b"{}"), FilesWrittenFrom::now());
         std::thread::sleep(Duration::from_millis(40));
         assert!(matches!(
             store.begin(Caller::ANONYMOUS, "k".into(), [9; 32]),
@@ -306,7 +343,10 @@ mod tests {
             panic!("fresh");
         };
         // The files were written 250 ms before the answer was stored (a slow disk, say).
-        let files_written_from = Instant::now() - Duration::from_millis(250);
+        let files_written_from = FilesWrittenFrom {
+            monotonic: Instant::now() - Duration::from_millis(250),
+            wall: SystemTime::now() - Duration::from_millis(250),
+        };
         reservation.complete(Bytes::from_static(b"{}"), files_written_from);
         std::thread::sleep(Duration::from_millis(100));
         assert!(
@@ -316,5 +356,52 @@ mod tests {
             ),
             "300 ms after the files were written the record must be gone with them"
         );
+    }
+
+    #[test]
+    fn a_record_expires_when_the_wall_clock_says_its_files_have() {
+        // The file store would already delete these files: by the wall clock they are two
+        // retentions old, as after the clock was stepped forward. The monotonic clock says they
+        // are new.
+        let retention = Duration::from_secs(3600);
+        let store = IdempotencyStore::new(retention);
+        let Begin::Fresh(reservation) = store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) else {
+            panic!("fresh");
+        };
+        let files_written_from = FilesWrittenFrom {
+            monotonic: Instant::now(),
+            wall: SystemTime::now() - 2 * retention,
+        };
+        reservation.complete(Bytes::from_static(b"{}"), files_written_from);
+        assert!(
+            matches!(
+                store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]),
+                Begin::Fresh(_)
+            ),
+            "a replay would hand out URLs of deleted files"
+        );
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_leaves_the_monotonic_clock_in_charge() {
+        let retention = Duration::from_secs(60);
+        let now = Instant::now();
+        let now_wall = SystemTime::now();
+        let written_in_the_wall_clocks_future = FilesWrittenFrom {
+            monotonic: now - Duration::from_secs(10),
+            wall: now_wall + Duration::from_secs(3600),
+        };
+        assert!(!written_in_the_wall_clocks_future.is_older_than(retention, now, now_wall));
+        assert!(written_in_the_wall_clocks_future.is_older_than(
+            retention,
+            now + retention,
+            now_wall
+        ));
+        let fresh = FilesWrittenFrom {
+            monotonic: now,
+            wall: now_wall,
+        };
+        assert!(!fresh.is_older_than(retention, now + Duration::from_secs(59), now_wall));
+        assert!(fresh.is_older_than(retention, now, now_wall + Duration::from_secs(60)));
     }
 }

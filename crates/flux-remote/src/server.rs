@@ -28,7 +28,7 @@ use crate::auth::{ApiKeys, Caller, sha256};
 use crate::config::ServerConfig;
 use crate::error::RemoteError;
 use crate::files::{FileKind, FileStore, random_hex};
-use crate::idempotency::{Begin, IdempotencyStore, Reservation};
+use crate::idempotency::{Begin, FilesWrittenFrom, IdempotencyStore, Reservation};
 use crate::listener::serve_connections;
 use crate::metrics::Metrics;
 use crate::rate_limit::{Limited, RateLimiterByKey};
@@ -586,7 +586,7 @@ async fn run_generation(
                 .metrics
                 .record_generation(generation_time, generation.images.len());
             // Before the first image file is written: the idempotency record must not outlive it.
-            let files_written_from = Instant::now();
+            let files_written_from = FilesWrittenFrom::now();
             let body = build_response(&state, generation, expected_images, sync_mode).await?;
             let json = if sync_mode {
                 // Images inline make a body of up to tens of megabytes: too much CPU for an
