@@ -16,6 +16,7 @@ import argparse
 import io
 import os
 import statistics
+from pathlib import Path
 
 
 def offline_environment() -> None:
@@ -26,17 +27,27 @@ def offline_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def set_threads(threads: int) -> None:
+def set_threads(threads: int, *, torch_too: bool) -> None:
     """The same intra-op thread count for every library a peer uses (ORT sessions take it in
-    their options; torch and the BLAS pools take it here)."""
+    their options; the BLAS pools take it here, and torch when the peer runs on it). A peer that
+    does not use torch must not import it: its libraries would count in that peer's memory."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
-    try:
-        import torch
-    except ImportError:
+    if not torch_too:
         return
+    import torch
+
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
+
+
+def transformer_path(folder: Path) -> Path:
+    """The transformer graph flux-core loads from an ONNX model folder: float32 first."""
+    for precision in ("fp32", "bf16", "fp16"):
+        path = folder / "transformer.opt" / precision / "model.onnx"
+        if path.exists():
+            return path
+    raise SystemExit(f"no transformer.opt/<precision>/model.onnx in {folder}")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -75,13 +86,14 @@ def argument_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def encode_image(pixels, image_format: str) -> bytes:
-    """HWC u8 pixels to JPEG (quality 95, as flux-core's pixels::JPEG_QUALITY) or PNG bytes."""
+    """HWC u8 pixels to JPEG or PNG bytes, with flux-core's settings (pixels.rs): JPEG quality 95
+    with full-resolution chroma (4:4:4; Pillow would subsample to 4:2:0 by default)."""
     from PIL import Image
 
     buffer = io.BytesIO()
     image = Image.fromarray(pixels)
     if image_format == "jpeg":
-        image.save(buffer, format="JPEG", quality=95)
+        image.save(buffer, format="JPEG", quality=95, subsampling=0)
     else:
         image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -32,7 +32,7 @@ def main() -> int:
                         help="T5 length (max_sequence_length); default: the T5 length of the ONNX export, "
                              "from the stamp written by torch_weights.py")
     args = parser.parse_args()
-    bench_common.set_threads(args.threads)
+    bench_common.set_threads(args.threads, torch_too=True)
 
     from diffusers import FluxPipeline
 

@@ -137,11 +137,7 @@ fn markdown(results: &BenchResults, source: &Path, docs: &Path, plot_note: Optio
             ""
         }
     );
-    let _ = writeln!(
-        out,
-        "| ONNX Runtime | {} (flux-rs and the Python ORT peer) |",
-        host.onnxruntime_version
-    );
+    let _ = writeln!(out, "| ONNX Runtime | {} |", onnxruntime_versions(results));
     let _ = writeln!(out, "| Rust | {} |", host.rustc_version);
     if let Some(versions) = peer_versions(results) {
         let _ = writeln!(out, "| peers | {versions} |");
@@ -237,6 +233,27 @@ fn relative_to(path: &Path, docs: &Path) -> String {
         relative.push(part);
     }
     relative.display().to_string()
+}
+
+/// The ONNX Runtime release each ORT implementation ran, from what each reported: the claim that
+/// both ran the same one is made only when they did.
+fn onnxruntime_versions(results: &BenchResults) -> String {
+    let ours = &results.host.onnxruntime_version;
+    let peer: std::collections::BTreeSet<&str> = results
+        .pipeline
+        .iter()
+        .filter(|entry| entry.document.implementation == implementation::PYTHON_ORT)
+        .filter_map(|entry| entry.document.versions.get("onnxruntime"))
+        .map(String::as_str)
+        .collect();
+    match peer.iter().copied().collect::<Vec<_>>().as_slice() {
+        [] => format!("{ours} (flux-rs)"),
+        [theirs] if theirs == ours => format!("{ours} (flux-rs and the Python ORT peer)"),
+        theirs => format!(
+            "{ours} (flux-rs), {} (Python ORT peer): **not the same release**",
+            theirs.join(", ")
+        ),
+    }
 }
 
 fn peer_versions(results: &BenchResults) -> Option<String> {
@@ -584,10 +601,7 @@ fn pipeline_tables(out: &mut String, results: &BenchResults, model: &str, parame
         );
         for run in runs {
             let m = |key| run.median_of(key);
-            let outside = match (m(stage::TOTAL), m(stage::ORT_SESSION_TOTAL)) {
-                (Some(t), Some(o)) => Some(t - o),
-                _ => None,
-            };
+            let outside = run.median_outside_ort();
             let _ = writeln!(
                 out,
                 "| {}×{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -845,8 +859,8 @@ fn plot_series(results: &BenchResults) -> Vec<Series> {
                 .filter(|r| r.steps == steps)
                 .filter_map(|r| Some((f64::from(r.image_tokens), r.median_of(stage::TOTAL)?)))
                 .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            points.dedup_by(|a, b| a.0 == b.0);
+            // Sizes with the same token count (768×1024 and 1024×768) both stay: one point each.
+            points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
             if !points.is_empty() {
                 let color = if model.name == "medium" {
                     color
@@ -1117,6 +1131,32 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir)?;
         Ok(())
+    }
+
+    #[test]
+    fn the_onnx_runtime_line_says_whether_both_ran_the_same_release() {
+        let mut results = synthetic_results();
+        assert_eq!(onnxruntime_versions(&results), "1.31.1 (flux-rs)");
+        let set_peer_version = |results: &mut BenchResults, version: &str| {
+            for entry in &mut results.pipeline {
+                if entry.document.implementation == implementation::PYTHON_ORT {
+                    entry
+                        .document
+                        .versions
+                        .insert("onnxruntime".to_owned(), version.to_owned());
+                }
+            }
+        };
+        set_peer_version(&mut results, "1.31.1");
+        assert_eq!(
+            onnxruntime_versions(&results),
+            "1.31.1 (flux-rs and the Python ORT peer)"
+        );
+        set_peer_version(&mut results, "1.30.0");
+        assert_eq!(
+            onnxruntime_versions(&results),
+            "1.31.1 (flux-rs), 1.30.0 (Python ORT peer): **not the same release**"
+        );
     }
 
     #[test]

@@ -287,20 +287,30 @@ async fn measure_async(spec: &ServerSpec) -> Result<ServerResults> {
     );
 
     let mut concurrency = Vec::new();
-    for &clients in &spec.client_counts {
-        let (direct_seconds, direct_latencies) =
+    for (index, &clients) in spec.client_counts.iter().enumerate() {
+        let run_direct = || {
             concurrent(clients, spec.requests_per_level, spec, |text| {
                 let generator = generator.clone();
                 async move { direct_call(generator.as_ref(), &text).await }
             })
-            .await?;
-        let (http_seconds, http_latencies) =
+        };
+        let run_http = || {
             concurrent(clients, spec.requests_per_level, spec, |text| {
                 let client = client.clone();
                 let url = server.url.clone();
                 async move { http_call(&client, &url, &text).await }
             })
-            .await?;
+        };
+        // Which path goes first alternates between levels, so a drift of the machine's speed
+        // during the run does not always favour the same one.
+        let ((direct_seconds, direct_latencies), (http_seconds, http_latencies)) = if index % 2 == 0
+        {
+            let direct = run_direct().await?;
+            (direct, run_http().await?)
+        } else {
+            let http = run_http().await?;
+            (run_direct().await?, http)
+        };
         let level = ConcurrencyLevel {
             clients,
             requests: spec.requests_per_level,
