@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::error::{FluxError, Result};
 use crate::runtime::{self, RuntimeKind, SessionEnvironment};
+use crate::sampling::SchedulerConfig;
 use crate::tensors::{FloatType, IdType};
 use crate::threads::{ComputePriority, PoolThreads, ThreadPool};
 use crate::tokenizer::{self, CLIP_LENGTH, PromptTokenizer};
@@ -156,7 +157,8 @@ pub struct Manifest {
     /// e.g. `transformer.opt/bf16/model.onnx`; default: the first of fp32, bf16, fp16 present.
     pub transformer: Option<PathBuf>,
     pub vae: Option<PathBuf>,
-    /// T5 text length; must agree with the T5 graph when its input length is fixed.
+    /// T5 text length; must agree with every graph axis that fixes it (T5 input and output, the
+    /// transformer's `encoder_hidden_states` and `txt_ids`).
     pub text_length: Option<usize>,
     pub vae_scaling_factor: Option<f32>,
     pub vae_shift_factor: Option<f32>,
@@ -367,10 +369,27 @@ impl Graph {
             .filter(|&dim| dim > 0)
     }
 
-    /// The batch size the graph is fixed to, if its first input fixes one.
-    pub(crate) fn fixed_batch(&self, input: &str) -> Option<usize> {
-        self.fixed_dim(input, 0)
-            .and_then(|dim| usize::try_from(dim).ok())
+    /// Refuses a request the graph's fixed axes of `input` cannot take: each of `axes` is
+    /// (axis, the size this request needs, what that size is, the request parameter behind it).
+    fn check_serves(
+        &self,
+        label: &str,
+        input: &str,
+        axes: &[(usize, usize, &str, &'static str)],
+    ) -> Result<()> {
+        for &(axis, needed, what, param) in axes {
+            if let Some(fixed) = self.fixed_dim(input, axis)
+                && usize::try_from(fixed).ok() != Some(needed)
+            {
+                return Err(FluxError::InvalidInput {
+                    param,
+                    message: format!(
+                        "this {label} export is fixed to {fixed} {what}, this request needs {needed}"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -389,6 +408,43 @@ pub struct FluxModel {
 }
 
 impl FluxModel {
+    /// Refuses, before any work, a request the transformer export cannot take because it is
+    /// fixed to another batch or image size (latent rows and columns, in latent pixels).
+    pub(crate) fn check_transformer_serves(
+        &self,
+        batch: usize,
+        latent_height: usize,
+        latent_width: usize,
+    ) -> Result<()> {
+        let image_tokens = (latent_height / 2) * (latent_width / 2);
+        self.transformer.check_serves(
+            "transformer",
+            "hidden_states",
+            &[
+                (0, batch, "images per call", "num_images"),
+                (1, image_tokens, "image tokens", "image_size"),
+            ],
+        )
+    }
+
+    /// As [`Self::check_transformer_serves`], for the VAE decoder's fixed axes.
+    pub(crate) fn check_vae_serves(
+        &self,
+        batch: usize,
+        latent_height: usize,
+        latent_width: usize,
+    ) -> Result<()> {
+        self.vae.check_serves(
+            "VAE",
+            "latent",
+            &[
+                (0, batch, "images per call", "num_images"),
+                (2, latent_height, "latent rows", "image_size"),
+                (3, latent_width, "latent columns", "image_size"),
+            ],
+        )
+    }
+
     /// Loads and checks a model folder (see the module docs). Every problem found is reported at
     /// once as [`FluxError::InvalidModel`]; a runtime or execution-provider failure is reported
     /// as itself.
@@ -459,7 +515,7 @@ impl FluxModel {
             problems.push("missing file tokenizer_2/tokenizer.json".to_owned());
         }
         let scheduler_config_path = root.join("scheduler/scheduler_config.json");
-        let dynamic_shifting = read_dynamic_shifting(root, &scheduler_config_path, &mut problems);
+        let dynamic_shifting = check_scheduler_config(root, &scheduler_config_path, &mut problems);
 
         let environment = runtime::session_environment(config)?;
         // Registering the execution provider once up front makes a provider that cannot run here
@@ -512,13 +568,6 @@ impl FluxModel {
                 root,
                 &mut problems,
             );
-            agree(
-                (t5, "text_embeddings", 1),
-                (transformer, "encoder_hidden_states", 1),
-                "text length",
-                root,
-                &mut problems,
-            );
         }
         if let (Some(clip), Some(transformer)) = (&clip, &transformer) {
             agree(
@@ -555,23 +604,44 @@ impl FluxModel {
             );
         }
 
-        let graph_text_length = t5
-            .as_ref()
-            .and_then(|graph| graph.fixed_dim("input_ids", 1));
-        let text_length = match (graph_text_length, manifest.text_length) {
-            (Some(graph_length), Some(declared)) if graph_length != declared as i64 => {
-                problems.push(format!(
-                    "{MANIFEST_FILE}: text_length is {declared} but the T5 graph takes {graph_length} tokens"
-                ));
-                declared
-            }
-            (Some(graph_length), _) => usize::try_from(graph_length).unwrap_or(0),
-            (None, Some(declared)) => declared,
+        // Every axis that fixes the text length, in both graphs: a T5 export with a dynamic length
+        // beside a transformer fixed to one would load and then fail every request.
+        let fixed_text_lengths: Vec<(String, i64)> = [
+            (t5.as_ref(), "input_ids", 1),
+            (t5.as_ref(), "text_embeddings", 1),
+            (transformer.as_ref(), "encoder_hidden_states", 1),
+            (transformer.as_ref(), "txt_ids", 0),
+        ]
+        .into_iter()
+        .filter_map(|(graph, name, axis)| {
+            let graph = graph?;
+            let length = graph.fixed_dim(name, axis)?;
+            Some((format!("{} `{name}`", relative(root, &graph.path)), length))
+        })
+        .collect();
+        let text_length = match (manifest.text_length, fixed_text_lengths.first()) {
+            (Some(declared), _) => declared,
+            (None, Some((_, length))) => usize::try_from(*length).unwrap_or(0),
             (None, None) => match variant {
                 Variant::Dev => 512,
                 Variant::Schnell => 256,
             },
         };
+        let source = if manifest.text_length.is_some() {
+            format!("{MANIFEST_FILE}'s text_length")
+        } else {
+            match fixed_text_lengths.first() {
+                Some((first, _)) => first.clone(),
+                None => "the default".to_owned(),
+            }
+        };
+        for (place, length) in &fixed_text_lengths {
+            if usize::try_from(*length).ok() != Some(text_length) {
+                problems.push(format!(
+                    "text length disagrees: {place} takes {length} tokens, but {source} is {text_length}"
+                ));
+            }
+        }
         if text_length == 0 {
             problems.push("text length is 0".to_owned());
         }
@@ -732,7 +802,9 @@ fn transformer_file(
     None
 }
 
-fn read_dynamic_shifting(root: &Path, path: &Path, problems: &mut Vec<String>) -> Option<bool> {
+/// Checks the scheduler config as the pipeline will read it (a schedule variant flux-rs does not
+/// compute is a load problem like any other) and returns its explicit `use_dynamic_shifting`.
+fn check_scheduler_config(root: &Path, path: &Path, problems: &mut Vec<String>) -> Option<bool> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(_) => {
@@ -740,15 +812,24 @@ fn read_dynamic_shifting(root: &Path, path: &Path, problems: &mut Vec<String>) -
             return None;
         }
     };
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(config) => config
-            .get("use_dynamic_shifting")
-            .and_then(serde_json::Value::as_bool),
+    let config = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(config) => config,
         Err(error) => {
             problems.push(format!("{}: {error}", relative(root, path)));
-            None
+            return None;
         }
+    };
+    match SchedulerConfig::deserialize(&config) {
+        Ok(scheduler) => {
+            if let Err(message) = scheduler.validate() {
+                problems.push(format!("{}: {message}", relative(root, path)));
+            }
+        }
+        Err(error) => problems.push(format!("{}: {error}", relative(root, path))),
     }
+    config
+        .get("use_dynamic_shifting")
+        .and_then(serde_json::Value::as_bool)
 }
 
 fn open_graph(

@@ -9,7 +9,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flux_types::{GeneratedImage, OutputFormat, ValidRequest};
+use flux_types::{
+    GeneratedImage, OutputFormat, ValidRequest,
+    request::{MAX_IMAGE_SIDE, MAX_INFERENCE_STEPS, MAX_NUM_IMAGES},
+};
 use image::RgbImage;
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Ix2, Ix3, Ix4};
 use ort::session::SessionInputValue;
@@ -76,24 +79,35 @@ impl GenerationParams {
                 message: "must not be blank".to_owned(),
             });
         }
+        // The upper bounds are the API's: a library caller is held to them too, because past
+        // them the buffers of one request (noise, schedule, activations) can fail to allocate,
+        // and an allocation failure aborts the process instead of returning an error.
         for (param, value) in [("width", self.width), ("height", self.height)] {
-            if value == 0 || value % 16 != 0 {
+            if value == 0 || value % 16 != 0 || value > MAX_IMAGE_SIDE {
                 return Err(FluxError::InvalidInput {
                     param,
-                    message: format!("must be a positive multiple of 16, got {value}"),
+                    message: format!(
+                        "must be a positive multiple of 16 up to {MAX_IMAGE_SIDE}, got {value}"
+                    ),
                 });
             }
         }
-        if self.num_images == 0 {
+        if !(1..=MAX_NUM_IMAGES).contains(&self.num_images) {
             return Err(FluxError::InvalidInput {
                 param: "num_images",
-                message: "must be at least 1".to_owned(),
+                message: format!(
+                    "must be between 1 and {MAX_NUM_IMAGES}, got {}",
+                    self.num_images
+                ),
             });
         }
-        if self.num_inference_steps == 0 {
+        if !(1..=MAX_INFERENCE_STEPS).contains(&self.num_inference_steps) {
             return Err(FluxError::InvalidInput {
                 param: "num_inference_steps",
-                message: "must be at least 1".to_owned(),
+                message: format!(
+                    "must be between 1 and {MAX_INFERENCE_STEPS}, got {}",
+                    self.num_inference_steps
+                ),
             });
         }
         if !self.guidance_scale.is_finite() {
@@ -280,6 +294,16 @@ impl FluxPipeline {
     ) -> Result<RawGeneration> {
         let started = Instant::now();
         params.validate()?;
+        // An export fixed to other shapes would otherwise fail only after the denoise, in the VAE.
+        let (latent_height, latent_width) = (
+            params.height as usize / sampling::VAE_SCALE_FACTOR,
+            params.width as usize / sampling::VAE_SCALE_FACTOR,
+        );
+        let batch = params.num_images as usize;
+        self.model
+            .check_transformer_serves(batch, latent_height, latent_width)?;
+        self.model
+            .check_vae_serves(batch, latent_height, latent_width)?;
         let mut timings = StageTimings::default();
         let text = self.encode_prompt_timed(&params.prompt, &mut timings)?;
 
@@ -422,14 +446,8 @@ impl FluxPipeline {
     ) -> Result<Array3<f32>> {
         let batch = noise.shape()[0];
         let (latent_height, latent_width) = (noise.shape()[2], noise.shape()[3]);
-        if let Some(fixed) = self.model.transformer.fixed_batch("hidden_states")
-            && fixed != batch
-        {
-            return Err(FluxError::InvalidInput {
-                param: "num_images",
-                message: format!("this transformer export is fixed to batch {fixed}, got {batch}"),
-            });
-        }
+        self.model
+            .check_transformer_serves(batch, latent_height, latent_width)?;
         let packed = sampling::pack_latents(noise)?;
         let variant = self.model.description.variant;
         let mut velocity = TransformerVelocity::new(
@@ -474,6 +492,8 @@ impl FluxPipeline {
         timings: &mut StageTimings,
     ) -> Result<Array4<f32>> {
         let mut latents = sampling::unpack_latents(packed, height as usize, width as usize)?;
+        let shape = latents.shape();
+        self.model.check_vae_serves(shape[0], shape[2], shape[3])?;
         let description = &self.model.description;
         sampling::unscale_latents(
             &mut latents.view_mut(),

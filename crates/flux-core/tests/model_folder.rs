@@ -89,10 +89,19 @@ fn a_manifest_that_contradicts_the_graphs_is_refused() -> anyhow::Result<()> {
         problems.iter().any(|p| p.contains("variant is dev")),
         "{problems:#?}"
     );
-    assert!(
-        problems.iter().any(|p| p.contains("text_length is 64")),
-        "{problems:#?}"
-    );
+    // Both graphs fix the length (32): a transformer fixed to another length than the text
+    // encoder's would fail every request, so it is checked too, not only T5.
+    for place in [
+        "t5.opt/model.onnx `input_ids` takes 32 tokens",
+        "transformer.opt/fp32/model.onnx `encoder_hidden_states` takes 32 tokens",
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(place) && p.contains("text_length is 64")),
+            "{place}: {problems:#?}"
+        );
+    }
 
     std::fs::write(model.join("flux-rs.json"), r#"{"colour": "blue"}"#)?;
     let problems = match FluxModel::load(&model, &common::test_config()) {
@@ -101,6 +110,38 @@ fn a_manifest_that_contradicts_the_graphs_is_refused() -> anyhow::Result<()> {
     };
     assert!(
         problems.iter().any(|p| p.contains("unknown field")),
+        "{problems:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_schedule_flux_rs_does_not_compute_is_a_load_problem() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("model");
+    common::copy_tree(&common::dev_model(), &model)?;
+    let config_path = model.join("scheduler/scheduler_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
+    config["use_karras_sigmas"] = serde_json::Value::Bool(true);
+    std::fs::write(&config_path, serde_json::to_string(&config)?)?;
+    // Found with the model's other problems, by the model load itself (before the pipeline, and
+    // before anything is generated).
+    std::fs::remove_file(model.join("tokenizer_2/tokenizer.json"))?;
+    let problems = match FluxModel::load(&model, &common::test_config()) {
+        Err(FluxError::InvalidModel { problems, .. }) => problems,
+        other => anyhow::bail!("expected InvalidModel, got {other:?}"),
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("scheduler/scheduler_config.json: ") && p.contains("karras")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("tokenizer_2/tokenizer.json")),
         "{problems:#?}"
     );
     Ok(())

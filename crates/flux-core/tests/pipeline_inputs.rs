@@ -98,6 +98,37 @@ fn parameters_the_model_cannot_serve_are_refused_by_name() -> anyhow::Result<()>
                 ..valid.clone()
             },
         ),
+        // Past the API's bounds a request could abort the process on allocation (about 2^60
+        // noise values, a 16 GB schedule) instead of failing.
+        (
+            "width",
+            GenerationParams {
+                width: 2_147_483_632,
+                height: 2_147_483_632,
+                ..valid.clone()
+            },
+        ),
+        (
+            "height",
+            GenerationParams {
+                height: 2064,
+                ..valid.clone()
+            },
+        ),
+        (
+            "num_images",
+            GenerationParams {
+                num_images: 5,
+                ..valid.clone()
+            },
+        ),
+        (
+            "num_inference_steps",
+            GenerationParams {
+                num_inference_steps: u32::MAX,
+                ..valid.clone()
+            },
+        ),
         (
             "guidance_scale",
             GenerationParams {
@@ -127,5 +158,66 @@ fn parameters_the_model_cannot_serve_are_refused_by_name() -> anyhow::Result<()>
             .len(),
         1
     );
+    Ok(())
+}
+
+#[test]
+fn an_export_fixed_to_one_shape_refuses_other_shapes_before_any_step() -> anyhow::Result<()> {
+    // The dev fixture with a VAE fixed to one 64×64 image (tests/data/make_test_graphs.py): the
+    // transformer would take anything, so without a check up front the request would run its
+    // whole denoise and fail only in the VAE.
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("model");
+    common::copy_tree(&common::dev_model(), &model)?;
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    std::fs::copy(
+        data.join("vae_fixed_64x64.onnx"),
+        model.join("vae.opt/model.onnx"),
+    )?;
+    let mut pipeline = FluxPipeline::load(&model, &common::test_config())?;
+    let fits = GenerationParams {
+        prompt: "a cat".to_owned(),
+        width: 64,
+        height: 64,
+        num_images: 1,
+        num_inference_steps: 2,
+        guidance_scale: 3.5,
+        seed: 1,
+        output_format: OutputFormat::Png,
+        run_safety_checker: false,
+    };
+    let cases = [
+        (
+            "image_size",
+            GenerationParams {
+                width: 128,
+                ..fits.clone()
+            },
+        ),
+        (
+            "num_images",
+            GenerationParams {
+                num_images: 2,
+                ..fits.clone()
+            },
+        ),
+    ];
+    for (expected, params) in cases {
+        let mut steps_run = 0;
+        let result = pipeline.generate(&params, &mut |_, _| {
+            steps_run += 1;
+            StepControl::Continue
+        });
+        match result {
+            Err(FluxError::InvalidInput { param, message }) => {
+                assert_eq!(param, expected, "{message}");
+                assert!(message.contains("VAE export is fixed to"), "{message}");
+            }
+            other => anyhow::bail!("{expected}: expected InvalidInput, got {other:?}"),
+        }
+        assert_eq!(steps_run, 0, "{expected}: refused only after denoising");
+    }
+    let output = pipeline.generate(&fits, &mut |_, _| StepControl::Continue)?;
+    assert_eq!((output.images[0].width, output.images[0].height), (64, 64));
     Ok(())
 }

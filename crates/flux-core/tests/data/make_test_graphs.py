@@ -1,5 +1,6 @@
-"""Writes the graphs the model-folder tests load: two deliberately broken ones (a few hundred bytes
-each) and the dev fixture's safety checker re-saved with its weights as external data.
+"""Writes the graphs the model-folder tests load: two deliberately broken ones and a VAE fixed to
+one shape (a few hundred bytes each), and the dev fixture's safety checker re-saved with its
+weights as external data.
 
 Run from this directory with a Python that has `onnx` (e.g. /work/venvs/tinyflux/bin/python):
     python make_test_graphs.py
@@ -42,6 +43,27 @@ save(
         initializer=[axes],
     ),
     "t5_wrong_rank.onnx",
+)
+
+# A VAE decoder fixed to one image of 64x64 (latent [1,16,8,8]): the first three latent channels,
+# each value repeated over an 8x8 block. Valid in every name, rank and channel count, so only
+# the request's batch and size can be refused.
+starts = helper.make_tensor("starts", TensorProto.INT64, [1], [0])
+ends = helper.make_tensor("ends", TensorProto.INT64, [1], [3])
+slice_axes = helper.make_tensor("slice_axes", TensorProto.INT64, [1], [1])
+scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, 8.0, 8.0])
+save(
+    helper.make_graph(
+        [
+            helper.make_node("Slice", ["latent", "starts", "ends", "slice_axes"], ["rgb"]),
+            helper.make_node("Resize", ["rgb", "", "scales"], ["images"], mode="nearest"),
+        ],
+        "vae_fixed_64x64",
+        [helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        initializer=[starts, ends, slice_axes, scales],
+    ),
+    "vae_fixed_64x64.onnx",
 )
 
 # The dev safety checker with every initializer in `model.onnx_data` beside the graph.
