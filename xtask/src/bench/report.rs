@@ -452,7 +452,9 @@ fn step_profiles(out: &mut String, results: &BenchResults) {
         "One transformer step (batch 1, random inputs of the pipeline's shapes) under each runtime's \
          profiler, split into attention (ONNX: `Softmax` and the `MatMul`s between two activations, QKᵀ \
          and PV; torch: `scaled_dot_product_attention`), linear layers (`MatMul`/`Gemm` against a \
-         weight; `aten::linear`) and the rest; milliseconds, median of {} runs after two warm-up runs.\n\n\
+         weight; `aten::linear`) and the rest; milliseconds, after two warm-up runs. Attention and linear \
+         layers: their kernels' time under the profiler, per run over {} runs; step: median of as many runs \
+         again with no profiler attached, so the profilers' own cost is in neither the step nor the rest.\n\n\
          | model | size | tokens (image + text) | runtime | step | attention | linear | rest |\n\
          |---|---|---:|---|---:|---:|---:|---:|",
         results.step_profiles[0].repeats
