@@ -41,8 +41,7 @@ fn run(pipeline: &mut FluxPipeline, seed: u64) -> anyhow::Result<RawGeneration> 
 fn float16_and_bfloat16_ports_are_converted_at_the_boundary() -> anyhow::Result<()> {
     let folder = tempfile::tempdir()?;
     common::copy_tree(&common::dev_model(), folder.path())?;
-    let mixed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/transformer_mixed_precision.onnx");
+    let mixed = common::test_data("transformer_mixed_precision.onnx");
     std::fs::write(
         folder.path().join(MANIFEST_FILE),
         serde_json::json!({ "transformer": mixed }).to_string(),

@@ -34,21 +34,19 @@ fn dev_and_schnell_fixtures_load_with_what_their_graphs_say() -> anyhow::Result<
 
 #[test]
 fn a_broken_folder_reports_every_problem_at_once() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let model = dir.path().join("model");
-    common::copy_tree(&common::dev_model(), &model)?;
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let copy = common::copy_of(&common::dev_model())?;
+    let model = &copy.path;
     std::fs::remove_file(model.join("tokenizer_2/tokenizer.json"))?;
     std::fs::copy(
-        data.join("vae_wrong_input_name.onnx"),
+        common::test_data("vae_wrong_input_name.onnx"),
         model.join("vae.opt/model.onnx"),
     )?;
     std::fs::copy(
-        data.join("t5_wrong_rank.onnx"),
+        common::test_data("t5_wrong_rank.onnx"),
         model.join("t5.opt/model.onnx"),
     )?;
 
-    let problems = match FluxModel::load(&model, &common::test_config()) {
+    let problems = match FluxModel::load(model, &common::test_config()) {
         Err(FluxError::InvalidModel { problems, .. }) => problems,
         other => anyhow::bail!("expected InvalidModel, got {other:?}"),
     };
@@ -74,14 +72,13 @@ fn a_broken_folder_reports_every_problem_at_once() -> anyhow::Result<()> {
 
 #[test]
 fn a_manifest_that_contradicts_the_graphs_is_refused() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let model = dir.path().join("model");
-    common::copy_tree(&common::schnell_model(), &model)?;
+    let copy = common::copy_of(&common::schnell_model())?;
+    let model = &copy.path;
     std::fs::write(
         model.join("flux-rs.json"),
         r#"{"variant": "dev", "text_length": 64}"#,
     )?;
-    let problems = match FluxModel::load(&model, &common::test_config()) {
+    let problems = match FluxModel::load(model, &common::test_config()) {
         Err(FluxError::InvalidModel { problems, .. }) => problems,
         other => anyhow::bail!("expected InvalidModel, got {other:?}"),
     };
@@ -104,7 +101,7 @@ fn a_manifest_that_contradicts_the_graphs_is_refused() -> anyhow::Result<()> {
     }
 
     std::fs::write(model.join("flux-rs.json"), r#"{"colour": "blue"}"#)?;
-    let problems = match FluxModel::load(&model, &common::test_config()) {
+    let problems = match FluxModel::load(model, &common::test_config()) {
         Err(FluxError::InvalidModel { problems, .. }) => problems,
         other => anyhow::bail!("expected InvalidModel, got {other:?}"),
     };
@@ -117,9 +114,8 @@ fn a_manifest_that_contradicts_the_graphs_is_refused() -> anyhow::Result<()> {
 
 #[test]
 fn a_schedule_flux_rs_does_not_compute_is_a_load_problem() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let model = dir.path().join("model");
-    common::copy_tree(&common::dev_model(), &model)?;
+    let copy = common::copy_of(&common::dev_model())?;
+    let model = &copy.path;
     let config_path = model.join("scheduler/scheduler_config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
@@ -128,7 +124,7 @@ fn a_schedule_flux_rs_does_not_compute_is_a_load_problem() -> anyhow::Result<()>
     // Found with the model's other problems, by the model load itself (before the pipeline, and
     // before anything is generated).
     std::fs::remove_file(model.join("tokenizer_2/tokenizer.json"))?;
-    let problems = match FluxModel::load(&model, &common::test_config()) {
+    let problems = match FluxModel::load(model, &common::test_config()) {
         Err(FluxError::InvalidModel { problems, .. }) => problems,
         other => anyhow::bail!("expected InvalidModel, got {other:?}"),
     };
@@ -151,11 +147,9 @@ fn a_schedule_flux_rs_does_not_compute_is_a_load_problem() -> anyhow::Result<()>
 fn graphs_with_external_data_load_from_their_folder() -> anyhow::Result<()> {
     // The dev safety checker re-saved with its weights in `model.onnx_data` (see
     // tests/data/make_test_graphs.py): ONNX Runtime must find them beside the graph file.
-    let dir = tempfile::tempdir()?;
-    let model = dir.path().join("model");
-    common::copy_tree(&common::dev_model(), &model)?;
-    let external =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/safety_external");
+    let copy = common::copy_of(&common::dev_model())?;
+    let model = &copy.path;
+    let external = common::test_data("safety_external");
     std::fs::copy(
         external.join("model.onnx"),
         model.join("safety_checker/model.onnx"),
@@ -174,7 +168,7 @@ fn graphs_with_external_data_load_from_their_folder() -> anyhow::Result<()> {
         .collect();
     let mut inline =
         flux_core::pipeline::FluxPipeline::load(&common::dev_model(), &common::test_config())?;
-    let mut external = flux_core::pipeline::FluxPipeline::load(&model, &common::test_config())?;
+    let mut external = flux_core::pipeline::FluxPipeline::load(model, &common::test_config())?;
     let expected = inline.nsfw_probabilities(&images)?;
     let actual = external.nsfw_probabilities(&images)?;
     assert!(expected.is_some());
@@ -182,7 +176,7 @@ fn graphs_with_external_data_load_from_their_folder() -> anyhow::Result<()> {
 
     // Without its data file the graph cannot load, and the error says which graph.
     std::fs::remove_file(model.join("safety_checker/model.onnx_data"))?;
-    match FluxModel::load(&model, &common::test_config()) {
+    match FluxModel::load(model, &common::test_config()) {
         Err(FluxError::InvalidModel { problems, .. }) => {
             assert!(
                 problems

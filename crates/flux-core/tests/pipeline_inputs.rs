@@ -55,10 +55,9 @@ fn a_validated_request_runs_with_the_seed_the_caller_resolved() -> anyhow::Resul
     Ok(())
 }
 
-#[test]
-fn parameters_the_model_cannot_serve_are_refused_by_name() -> anyhow::Result<()> {
-    let mut pipeline = FluxPipeline::load(&common::dev_model(), &common::test_config())?;
-    let valid = GenerationParams {
+/// A small valid request: one 64×64 image in two steps.
+fn cat_64x64() -> GenerationParams {
+    GenerationParams {
         prompt: "a cat".to_owned(),
         width: 64,
         height: 64,
@@ -68,7 +67,13 @@ fn parameters_the_model_cannot_serve_are_refused_by_name() -> anyhow::Result<()>
         seed: 1,
         output_format: OutputFormat::Jpeg,
         run_safety_checker: true,
-    };
+    }
+}
+
+#[test]
+fn parameters_the_model_cannot_serve_are_refused_by_name() -> anyhow::Result<()> {
+    let mut pipeline = FluxPipeline::load(&common::dev_model(), &common::test_config())?;
+    let valid = cat_64x64();
     let cases = [
         (
             "width",
@@ -166,26 +171,13 @@ fn an_export_fixed_to_one_shape_refuses_other_shapes_before_any_step() -> anyhow
     // The dev fixture with a VAE fixed to one 64×64 image (tests/data/make_test_graphs.py): the
     // transformer would take anything, so without a check up front the request would run its
     // whole denoise and fail only in the VAE.
-    let dir = tempfile::tempdir()?;
-    let model = dir.path().join("model");
-    common::copy_tree(&common::dev_model(), &model)?;
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let copy = common::copy_of(&common::dev_model())?;
     std::fs::copy(
-        data.join("vae_fixed_64x64.onnx"),
-        model.join("vae.opt/model.onnx"),
+        common::test_data("vae_fixed_64x64.onnx"),
+        copy.path.join("vae.opt/model.onnx"),
     )?;
-    let mut pipeline = FluxPipeline::load(&model, &common::test_config())?;
-    let fits = GenerationParams {
-        prompt: "a cat".to_owned(),
-        width: 64,
-        height: 64,
-        num_images: 1,
-        num_inference_steps: 2,
-        guidance_scale: 3.5,
-        seed: 1,
-        output_format: OutputFormat::Png,
-        run_safety_checker: false,
-    };
+    let mut pipeline = FluxPipeline::load(&copy.path, &common::test_config())?;
+    let fits = cat_64x64();
     let cases = [
         (
             "image_size",

@@ -336,23 +336,37 @@ mod tests {
         assert_eq!(store.sweep(), 0, "the fresh record is running, not swept");
     }
 
-    #[test]
-    fn a_record_expires_with_the_files_written_before_it_was_stored() {
-        let store = IdempotencyStore::new(Duration::from_millis(300));
+    /// Stores an answer whose files were written from `files_written_from`, waits `wait`, and
+    /// says whether the same request would then generate again (the record has expired).
+    fn generates_again(
+        retention: Duration,
+        files_written_from: FilesWrittenFrom,
+        wait: Duration,
+    ) -> bool {
+        let store = IdempotencyStore::new(retention);
         let Begin::Fresh(reservation) = store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) else {
             panic!("fresh");
         };
+        reservation.complete(Bytes::from_static(b"{}"), files_written_from);
+        std::thread::sleep(wait);
+        matches!(
+            store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]),
+            Begin::Fresh(_)
+        )
+    }
+
+    #[test]
+    fn a_record_expires_with_the_files_written_before_it_was_stored() {
         // The files were written 250 ms before the answer was stored (a slow disk, say).
         let files_written_from = FilesWrittenFrom {
             monotonic: Instant::now() - Duration::from_millis(250),
             wall: SystemTime::now() - Duration::from_millis(250),
         };
-        reservation.complete(Bytes::from_static(b"{}"), files_written_from);
-        std::thread::sleep(Duration::from_millis(100));
         assert!(
-            matches!(
-                store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]),
-                Begin::Fresh(_)
+            generates_again(
+                Duration::from_millis(300),
+                files_written_from,
+                Duration::from_millis(100)
             ),
             "300 ms after the files were written the record must be gone with them"
         );
@@ -364,20 +378,12 @@ mod tests {
         // retentions old, as after the clock was stepped forward. The monotonic clock says they
         // are new.
         let retention = Duration::from_secs(3600);
-        let store = IdempotencyStore::new(retention);
-        let Begin::Fresh(reservation) = store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) else {
-            panic!("fresh");
-        };
         let files_written_from = FilesWrittenFrom {
             monotonic: Instant::now(),
             wall: SystemTime::now() - 2 * retention,
         };
-        reservation.complete(Bytes::from_static(b"{}"), files_written_from);
         assert!(
-            matches!(
-                store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]),
-                Begin::Fresh(_)
-            ),
+            generates_again(retention, files_written_from, Duration::ZERO),
             "a replay would hand out URLs of deleted files"
         );
     }

@@ -62,6 +62,27 @@ pub fn test_config() -> SessionConfig {
     }
 }
 
+/// `crates/flux-core/tests/data/<name>`: the small graphs `make_test_graphs.py` writes.
+pub fn test_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// A writable copy of a fixture model, removed with this value.
+pub struct ModelCopy {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+/// Copies `model` into a fresh temporary folder, for a test that changes its files.
+pub fn copy_of(model: &Path) -> anyhow::Result<ModelCopy> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("model");
+    copy_tree(model, &path)?;
+    Ok(ModelCopy { _dir: dir, path })
+}
+
 /// Copies a directory tree (the fixtures are a few MB).
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
