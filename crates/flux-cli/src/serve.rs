@@ -39,8 +39,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub backend: BackendArgs,
 
-    /// File with one API key per line (`#` comments allowed). FLUX_API_KEYS (comma-separated)
-    /// adds more.
+    /// File with one API key per line (`#` comments allowed). FLUX_API_KEYS (separated by commas
+    /// or newlines) adds more.
     #[arg(long, env = "FLUX_API_KEY_FILE", value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 

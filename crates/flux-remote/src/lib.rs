@@ -1,5 +1,5 @@
 //! The flux-rs HTTP API: an axum server that fronts any `flux_types::Generator`, and the reqwest
-//! client that speaks the same contract (`shared/api-spec.md`, documented in `docs/api.md`).
+//! client that speaks the same contract (documented in `docs/api.md`).
 //!
 //! Server: [`ServerConfig`] → [`Server::bind`] → [`Server::run`] (or [`serve`]), with
 //! [`router`] for in-process tests. Client: [`FluxClient`].

@@ -1,7 +1,7 @@
 //! Wire schema of the flux-rs HTTP API (v1): request, response and error types, their validation,
 //! and the `Generator` trait every backend implements. No I/O, no HTTP, no ONNX.
 //!
-//! The contract these types implement is `shared/api-spec.md`; the exported JSON Schema and
+//! The contract these types implement is described in `docs/api.md`; the exported JSON Schema and
 //! OpenAPI documents under `docs/` are generated from them (`cargo xtask schema`).
 //!
 //! ```
