@@ -44,11 +44,52 @@ pub struct BackendArgs {
     /// [default: normal]
     #[arg(long, env = "FLUX_COMPUTE_PRIORITY", value_name = "normal|idle")]
     pub compute_priority: Option<String>,
+
+    /// Which of the above came from an environment variable rather than the command line (see
+    /// [`BackendArgs::note_sources`]).
+    #[arg(skip)]
+    pub from_environment: EnvironmentSources,
+}
+
+/// The backend settings whose value was taken from an environment variable. A flag typed on the
+/// command line overrides the environment, and a local-only setting from the environment is a
+/// default for local runs, not an error for a remote one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EnvironmentSources {
+    pub backend: bool,
+    pub model: bool,
+    pub device: bool,
+    pub threads: bool,
+    pub compute_priority: bool,
 }
 
 impl BackendArgs {
-    /// The backend these flags name; conflicting or malformed flags are bad input.
-    pub fn resolve(&self) -> anyhow::Result<Backend> {
+    /// Records which settings `matches` (the subcommand's) took from the environment.
+    pub fn note_sources(&mut self, matches: &clap::ArgMatches) {
+        let from_environment =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable);
+        self.from_environment = EnvironmentSources {
+            backend: from_environment("backend"),
+            model: from_environment("model"),
+            device: from_environment("device"),
+            threads: from_environment("threads"),
+            compute_priority: from_environment("compute_priority"),
+        };
+    }
+
+    /// The backend these flags name; conflicting or malformed flags are bad input. Settings from
+    /// the environment that a flag overrides, or that do not apply to the backend chosen, are
+    /// dropped here, before [`BackendArgs::local_options`] reads them.
+    pub fn resolve(&mut self) -> anyhow::Result<Backend> {
+        let sources = self.from_environment;
+        // `--model` on the command line beats FLUX_BACKEND, and `--backend` beats FLUX_MODEL.
+        if self.backend.is_some() && self.model.is_some() {
+            match (sources.backend, sources.model) {
+                (true, false) => self.backend = None,
+                (false, true) => self.model = None,
+                _ => {}
+            }
+        }
         let backend = match &self.backend {
             Some(spec) => spec.parse::<Backend>()?,
             None => Backend::default(),
@@ -59,13 +100,29 @@ impl BackendArgs {
                 model_dir: Some(dir.clone()),
             },
             (Some(dir), other) => {
+                let (model, spec) = if sources.model {
+                    ("FLUX_MODEL", "FLUX_BACKEND")
+                } else {
+                    ("--model", "--backend")
+                };
                 return Err(BadInput(format!(
-                    "--model {} and --backend {other} name two different backends; give one",
+                    "{model} {} and {spec} {other} name two different backends; give one",
                     dir.display()
                 ))
                 .into());
             }
         };
+        if !backend.is_local() {
+            if sources.device {
+                self.device = None;
+            }
+            if sources.threads {
+                self.threads = None;
+            }
+            if sources.compute_priority {
+                self.compute_priority = None;
+            }
+        }
         if let Backend::Local {
             model_dir: Some(dir),
         } = &backend
@@ -174,7 +231,7 @@ pub struct GenerateArgs {
     pub backend: BackendArgs,
 }
 
-pub fn run(args: GenerateArgs, verbose: bool) -> anyhow::Result<()> {
+pub fn run(mut args: GenerateArgs, verbose: bool) -> anyhow::Result<()> {
     crate::init_logging(if verbose { "info" } else { "warn" });
     let request = build_request(&args)?;
     let backend = args.backend.resolve()?;
@@ -188,15 +245,16 @@ pub fn run(args: GenerateArgs, verbose: bool) -> anyhow::Result<()> {
     let runtime = crate::runtime()?;
     let generation = runtime.block_on(generate(backend, options, request.clone(), interactive))?;
 
-    let paths = write_images(
+    let mut stdout = std::io::stdout().lock();
+    // Each path is printed as soon as its image is complete, so a later failure (disk full) leaves
+    // no unlisted result behind; the error then names the seed, which would otherwise be lost.
+    write_images(
         &args.output,
         &generation,
         request.output_format().extension(),
-    )?;
-    let mut stdout = std::io::stdout().lock();
-    for path in &paths {
-        writeln!(stdout, "{}", path.display())?;
-    }
+        &mut |path| writeln!(stdout, "{}", path.display()),
+    )
+    .with_context(|| format!("seed {}: not every image was written", generation.seed))?;
     writeln!(stdout, "seed: {}", generation.seed)?;
     for (index, flagged) in generation.has_nsfw_concepts.iter().enumerate() {
         if *flagged {
@@ -304,25 +362,49 @@ fn size_value(size: &str) -> Value {
     }
 }
 
-/// Writes each image as `flux-<seed>-<n>.<ext>`, adding `-2`, `-3`, ... when a name is taken.
+/// Writes each image as `flux-<seed>-<n>.<ext>`, adding `-2`, `-3`, ... when a name is taken, and
+/// hands each path to `written` once its file is complete.
 fn write_images(
     dir: &Path,
     generation: &Generation,
     extension: &str,
-) -> anyhow::Result<Vec<PathBuf>> {
-    let mut paths = Vec::with_capacity(generation.images.len());
+    written: &mut dyn FnMut(&Path) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     for (index, image) in generation.images.iter().enumerate() {
         let stem = format!("flux-{}-{}", generation.seed, index + 1);
         let path = write_new_file(dir, &stem, extension, &image.bytes)?;
-        paths.push(path);
+        written(&path)?;
     }
-    Ok(paths)
+    Ok(())
 }
 
+/// Writes `bytes` under the first free name `<stem>[-N].<extension>` in `dir`. The bytes go to a
+/// hidden temporary file first, flushed, then linked under the final name, so a name that exists
+/// is always a whole image (an interrupted run leaves at most a `.flux-*.tmp` file), and an
+/// existing file is never overwritten, even in a race with another process.
 fn write_new_file(
     dir: &Path,
     stem: &str,
     extension: &str,
+    bytes: &[u8],
+) -> anyhow::Result<PathBuf> {
+    let temp = dir.join(format!(".{stem}.{}.tmp", std::process::id()));
+    let written = fs::File::create(&temp)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()));
+    if let Err(error) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(error).with_context(|| format!("cannot write {}", temp.display()));
+    }
+    let placed = place_under_free_name(dir, stem, extension, &temp, bytes);
+    let _ = fs::remove_file(&temp);
+    placed
+}
+
+fn place_under_free_name(
+    dir: &Path,
+    stem: &str,
+    extension: &str,
+    temp: &Path,
     bytes: &[u8],
 ) -> anyhow::Result<PathBuf> {
     for attempt in 1..10_000 {
@@ -332,21 +414,22 @@ fn write_new_file(
             format!("{stem}-{attempt}.{extension}")
         };
         let path = dir.join(name);
-        // create_new: an existing file (from an earlier run) is never overwritten, even in a race.
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                if let Err(error) = file.write_all(bytes).and_then(|()| file.sync_all()) {
-                    // A truncated image (disk full) must not look like a result.
-                    drop(file);
-                    let _ = fs::remove_file(&path);
-                    return Err(error).with_context(|| format!("cannot write {}", path.display()));
-                }
-                return Ok(path);
+        // A hard link fails when the name exists: the no-overwrite guarantee of `create_new`.
+        let placed = match fs::hard_link(temp, &path) {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                // A file system without hard links (FAT, some network shares): write in place,
+                // still never over an existing file.
+                write_in_place(&path, bytes)
             }
+            other => other,
+        };
+        match placed {
+            Ok(()) => return Ok(path),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(error) => {
                 return Err(error).with_context(|| format!("cannot create {}", path.display()));
@@ -359,33 +442,16 @@ fn write_new_file(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_map_to_the_wire_forms() {
-        assert_eq!(size_value("64x48"), json!({"width": 64, "height": 48}));
-        assert_eq!(size_value("512X768"), json!({"width": 512, "height": 768}));
-        assert_eq!(size_value("square"), json!("square"));
-        assert_eq!(size_value("huge"), json!("huge"));
+fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    if let Err(error) = file.write_all(bytes).and_then(|()| file.sync_all()) {
+        // A truncated image (disk full) must not look like a result.
+        drop(file);
+        let _ = fs::remove_file(path);
+        return Err(error);
     }
-
-    #[test]
-    fn existing_files_are_not_overwritten() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let first = write_new_file(dir.path(), "flux-1-1", "png", b"one")?;
-        let second = write_new_file(dir.path(), "flux-1-1", "png", b"two")?;
-        assert_eq!(
-            first.file_name().and_then(|n| n.to_str()),
-            Some("flux-1-1.png")
-        );
-        assert_eq!(
-            second.file_name().and_then(|n| n.to_str()),
-            Some("flux-1-1-2.png")
-        );
-        assert_eq!(fs::read(first)?, b"one");
-        assert_eq!(fs::read(second)?, b"two");
-        Ok(())
-    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ mod serve;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -60,8 +60,11 @@ impl std::fmt::Display for BadInput {
 impl std::error::Error for BadInput {}
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => {
             // clap prints help/version to stdout with exit 0 and usage errors to stderr with 2.
             let _ = error.print();
@@ -69,9 +72,20 @@ fn main() -> ExitCode {
         }
     };
     let verbose = cli.verbose;
+    let subcommand_matches = matches.subcommand().map(|(_, sub)| sub);
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args, verbose),
-        Command::Serve(args) => serve::run(args, verbose),
+        Command::Generate(mut args) => {
+            if let Some(sub) = subcommand_matches {
+                args.backend.note_sources(sub);
+            }
+            generate::run(args, verbose)
+        }
+        Command::Serve(mut args) => {
+            if let Some(sub) = subcommand_matches {
+                args.backend.note_sources(sub);
+            }
+            serve::run(args, verbose)
+        }
         Command::Schema(args) => schema::run(args),
     };
     match result {

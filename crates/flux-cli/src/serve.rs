@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use clap::builder::BoolishValueParser;
 use flux_remote::{FileDurability, RateLimit, Server, ServerConfig};
 
 use crate::BadInput;
@@ -45,7 +46,7 @@ pub struct ServeArgs {
     pub api_key_file: Option<PathBuf>,
 
     /// Accept requests without an API key (a wrong key is still refused). Logged loudly.
-    #[arg(long, env = "FLUX_ALLOW_UNAUTHENTICATED")]
+    #[arg(long, env = "FLUX_ALLOW_UNAUTHENTICATED", value_parser = BoolishValueParser::new())]
     pub allow_unauthenticated: bool,
 
     /// Per-key request rate: `<n>/<s|min|h>[,burst=<n>]`, or `off`.
@@ -67,7 +68,7 @@ pub struct ServeArgs {
 
     /// Flush each image to disk before answering, so every URL handed out survives a power cut
     /// (one fsync per image on the response path). Default: flush right after answering.
-    #[arg(long, env = "FLUX_DURABLE_IMAGES")]
+    #[arg(long, env = "FLUX_DURABLE_IMAGES", value_parser = BoolishValueParser::new())]
     pub durable_images: bool,
 
     /// Base of image URLs in responses (e.g. https://flux.example.com). [default: http://<listen>]
@@ -103,11 +104,11 @@ pub struct ServeArgs {
     pub read_timeout: String,
 
     /// Log JSON lines instead of text.
-    #[arg(long, env = "FLUX_JSON_LOGS")]
+    #[arg(long, env = "FLUX_JSON_LOGS", value_parser = BoolishValueParser::new())]
     pub json_logs: bool,
 }
 
-pub fn run(args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
+pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
     let config = server_config(&args)?;
     if args.json_logs {
         flux_remote::init_logging(true).context("cannot set up logging")?;

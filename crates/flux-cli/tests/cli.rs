@@ -219,6 +219,81 @@ fn bad_input_exits_2_with_the_api_message() -> anyhow::Result<()> {
 }
 
 #[test]
+fn flags_on_the_command_line_override_the_environment() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-flux-dev");
+    let fixture = fixture.to_str().context("fixture path")?;
+
+    // `--model` typed beats FLUX_BACKEND from the environment.
+    let local = flux()
+        .args([
+            "generate", "x", "--size", "64x64", "--steps", "1", "-o", "out",
+        ])
+        .args(["--model", fixture])
+        .env("FLUX_BACKEND", "http://127.0.0.1:9")
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(local.status.success(), "{}", text(&local.stderr));
+    let (paths, _) = parse_generate_output(&text(&local.stdout))?;
+    ensure!(paths.len() == 1, "{paths:?}");
+
+    // `--backend` typed beats FLUX_MODEL, and FLUX_DEVICE (a local setting, here not even a
+    // device) is a default for local runs, not an error for a remote one: the run gets as far
+    // as the server, which is not there.
+    let remote = flux()
+        .args(["generate", "x", "--backend", "http://127.0.0.1:9"])
+        .env("FLUX_MODEL", "/no/such/model")
+        .env("FLUX_DEVICE", "gpu")
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = text(&remote.stderr);
+    ensure!(remote.status.code() == Some(1), "{stderr}");
+    ensure!(
+        !stderr.contains("two different backends") && !stderr.contains("device"),
+        "{stderr}"
+    );
+
+    // Both from the environment: the error names the variables, not flags nobody typed.
+    let both = flux()
+        .args(["generate", "x"])
+        .env("FLUX_MODEL", fixture)
+        .env("FLUX_BACKEND", "http://127.0.0.1:9")
+        .current_dir(cwd.path())
+        .output()?;
+    let stderr = text(&both.stderr);
+    ensure!(both.status.code() == Some(2), "{stderr}");
+    ensure!(
+        stderr.contains("FLUX_MODEL") && stderr.contains("FLUX_BACKEND"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn boolean_environment_variables_take_the_usual_spellings() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    for value in ["1", "yes", "on", "true"] {
+        // The bad rate limit stops `serve` after its arguments are read, before any model loads.
+        let output = flux()
+            .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "often"])
+            .env("FLUX_ALLOW_UNAUTHENTICATED", value)
+            .env("FLUX_DURABLE_IMAGES", value)
+            .env("FLUX_JSON_LOGS", value)
+            .current_dir(cwd.path())
+            .output()?;
+        let stderr = text(&output.stderr);
+        ensure!(output.status.code() == Some(2), "{value}: {stderr}");
+        ensure!(
+            stderr.contains("often") && !stderr.contains("invalid value"),
+            "{value}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn cuda_in_a_build_without_it_is_an_error_not_a_cpu_run() -> anyhow::Result<()> {
     if cfg!(feature = "cuda") {
         return Ok(());
