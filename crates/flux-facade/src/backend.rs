@@ -122,7 +122,7 @@ impl Backend {
             Self::Failover { urls, api_key } => {
                 let remotes = urls
                     .iter()
-                    .map(|url| crate::remote::RemoteGenerator::new(url, api_key.clone()))
+                    .map(|url| crate::remote::RemoteGenerator::for_failover(url, api_key.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Arc::new(crate::remote::FailoverGenerator::new(remotes)))
             }

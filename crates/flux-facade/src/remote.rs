@@ -22,6 +22,9 @@ use crate::error::FacadeError;
 /// draining, short enough that the next request soon asks again.
 const NOT_READY_HOLD: Duration = Duration::from_secs(5);
 
+/// Attempts per request on each server behind a failover, the first included.
+const FAILOVER_ATTEMPTS_PER_SERVER: u32 = 2;
+
 /// A flux server as a [`Generator`].
 #[derive(Debug)]
 pub struct RemoteGenerator {
@@ -37,6 +40,21 @@ impl RemoteGenerator {
     /// Bearer token when given. Nothing is contacted until the first request.
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, FacadeError> {
         let builder = FluxClient::builder(base_url);
+        let builder = match api_key {
+            Some(key) => builder.api_key(key),
+            None => builder,
+        };
+        Ok(Self::from_client(builder.build()?))
+    }
+
+    /// A generator for one of the servers behind a [`FailoverGenerator`]: the next server is the
+    /// retry, so this one gets a single quick retry of a network blip and never waits out a busy
+    /// or loading server's `Retry-After` (the default client would, for minutes, before the
+    /// failover could move on).
+    pub fn for_failover(base_url: &str, api_key: Option<String>) -> Result<Self, FacadeError> {
+        let builder = FluxClient::builder(base_url)
+            .max_attempts(FAILOVER_ATTEMPTS_PER_SERVER)
+            .max_retry_after(Duration::ZERO);
         let builder = match api_key {
             Some(key) => builder.api_key(key),
             None => builder,
@@ -190,7 +208,9 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 /// Several flux servers behind one [`Generator`]: each request goes to the first server, and on
 /// to the next when one is unreachable, overloaded, not ready, draining, or answers 502/503/504.
 /// A bad request (400), a failed generation (500) or a cancellation ends the attempt at once:
-/// another server would answer the same.
+/// another server would answer the same. Built from URLs (the `failover:` backend), each server
+/// is asked as [`RemoteGenerator::for_failover`] says: no waiting on one busy server while the
+/// next may be free; when every server is busy, the last one's error is returned.
 pub struct FailoverGenerator {
     remotes: Vec<Arc<dyn Generator>>,
     descriptions: Vec<String>,

@@ -321,3 +321,32 @@ async fn a_503_makes_the_remote_not_ready_only_for_a_while() -> anyhow::Result<(
     assert!(remote.is_ready());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_backend_does_not_wait_on_a_server_that_is_not_ready() -> anyhow::Result<()> {
+    // The first server answers 503 `not_ready` with `Retry-After: 5`. A default client would
+    // wait that out three times (about 15 s) before the failover could ask the second one.
+    let loading = serve(
+        Arc::new(Loading {
+            ready: std::sync::atomic::AtomicBool::new(false),
+            inner: Arc::new(RefusesEverything),
+        }),
+        4,
+    )
+    .await?;
+    let server = serve(local().await?, 4).await?;
+    let backend: Backend = format!("failover:{},{}", loading.base_url, server.base_url).parse()?;
+    let failover = backend.with_api_key(Some(KEY.to_owned())).start()?;
+    let started = std::time::Instant::now();
+    let generation = failover
+        .generate(request(64, 64, 1, Some(5))?, None)
+        .await?;
+    assert_eq!(generation.seed, 5);
+    // Generous against a loaded machine, far below one 5 s wait.
+    ensure!(
+        started.elapsed() < Duration::from_secs(4),
+        "the failover took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
