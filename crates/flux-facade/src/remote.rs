@@ -154,7 +154,7 @@ impl Generator for RemoteGenerator {
 }
 
 /// Maps a client error to the generator error a caller (or a server fronting this generator)
-/// acts on: 429 → `Overloaded` (retry later), 503 → `NotReady`/`ShuttingDown`, 400 →
+/// acts on: 429 → `RateLimited` or `Overloaded` (retry later), 503 → `NotReady`/`ShuttingDown`, 400 →
 /// `InvalidRequest` with the server's message, anything else → `Remote` with status and detail.
 pub fn map_client_error(error: ClientError) -> GeneratorError {
     let detail = with_causes(&error);
@@ -162,8 +162,12 @@ pub fn map_client_error(error: ClientError) -> GeneratorError {
         ClientError::Api {
             status: 429,
             retry_after,
+            body,
             ..
-        } => GeneratorError::Overloaded { retry_after },
+        } => match body.map(|b| b.error.code) {
+            Some(ErrorCode::RateLimited) => GeneratorError::RateLimited { retry_after },
+            _ => GeneratorError::Overloaded { retry_after },
+        },
         ClientError::Api {
             status: 503, body, ..
         } => match body.map(|b| b.error.code) {
@@ -262,6 +266,7 @@ impl FailoverGenerator {
 fn worth_another_server(error: &GeneratorError) -> bool {
     match error {
         GeneratorError::Overloaded { .. }
+        | GeneratorError::RateLimited { .. }
         | GeneratorError::NotReady
         | GeneratorError::ShuttingDown => true,
         GeneratorError::Remote { status, .. } => matches!(status, None | Some(502..=504)),
@@ -324,8 +329,13 @@ mod tests {
             map_client_error(api(429, Some(ErrorCode::Overloaded), hint)),
             GeneratorError::Overloaded { retry_after: hint }
         );
+        // Over the key's rate is not a full queue: the caller is told which it is.
         assert_eq!(
-            map_client_error(api(429, Some(ErrorCode::RateLimited), None)),
+            map_client_error(api(429, Some(ErrorCode::RateLimited), hint)),
+            GeneratorError::RateLimited { retry_after: hint }
+        );
+        assert_eq!(
+            map_client_error(api(429, None, None)),
             GeneratorError::Overloaded { retry_after: None }
         );
         assert_eq!(
@@ -360,6 +370,9 @@ mod tests {
     #[test]
     fn failover_moves_on_only_when_another_server_could_do_better() {
         assert!(worth_another_server(&GeneratorError::Overloaded {
+            retry_after: None
+        }));
+        assert!(worth_another_server(&GeneratorError::RateLimited {
             retry_after: None
         }));
         assert!(worth_another_server(&GeneratorError::NotReady));

@@ -129,6 +129,14 @@ impl ApiErrorResponse {
                 None,
             )
             .retry_after(retry_after.unwrap_or(overload_hint)),
+            // The upstream's limit is on this server's key, not on the caller's: to the caller
+            // it is capacity that is not there for now.
+            GeneratorError::RateLimited { retry_after } => Self::new(
+                ErrorCode::Overloaded,
+                "the upstream generator's rate limit was reached; nothing was queued, retry later",
+                None,
+            )
+            .retry_after(retry_after.unwrap_or(overload_hint)),
             GeneratorError::NotReady => Self::not_ready(),
             GeneratorError::ShuttingDown => Self::shutting_down(),
             GeneratorError::InvalidRequest { param, message } => {

@@ -535,8 +535,16 @@ async fn full_queue_is_429_overloaded_at_once_and_backend_overload_too() {
     generator.fail_with(Some(GeneratorError::Overloaded {
         retry_after: Some(Duration::from_millis(2500)),
     }));
-    let response = app.oneshot(generate_request(SMALL)).await.unwrap();
+    let response = app.clone().oneshot(generate_request(SMALL)).await.unwrap();
     assert_eq!(response.headers()["retry-after"], "3");
+    expect_error(response, StatusCode::TOO_MANY_REQUESTS, "overloaded", None).await;
+
+    // An upstream over its rate limit (for this server's key) is capacity not there for now.
+    generator.fail_with(Some(GeneratorError::RateLimited {
+        retry_after: Some(Duration::from_secs(7)),
+    }));
+    let response = app.oneshot(generate_request(SMALL)).await.unwrap();
+    assert_eq!(response.headers()["retry-after"], "7");
     expect_error(response, StatusCode::TOO_MANY_REQUESTS, "overloaded", None).await;
 }
 

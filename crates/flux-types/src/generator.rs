@@ -77,6 +77,10 @@ pub enum GeneratorError {
     /// The backend's queue is full; nothing was queued. Retry after the hint.
     #[error("the generation queue is full")]
     Overloaded { retry_after: Option<Duration> },
+    /// A remote backend's rate limit for this caller's API key was reached; nothing was queued.
+    /// Retry after the hint.
+    #[error("the server's rate limit for this API key was reached")]
+    RateLimited { retry_after: Option<Duration> },
     /// The backend is still loading its model.
     #[error("the model is still loading")]
     NotReady,
