@@ -3,11 +3,13 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use clap::builder::BoolishValueParser;
+use flux_facade::StartingGenerator;
 use flux_remote::{FileDurability, RateLimit, Server, ServerConfig};
 
 use crate::BadInput;
@@ -123,22 +125,67 @@ pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
     // is never refused by the layer below.
     let options = args.backend.local_options(config.queue_depth)?;
     let runtime = crate::runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let description = backend.to_string();
-        let generator = tokio::task::spawn_blocking(move || backend.start_with(&options))
-            .await
-            .context("the backend start-up task failed")?
-            .with_context(|| format!("cannot start backend {description}"))?;
-        let server = Server::bind(config, generator).await?;
+        // Listen first, then load: a taken port is reported at once, not after a model load of
+        // minutes, and while the model loads `/health` answers and requests get 503 `not_ready`
+        // (an orchestrator's liveness probe does not kill a server that is still loading).
+        let starting = StartingGenerator::new(description.clone());
+        let server = Server::bind(config, starting.clone()).await?;
         let address = server.local_addr()?;
-        // Scripts and tests read the bound address (port 0) from this line.
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "flux server listening on http://{address}")?;
-        stdout.flush()?;
-        drop(stdout);
-        server.run(flux_remote::shutdown_signal()).await?;
+        // Scripts and tests read the bound address (port 0) from this line, then wait for the
+        // "ready" line before they send work.
+        print_line(&format!("flux server listening on http://{address}"))?;
+
+        let start_failed = Arc::new(tokio::sync::Notify::new());
+        let loading = {
+            let start_failed = start_failed.clone();
+            tokio::spawn(async move {
+                let started = tokio::task::spawn_blocking(move || backend.start_with(&options))
+                    .await
+                    .context("the backend start-up task failed")
+                    .and_then(|started| {
+                        started.with_context(|| format!("cannot start backend {description}"))
+                    });
+                match started {
+                    Ok(generator) => {
+                        starting.started(generator);
+                        print_line("flux server ready")?;
+                        anyhow::Ok(())
+                    }
+                    Err(error) => {
+                        start_failed.notify_one();
+                        Err(error)
+                    }
+                }
+            })
+        };
+        let shutdown = async move {
+            tokio::select! {
+                () = flux_remote::shutdown_signal() => {}
+                () = start_failed.notified() => {}
+            }
+        };
+        server.run(shutdown).await?;
+        if loading.is_finished() {
+            // A failed start is the reason the server stopped: it is the error to report.
+            loading
+                .await
+                .context("the backend start-up task failed")??;
+        }
         anyhow::Ok(())
-    })
+    });
+    // A signal during the model load ends the server; the load itself is not waited for.
+    runtime.shutdown_background();
+    result
+}
+
+/// One line on stdout, flushed at once (scripts wait for it).
+fn print_line(line: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
 }
 
 fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {

@@ -460,6 +460,15 @@ impl ServeProcess {
             .strip_prefix("flux server listening on ")
             .with_context(|| format!("unexpected first line {line:?}"))?
             .to_owned();
+        // The server listens before its model is loaded; work is sent once it says it is ready.
+        let ready = line_rx.recv_timeout(Duration::from_secs(180));
+        if ready.as_deref() != Ok("flux server ready") {
+            let _ = process.child.kill();
+            bail!(
+                "flux serve did not get ready ({ready:?}); stderr: {}",
+                process.stderr_text()
+            );
+        }
         Ok(process)
     }
 
@@ -708,6 +717,32 @@ async fn serve_with_a_key_file_refuses_unknown_keys() -> anyhow::Result<()> {
     assert_eq!((paths, seed), (vec!["remote/flux-11-1.jpg".to_owned()], 11));
     let decoded = image::open(cwd.path().join("remote/flux-11-1.jpg"))?;
     assert_eq!((decoded.width(), decoded.height()), (80, 64));
+    Ok(())
+}
+
+#[test]
+fn serve_listens_while_loading_and_exits_2_when_the_model_is_not_one() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let output = run_in(
+        cwd.path(),
+        &[
+            "serve",
+            "--allow-unauthenticated",
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            ".",
+        ],
+    )?;
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("flux server listening on http://127.0.0.1:"),
+        "it listens before loading: {stdout}"
+    );
+    assert!(!stdout.contains("ready"), "{stdout}");
+    assert!(stderr.contains("invalid model"), "{stderr}");
     Ok(())
 }
 

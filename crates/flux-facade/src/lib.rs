@@ -94,6 +94,7 @@ pub mod error;
 pub mod local;
 #[cfg(feature = "remote")]
 pub mod remote;
+pub mod starting;
 
 pub use backend::{API_KEY_ENV, BACKEND_ENV, Backend};
 pub use error::FacadeError;
@@ -109,3 +110,4 @@ pub use flux_types::{
 pub use local::{LocalGenerator, LocalOptions};
 #[cfg(feature = "remote")]
 pub use remote::{FailoverGenerator, RemoteGenerator};
+pub use starting::StartingGenerator;
