@@ -165,6 +165,13 @@ pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
                 () = flux_remote::shutdown_signal() => {}
                 () = start_failed.notified() => {}
             }
+            // The drain waits for admitted generations (up to --request-timeout): a second
+            // signal is the operator saying not to.
+            tokio::spawn(async {
+                flux_remote::shutdown_signal().await;
+                eprintln!("second signal: exiting without finishing the drain");
+                std::process::exit(SECOND_SIGNAL_EXIT_CODE);
+            });
         };
         server.run(shutdown).await?;
         if loading.is_finished() {
@@ -179,6 +186,10 @@ pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
     runtime.shutdown_background();
     result
 }
+
+/// Exit status when a second SIGINT/SIGTERM cuts a drain short (128 + SIGINT, as a shell reports
+/// an interrupted program).
+const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
 
 /// One line on stdout, flushed at once (scripts wait for it).
 fn print_line(line: &str) -> anyhow::Result<()> {

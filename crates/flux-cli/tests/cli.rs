@@ -592,6 +592,31 @@ async fn serve_answers_the_readme_curl_example_and_drains_on_sigterm() -> anyhow
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_drain_at_once() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let mut server = ServeProcess::start(cwd.path(), &["--allow-unauthenticated"])?;
+    let http = reqwest::Client::new();
+    // Seconds of work on the tiny model: four 1024² images in 50 steps.
+    let long = r#"{"prompt": "a red fox", "image_size": "square_hd", "num_images": 4, "num_inference_steps": 50}"#;
+    let in_flight = {
+        let http = http.clone();
+        let base = server.base_url.clone();
+        tokio::spawn(async move { post(&http, &base, None, long).await })
+    };
+    wait_for_admitted_work(&http, &server.base_url, 1).await?;
+    server.terminate()?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.terminate()?;
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(5)))?;
+    assert_eq!(status.code(), Some(130), "stderr: {}", server.stderr_text());
+    assert!(
+        in_flight.await?.is_err(),
+        "the generation was answered: the drain was not cut short"
+    );
+    Ok(())
+}
+
 /// Polls `/metrics` until `expected` generation requests have been admitted in all (answered ones
 /// plus those queued or running) and at least one of them is still at work, so the SIGTERM lands
 /// mid-work and no request of the test is still on its way in. A request the server has not read
