@@ -17,9 +17,9 @@ use flux_types::{
 
 use crate::error::FacadeError;
 
-/// How long a 503 from the server makes this generator report "not ready" when the answer has no
-/// `Retry-After`, and at most in any case: long enough not to hammer a server that is loading or
-/// draining, short enough that the next request soon asks again.
+/// How long a 503 from the server (or a refused connection) makes this generator report "not
+/// ready" when the answer has no `Retry-After`, and at most in any case: long enough not to hammer
+/// a server that is loading, draining or down, short enough that the next request soon asks again.
 const NOT_READY_HOLD: Duration = Duration::from_secs(5);
 
 /// Attempts per request on each server behind a failover, the first included.
@@ -90,6 +90,10 @@ impl RemoteGenerator {
                 retry_after,
                 ..
             }) => Some(Instant::now() + retry_after.unwrap_or(NOT_READY_HOLD).min(NOT_READY_HOLD)),
+            // Nothing listens there (down, restarting): not ready either, for the same while.
+            Err(ClientError::Transport(error)) if error.is_connect() => {
+                Some(Instant::now() + NOT_READY_HOLD)
+            }
             _ => None,
         };
         *self

@@ -225,6 +225,10 @@ async fn a_wrong_key_and_a_dead_server_are_remote_errors() -> anyhow::Result<()>
         matches!(error, Some(GeneratorError::Remote { status: None, .. })),
         "{error:?}"
     );
+    // A server fronting this generator reports `/ready` 503 for a while rather than 200 over an
+    // upstream that refuses connections; a wrong key says nothing about readiness.
+    assert!(!unreachable.is_ready());
+    assert!(wrong_key.is_ready());
     Ok(())
 }
 
