@@ -346,6 +346,21 @@ impl Engine {
         self.queue.close();
     }
 
+    /// Closes the queue and lets the engine thread finish the queued jobs on its own, without
+    /// waiting for it: for an owner that must not block, such as one dropped on an async
+    /// runtime's worker thread. The jobs' callers are still answered; after this, dropping the
+    /// engine does not wait either.
+    pub fn shutdown_detached(&self) {
+        self.close();
+        // Dropping the join handle detaches the thread.
+        drop(
+            self.worker
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
+    }
+
     /// Closes the queue, lets the engine finish every queued job, and waits for its thread.
     ///
     /// Called on the engine thread itself (a reply or progress callback that held the last

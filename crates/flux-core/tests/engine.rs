@@ -419,3 +419,28 @@ fn an_idle_engine_takes_one_job_and_queues_capacity_more_at_once() -> anyhow::Re
     }
     Ok(())
 }
+
+#[test]
+fn a_detached_shutdown_does_not_wait_and_the_running_job_is_still_answered() -> anyhow::Result<()> {
+    let (engine, open_gate) = stand_in_engine(2)?;
+    let (replies_to, replies) = mpsc::channel();
+    submit(&engine, "wait", &replies_to)?;
+    wait_until_started(&engine);
+
+    // The running job waits for the gate (up to a minute): a shutdown that joined the engine
+    // thread would wait with it.
+    let began = Instant::now();
+    engine.shutdown_detached();
+    drop(engine);
+    assert!(
+        began.elapsed() < WAIT / 4,
+        "the shutdown waited {:?} for the running job",
+        began.elapsed()
+    );
+
+    open_gate.send(())?;
+    let (name, result) = replies.recv_timeout(WAIT)?;
+    assert_eq!(name, "wait");
+    assert!(result.is_ok(), "{result:?}");
+    Ok(())
+}

@@ -3,7 +3,9 @@
 //!
 //! `generate` submits the job at once, without waiting: a full engine queue is `Overloaded`
 //! immediately and nothing is buffered. The reply comes back through a oneshot channel; dropping
-//! the returned future cancels the job (it stops at the next denoising step).
+//! the returned future cancels the job (it stops at the next denoising step). The progress
+//! callback runs on the engine thread between two steps: whatever it does delays the next step,
+//! so it should only hand the event on (a channel send, an atomic store).
 
 use std::path::{Path, PathBuf};
 
@@ -126,6 +128,18 @@ impl PendingJob {
     fn finished(mut self) -> u64 {
         self.handle = None;
         self.seed
+    }
+}
+
+impl Drop for LocalGenerator {
+    /// On an async runtime's thread the engine is not waited for (that could take a denoising
+    /// step, seconds on a CPU, with the worker blocked): it finishes its queued jobs and ends on
+    /// its own. Elsewhere the engine's own drop waits for it, so a program that drops its
+    /// generator before exiting lets the last jobs finish.
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.engine.shutdown_detached();
+        }
     }
 }
 
