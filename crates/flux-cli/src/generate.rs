@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use flux_facade::{Backend, ComputePriority, ExecutionProvider, LocalOptions, SessionConfig};
-use flux_types::{Generation, Progress, ProgressFn, ValidRequest};
+use flux_types::{Generation, Generator, Progress, ProgressFn, ValidRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
 
@@ -82,18 +82,23 @@ impl BackendArgs {
     /// dropped here, before [`BackendArgs::local_options`] reads them.
     pub fn resolve(&mut self) -> anyhow::Result<Backend> {
         let sources = self.from_environment;
-        // `--model` on the command line beats FLUX_BACKEND, and `--backend` beats FLUX_MODEL.
-        if self.backend.is_some() && self.model.is_some() {
+        let mut backend = match &self.backend {
+            Some(spec) => spec.parse::<Backend>()?,
+            None => Backend::default(),
+        };
+        // `--model` on the command line beats FLUX_BACKEND, and `--backend` beats FLUX_MODEL,
+        // unless the two agree (`local` and a model folder name one backend).
+        let combinable = matches!(backend, Backend::Local { model_dir: None });
+        if self.backend.is_some() && self.model.is_some() && !combinable {
             match (sources.backend, sources.model) {
-                (true, false) => self.backend = None,
+                (true, false) => {
+                    self.backend = None;
+                    backend = Backend::default();
+                }
                 (false, true) => self.model = None,
                 _ => {}
             }
         }
-        let backend = match &self.backend {
-            Some(spec) => spec.parse::<Backend>()?,
-            None => Backend::default(),
-        };
         let backend = match (&self.model, backend) {
             (None, backend) => backend,
             (Some(dir), Backend::Local { model_dir: None }) => Backend::Local {
@@ -243,7 +248,11 @@ pub fn run(mut args: GenerateArgs, verbose: bool) -> anyhow::Result<()> {
 
     let interactive = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
     let runtime = crate::runtime()?;
-    let generation = runtime.block_on(generate(backend, options, request.clone(), interactive))?;
+    let (generation, generator) =
+        runtime.block_on(generate(backend, options, request.clone(), interactive))?;
+    // Released here, outside the runtime, so a local engine is joined (its sessions closed)
+    // before the process exits.
+    drop(generator);
 
     let mut stdout = std::io::stdout().lock();
     // Each path is printed as soon as its image is complete, so a later failure (disk full) leaves
@@ -269,7 +278,7 @@ async fn generate(
     options: LocalOptions,
     request: ValidRequest,
     interactive: bool,
-) -> anyhow::Result<Generation> {
+) -> anyhow::Result<(Generation, Arc<dyn Generator>)> {
     let loading = interactive.then(|| {
         let spinner = ProgressBar::new_spinner().with_message(format!("starting {backend}"));
         spinner.enable_steady_tick(Duration::from_millis(100));
@@ -294,7 +303,7 @@ async fn generate(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok(result?)
+    Ok((result?, generator))
 }
 
 fn progress_bar(steps: u32) -> ProgressBar {
@@ -416,14 +425,9 @@ fn place_under_free_name(
         let path = dir.join(name);
         // A hard link fails when the name exists: the no-overwrite guarantee of `create_new`.
         let placed = match fs::hard_link(temp, &path) {
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
-                ) =>
-            {
-                // A file system without hard links (FAT, some network shares): write in place,
-                // still never over an existing file.
+            Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                // A file system without hard links (FAT, some network shares; the error varies
+                // from one to the next): write in place, still never over an existing file.
                 write_in_place(&path, bytes)
             }
             other => other,
@@ -454,4 +458,66 @@ fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         return Err(error);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_map_to_the_wire_forms() {
+        assert_eq!(size_value("64x48"), json!({"width": 64, "height": 48}));
+        assert_eq!(size_value("512X768"), json!({"width": 512, "height": 768}));
+        assert_eq!(size_value("square"), json!("square"));
+        assert_eq!(size_value("huge"), json!("huge"));
+    }
+
+    fn names_in(dir: &Path) -> anyhow::Result<Vec<String>> {
+        let mut names = fs::read_dir(dir)?
+            .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        names.sort();
+        Ok(names)
+    }
+
+    #[test]
+    fn existing_files_are_not_overwritten_and_no_temporary_file_is_left() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let first = write_new_file(dir.path(), "flux-1-1", "png", b"one")?;
+        let second = write_new_file(dir.path(), "flux-1-1", "png", b"two")?;
+        assert_eq!(
+            first.file_name().and_then(|n| n.to_str()),
+            Some("flux-1-1.png")
+        );
+        assert_eq!(
+            second.file_name().and_then(|n| n.to_str()),
+            Some("flux-1-1-2.png")
+        );
+        assert_eq!(fs::read(first)?, b"one");
+        assert_eq!(fs::read(second)?, b"two");
+        assert_eq!(names_in(dir.path())?, ["flux-1-1-2.png", "flux-1-1.png"]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_in_place_fallback_never_overwrites_either() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("flux-1-1.png");
+        write_in_place(&path, b"one")?;
+        let again = write_in_place(&path, b"two")
+            .err()
+            .map(|error| error.kind());
+        assert_eq!(again, Some(std::io::ErrorKind::AlreadyExists));
+        assert_eq!(fs::read(&path)?, b"one");
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let missing = dir.path().join("no-such-folder");
+        assert!(write_new_file(&missing, "flux-1-1", "png", b"one").is_err());
+        assert_eq!(names_in(dir.path())?, Vec::<String>::new());
+        Ok(())
+    }
 }

@@ -1,7 +1,8 @@
 //! The `flux` command line: generate images, serve the HTTP API, print the schema.
 //!
 //! Exit codes: 0 success, 2 bad usage or bad input (clap's errors, request validation, a bad
-//! backend spec, a folder that is not a model), 1 anything else. Errors print as one line, causes
+//! backend spec, a folder that is not a model), 130 a second signal cutting `serve`'s drain
+//! short, 1 anything else. Errors print as one line, causes
 //! joined by `: `; `-v` puts each cause on its own line and logs more.
 
 mod generate;

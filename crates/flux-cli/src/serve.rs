@@ -4,12 +4,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use clap::builder::BoolishValueParser;
-use flux_facade::StartingGenerator;
+use flux_facade::{Backend, LocalOptions, StartingGenerator};
 use flux_remote::{FileDurability, RateLimit, Server, ServerConfig};
 
 use crate::BadInput;
@@ -125,66 +126,125 @@ pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
     // is never refused by the layer below.
     let options = args.backend.local_options(config.queue_depth)?;
     let runtime = crate::runtime()?;
-    let result = runtime.block_on(async move {
-        let description = backend.to_string();
-        // Listen first, then load: a taken port is reported at once, not after a model load of
-        // minutes, and while the model loads `/health` answers and requests get 503 `not_ready`
-        // (an orchestrator's liveness probe does not kill a server that is still loading).
-        let starting = StartingGenerator::new(description.clone());
-        let server = Server::bind(config, starting.clone()).await?;
-        let address = server.local_addr()?;
-        // Scripts and tests read the bound address (port 0) from this line, then wait for the
-        // "ready" line before they send work.
-        print_line(&format!("flux server listening on http://{address}"))?;
-
-        let start_failed = Arc::new(tokio::sync::Notify::new());
-        let loading = {
-            let start_failed = start_failed.clone();
-            tokio::spawn(async move {
-                let started = tokio::task::spawn_blocking(move || backend.start_with(&options))
-                    .await
-                    .context("the backend start-up task failed")
-                    .and_then(|started| {
-                        started.with_context(|| format!("cannot start backend {description}"))
-                    });
-                match started {
-                    Ok(generator) => {
-                        starting.started(generator);
-                        print_line("flux server ready")?;
-                        anyhow::Ok(())
-                    }
-                    Err(error) => {
-                        start_failed.notify_one();
-                        Err(error)
-                    }
-                }
-            })
-        };
-        let shutdown = async move {
-            tokio::select! {
-                () = flux_remote::shutdown_signal() => {}
-                () = start_failed.notified() => {}
-            }
-            // The drain waits for admitted generations (up to --request-timeout): a second
-            // signal is the operator saying not to.
-            tokio::spawn(async {
-                flux_remote::shutdown_signal().await;
-                eprintln!("second signal: exiting without finishing the drain");
-                std::process::exit(SECOND_SIGNAL_EXIT_CODE);
-            });
-        };
-        server.run(shutdown).await?;
-        if loading.is_finished() {
-            // A failed start is the reason the server stopped: it is the error to report.
-            loading
-                .await
-                .context("the backend start-up task failed")??;
-        }
-        anyhow::Ok(())
-    });
+    // Listen first, then load: a taken port is reported at once, not after a model load of
+    // minutes, and while the model loads `/health` answers and requests get 503 `not_ready` (an
+    // orchestrator's liveness probe does not kill a server that is still loading).
+    let starting = StartingGenerator::new(backend.to_string());
+    let result = runtime.block_on(serve_while_starting(
+        config,
+        backend,
+        options,
+        starting.clone(),
+    ));
+    // The backend is released here, on this thread, outside the runtime: a local engine is
+    // joined (its sessions closed) before the process exits.
+    drop(starting);
     // A signal during the model load ends the server; the load itself is not waited for.
     runtime.shutdown_background();
     result
+}
+
+async fn serve_while_starting(
+    config: ServerConfig,
+    backend: Backend,
+    options: LocalOptions,
+    starting: Arc<StartingGenerator>,
+) -> anyhow::Result<()> {
+    // Both signals are listened for from the start, so that a second one during the drain is
+    // never missed (one sent before a listener exists would be).
+    let mut signals = Signals::new()?;
+    let server = Server::bind(config, starting.clone()).await?;
+    let address = server.local_addr()?;
+    // Scripts and tests read the bound address (port 0) from this line, then wait for the
+    // "ready" line before they send work.
+    print_line(&format!("flux server listening on http://{address}"))?;
+
+    let description = backend.to_string();
+    let start_failed = Arc::new(AtomicBool::new(false));
+    let start_failure = Arc::new(tokio::sync::Notify::new());
+    let loading = {
+        let (start_failed, start_failure) = (start_failed.clone(), start_failure.clone());
+        tokio::spawn(async move {
+            let started = tokio::task::spawn_blocking(move || backend.start_with(&options))
+                .await
+                .context("the backend start-up task failed")
+                .and_then(|started| {
+                    started.with_context(|| format!("cannot start backend {description}"))
+                });
+            match started {
+                Ok(generator) => {
+                    starting.started(generator);
+                    if let Err(error) = print_line("flux server ready") {
+                        // The server serves all the same; only a reader of stdout misses it.
+                        tracing::warn!(error = %format!("{error:#}"), "cannot print the ready line");
+                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    start_failed.store(true, Ordering::SeqCst);
+                    start_failure.notify_one();
+                    Err(error)
+                }
+            }
+        })
+    };
+    let shutdown = async move {
+        tokio::select! {
+            () = signals.next() => {}
+            () = start_failure.notified() => {}
+        }
+        // The drain waits for admitted generations (up to --request-timeout): a second signal is
+        // the operator saying not to.
+        tokio::spawn(async move {
+            signals.next().await;
+            tracing::warn!("second signal: exiting without finishing the drain");
+            std::process::exit(SECOND_SIGNAL_EXIT_CODE);
+        });
+    };
+    server.run(shutdown).await?;
+    if start_failed.load(Ordering::SeqCst) {
+        // The failed start is why the server stopped: it is the error to report.
+        loading
+            .await
+            .context("the backend start-up task failed")??;
+    }
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, each listened for from creation on.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Exit status when a second SIGINT/SIGTERM cuts a drain short (128 + SIGINT, as a shell reports

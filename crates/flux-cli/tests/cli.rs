@@ -255,6 +255,17 @@ fn flags_on_the_command_line_override_the_environment() -> anyhow::Result<()> {
         "{stderr}"
     );
 
+    // `--backend local` and FLUX_MODEL agree: the folder from the environment is used (here
+    // one that does not exist, which says so).
+    let combined = flux()
+        .args(["generate", "x", "--backend", "local"])
+        .env("FLUX_MODEL", "/no/such/model")
+        .current_dir(cwd.path())
+        .output()?;
+    let stderr = text(&combined.stderr);
+    ensure!(combined.status.code() == Some(2), "{stderr}");
+    ensure!(stderr.contains("/no/such/model does not exist"), "{stderr}");
+
     // Both from the environment: the error names the variables, not flags nobody typed.
     let both = flux()
         .args(["generate", "x"])

@@ -295,14 +295,8 @@ impl FluxClient {
                 RemoteError::Api { retry_after, .. } => *retry_after,
                 _ => None,
             };
-            let wait = match hint {
-                // An estimate of when the running attempt ends; polling sooner is pointless,
-                // waiting longer than we would for any hint is too.
-                Some(hint) if own_attempt_running => hint.min(self.max_retry_after),
-                None if own_attempt_running => self.backoff(attempt).max(self.backoff_base),
-                Some(hint) if hint > self.max_retry_after => return Err(error),
-                Some(hint) => hint,
-                None => self.backoff(attempt),
+            let Some(wait) = self.wait_before_retry(hint, own_attempt_running, attempt) else {
+                return Err(error);
             };
             if wait >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(error);
@@ -353,6 +347,31 @@ fn transport_failure(error: reqwest::Error) -> AttemptError {
         AttemptError::OutOfTime
     } else {
         AttemptError::Failed(RemoteError::Transport(error))
+    }
+}
+
+impl FluxClient {
+    /// How long to wait before the next attempt, given the answer's `Retry-After`; `None` when
+    /// the hint is longer than the client waits for.
+    fn wait_before_retry(
+        &self,
+        hint: Option<Duration>,
+        own_attempt_running: bool,
+        attempt: u32,
+    ) -> Option<Duration> {
+        Some(match hint {
+            // An estimate of when this call's own running attempt ends: polling sooner is
+            // pointless, waiting longer than for any hint is too, and never less than the
+            // backoff base, so a client that waits for no hint (`max_retry_after` zero, as a
+            // failover's) does not poll in a tight loop.
+            Some(hint) if own_attempt_running => {
+                hint.min(self.max_retry_after).max(self.backoff_base)
+            }
+            None if own_attempt_running => self.backoff(attempt).max(self.backoff_base),
+            Some(hint) if hint > self.max_retry_after => return None,
+            Some(hint) => hint,
+            None => self.backoff(attempt),
+        })
     }
 }
 
@@ -486,6 +505,26 @@ fn decode_data_uri(data: &str) -> Result<Vec<u8>, RemoteError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_for_its_own_running_attempt_never_spins() {
+        // A failover's client waits for no Retry-After; its own attempt still generating (a 409
+        // after a dropped connection) must be polled at the backoff base, not in a tight loop.
+        let client = FluxClient::builder("http://127.0.0.1:1")
+            .max_retry_after(Duration::ZERO)
+            .backoff(Duration::from_millis(500), Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let hint = Some(Duration::from_secs(20));
+        assert_eq!(
+            client.wait_before_retry(hint, true, 1),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(client.wait_before_retry(hint, false, 1), None);
+        let default = FluxClient::builder("http://127.0.0.1:1").build().unwrap();
+        assert_eq!(default.wait_before_retry(hint, true, 1), hint);
+        assert_eq!(default.wait_before_retry(hint, false, 1), hint);
+    }
 
     #[test]
     fn data_uris_decode_and_bad_ones_are_refused() {

@@ -733,7 +733,7 @@ impl Server {
             rate_limit = %config.rate_limit.map(|r| r.to_string()).unwrap_or_else(|| "off".to_owned()),
             files_dir = %config.files_dir.display(),
             retention_s = config.retention.as_secs(),
-            "flux server ready to serve"
+            "flux server listening"
         );
         Ok(Server {
             listener,
