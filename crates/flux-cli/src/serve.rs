@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use clap::builder::BoolishValueParser;
 use flux_facade::{Backend, LocalOptions, StartingGenerator};
-use flux_remote::{FileDurability, RateLimit, Server, ServerConfig};
+use flux_remote::{FileDurability, RateLimit, Server, ServerConfig, ShutdownSignals};
 
 use crate::BadInput;
 use crate::generate::BackendArgs;
@@ -152,7 +152,7 @@ async fn serve_while_starting(
 ) -> anyhow::Result<()> {
     // Both signals are listened for from the start, so that a second one during the drain is
     // never missed (one sent before a listener exists would be).
-    let mut signals = Signals::new()?;
+    let mut signals = ShutdownSignals::new().context("cannot listen for SIGINT and SIGTERM")?;
     let server = Server::bind(config, starting.clone()).await?;
     let address = server.local_addr()?;
     // Scripts and tests read the bound address (port 0) from this line, then wait for the
@@ -209,42 +209,6 @@ async fn serve_while_starting(
             .context("the backend start-up task failed")??;
     }
     Ok(())
-}
-
-/// SIGINT (Ctrl-C) and SIGTERM, each listened for from creation on.
-struct Signals {
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
-                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-
-    /// The next SIGINT or SIGTERM.
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
-            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
-        }
-        #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 /// Exit status when a second SIGINT/SIGTERM cuts a drain short (128 + SIGINT, as a shell reports

@@ -21,7 +21,9 @@ pub use client::{FluxClient, FluxClientBuilder};
 pub use config::{DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, RateLimit, ServerConfig, load_api_keys};
 pub use error::{ClientError, RemoteError};
 pub use files::FileDurability;
-pub use server::{AppState, FILES_PATH, GENERATE_PATH, Server, router, serve, shutdown_signal};
+pub use server::{
+    AppState, FILES_PATH, GENERATE_PATH, Server, ShutdownSignals, router, serve, shutdown_signal,
+};
 
 /// Installs the global `tracing` subscriber: JSON lines when `json` is true, readable text
 /// otherwise; the filter comes from `RUST_LOG` (default `info`).
