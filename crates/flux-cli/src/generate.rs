@@ -82,22 +82,32 @@ impl BackendArgs {
     /// dropped here, before [`BackendArgs::local_options`] reads them.
     pub fn resolve(&mut self) -> anyhow::Result<Backend> {
         let sources = self.from_environment;
-        let mut backend = match &self.backend {
+        // `--model` on the command line beats FLUX_BACKEND, and `--backend` beats FLUX_MODEL,
+        // unless the two agree (plain `local` and a model folder name one backend). An
+        // overridden FLUX_BACKEND is not even parsed.
+        let names_plain_local = |spec: &str| {
+            matches!(
+                spec.parse::<Backend>(),
+                Ok(Backend::Local { model_dir: None })
+            )
+        };
+        if sources.backend
+            && !sources.model
+            && self.model.is_some()
+            && !self.backend.as_deref().is_some_and(names_plain_local)
+        {
+            self.backend = None;
+        }
+        let backend = match &self.backend {
             Some(spec) => spec.parse::<Backend>()?,
             None => Backend::default(),
         };
-        // `--model` on the command line beats FLUX_BACKEND, and `--backend` beats FLUX_MODEL,
-        // unless the two agree (`local` and a model folder name one backend).
-        let combinable = matches!(backend, Backend::Local { model_dir: None });
-        if self.backend.is_some() && self.model.is_some() && !combinable {
-            match (sources.backend, sources.model) {
-                (true, false) => {
-                    self.backend = None;
-                    backend = Backend::default();
-                }
-                (false, true) => self.model = None,
-                _ => {}
-            }
+        if sources.model
+            && !sources.backend
+            && self.backend.is_some()
+            && !matches!(backend, Backend::Local { model_dir: None })
+        {
+            self.model = None;
         }
         let backend = match (&self.model, backend) {
             (None, backend) => backend,
