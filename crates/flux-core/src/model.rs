@@ -404,6 +404,8 @@ pub struct FluxModel {
     pub(crate) safety_checker: Option<Graph>,
     pub(crate) clip_tokenizer: PromptTokenizer,
     pub(crate) t5_tokenizer: PromptTokenizer,
+    /// `scheduler/scheduler_config.json`, parsed and validated at load.
+    pub(crate) scheduler: SchedulerConfig,
     pub(crate) config: SessionConfig,
 }
 
@@ -515,7 +517,8 @@ impl FluxModel {
             problems.push("missing file tokenizer_2/tokenizer.json".to_owned());
         }
         let scheduler_config_path = root.join("scheduler/scheduler_config.json");
-        let dynamic_shifting = check_scheduler_config(root, &scheduler_config_path, &mut problems);
+        let (scheduler, dynamic_shifting) =
+            check_scheduler_config(root, &scheduler_config_path, &mut problems);
 
         let environment = runtime::session_environment(config)?;
         // Registering the execution provider once up front makes a provider that cannot run here
@@ -669,7 +672,15 @@ impl FluxModel {
             ));
         }
 
-        match (clip, t5, transformer, vae, clip_tokenizer, t5_tokenizer) {
+        match (
+            clip,
+            t5,
+            transformer,
+            vae,
+            clip_tokenizer,
+            t5_tokenizer,
+            scheduler,
+        ) {
             (
                 Some(clip),
                 Some(t5),
@@ -677,6 +688,7 @@ impl FluxModel {
                 Some(vae),
                 Some(clip_tokenizer),
                 Some(t5_tokenizer),
+                Some(scheduler),
             ) if problems.is_empty() => {
                 let description = ModelDescription {
                     root: root.to_owned(),
@@ -702,6 +714,7 @@ impl FluxModel {
                     safety_checker,
                     clip_tokenizer,
                     t5_tokenizer,
+                    scheduler,
                 })
             }
             _ => Err(FluxError::InvalidModel {
@@ -802,34 +815,45 @@ fn transformer_file(
     None
 }
 
-/// Checks the scheduler config as the pipeline will read it (a schedule variant flux-rs does not
-/// compute is a load problem like any other) and returns its explicit `use_dynamic_shifting`.
-fn check_scheduler_config(root: &Path, path: &Path, problems: &mut Vec<String>) -> Option<bool> {
+/// Reads and checks the scheduler config the pipeline will use (a schedule variant flux-rs does
+/// not compute is a load problem like any other); returns it, when usable, and its explicit
+/// `use_dynamic_shifting`.
+fn check_scheduler_config(
+    root: &Path,
+    path: &Path,
+    problems: &mut Vec<String>,
+) -> (Option<SchedulerConfig>, Option<bool>) {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(_) => {
             problems.push(format!("missing file {}", relative(root, path)));
-            return None;
+            return (None, None);
         }
     };
     let config = match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(config) => config,
         Err(error) => {
             problems.push(format!("{}: {error}", relative(root, path)));
-            return None;
+            return (None, None);
         }
     };
-    match SchedulerConfig::deserialize(&config) {
-        Ok(scheduler) => {
-            if let Err(message) = scheduler.validate() {
+    let scheduler = match SchedulerConfig::deserialize(&config) {
+        Ok(scheduler) => match scheduler.validate() {
+            Ok(()) => Some(scheduler),
+            Err(message) => {
                 problems.push(format!("{}: {message}", relative(root, path)));
+                None
             }
+        },
+        Err(error) => {
+            problems.push(format!("{}: {error}", relative(root, path)));
+            None
         }
-        Err(error) => problems.push(format!("{}: {error}", relative(root, path))),
-    }
-    config
+    };
+    let dynamic_shifting = config
         .get("use_dynamic_shifting")
-        .and_then(serde_json::Value::as_bool)
+        .and_then(serde_json::Value::as_bool);
+    (scheduler, dynamic_shifting)
 }
 
 fn open_graph(

@@ -179,7 +179,6 @@ pub struct RawGeneration {
 #[derive(Debug)]
 pub struct FluxPipeline {
     model: FluxModel,
-    scheduler: SchedulerConfig,
     /// Present when the denoise loop runs device-resident (IoBinding): always with CUDA.
     euler: Option<EulerGraph>,
 }
@@ -188,12 +187,7 @@ impl FluxPipeline {
     /// Loads and checks a model folder (see [`FluxModel::load`]).
     pub fn load(model_dir: &Path, config: &SessionConfig) -> Result<Self> {
         let model = FluxModel::load(model_dir, config)?;
-        let scheduler = SchedulerConfig::from_file(&model.description.scheduler_config_path)?;
-        let mut pipeline = Self {
-            model,
-            scheduler,
-            euler: None,
-        };
+        let mut pipeline = Self { model, euler: None };
         if matches!(config.execution_provider, ExecutionProvider::Cuda { .. }) {
             pipeline.set_device_resident_loop(true)?;
         }
@@ -363,7 +357,7 @@ impl FluxPipeline {
     /// The schedule for `num_steps` at this image size: N + 1 sigmas ending in 0.
     pub fn sigmas(&self, num_steps: usize, height: u32, width: u32) -> Result<Vec<f32>> {
         let image_seq_len = sampling::image_seq_len(height as usize, width as usize);
-        sampling::flux_sigmas(num_steps, image_seq_len, &self.scheduler)
+        sampling::flux_sigmas(num_steps, image_seq_len, &self.model.scheduler)
     }
 
     /// Runs the Euler loop from `noise` ([B,16,H/8,W/8]) and returns the packed final latents.
@@ -459,7 +453,7 @@ impl FluxPipeline {
                 latent_width * sampling::VAE_SCALE_FACTOR,
             ),
             (variant == Variant::Dev).then_some(guidance_scale),
-            &self.scheduler,
+            &self.model.scheduler,
         )?;
         if let Some(euler) = self.euler.as_mut() {
             let TransformerVelocity {
@@ -472,7 +466,7 @@ impl FluxPipeline {
                 &constants,
                 packed,
                 sigmas,
-                &self.scheduler,
+                &self.model.scheduler,
                 on_step,
                 &mut session_time,
             );
