@@ -1,5 +1,5 @@
-//! The Euler denoising loop, generic over the model that predicts the velocity, so it can be run
-//! and tested with a fake model.
+//! The Euler denoising loop, once, over a [`Stepper`]: host latents with any [`VelocityModel`]
+//! (so it can be run and tested with a fake model), or the device-resident stepper.
 
 use ndarray::{Array3, ArrayView3};
 
@@ -24,19 +24,24 @@ pub enum StepControl {
     Cancel,
 }
 
-/// Integrates from `sigmas[0]` to the last sigma with one model call and one Euler step per pair
-/// of consecutive sigmas, updating `latents` in place.
+/// One denoising step at a time over state the stepper holds: on the host
+/// ([`HostStepper`], any [`VelocityModel`]) or in the execution provider's memory (the device
+/// stepper). [`run_steps`] is the one loop over either.
+pub trait Stepper {
+    /// Advances the latents from `sigma` to `sigma_next`: one model call and one Euler update.
+    fn step(&mut self, sigma: f32, sigma_next: f32) -> Result<()>;
+}
+
+/// The denoising loop: one [`Stepper::step`] per pair of consecutive sigmas.
 ///
 /// After each step `on_step(step, total)` is called with the 1-based step number and the number of
 /// steps; answering [`StepControl::Cancel`] stops the loop with [`FluxError::Cancelled`]. Errors
-/// when fewer than two sigmas are given, when the model fails, or when its output has another
-/// shape than the latents.
-pub fn denoise<M: VelocityModel + ?Sized>(
-    model: &mut M,
-    mut latents: Array3<f32>,
+/// when fewer than two sigmas are given or when a step fails.
+pub fn run_steps<S: Stepper + ?Sized>(
+    stepper: &mut S,
     sigmas: &[f32],
     on_step: &mut dyn FnMut(usize, usize) -> StepControl,
-) -> Result<Array3<f32>> {
+) -> Result<()> {
     if sigmas.len() < 2 {
         return Err(FluxError::InvalidInput {
             param: "sigmas",
@@ -45,14 +50,56 @@ pub fn denoise<M: VelocityModel + ?Sized>(
     }
     let total = sigmas.len() - 1;
     for (index, pair) in sigmas.windows(2).enumerate() {
-        let (sigma, sigma_next) = (pair[0], pair[1]);
-        let velocity = model.velocity(latents.view(), sigma)?;
-        euler_step(&mut latents.view_mut(), velocity.view(), sigma, sigma_next)?;
+        stepper.step(pair[0], pair[1])?;
         if on_step(index + 1, total) == StepControl::Cancel {
             return Err(FluxError::Cancelled);
         }
     }
-    Ok(latents)
+    Ok(())
+}
+
+/// Steps host-resident latents with a [`VelocityModel`] and the Euler update of `sampling`.
+#[derive(Debug)]
+pub struct HostStepper<'m, M: ?Sized> {
+    model: &'m mut M,
+    latents: Array3<f32>,
+}
+
+impl<'m, M: VelocityModel + ?Sized> HostStepper<'m, M> {
+    pub fn new(model: &'m mut M, latents: Array3<f32>) -> Self {
+        Self { model, latents }
+    }
+
+    /// The latents after the steps taken so far.
+    pub fn into_latents(self) -> Array3<f32> {
+        self.latents
+    }
+}
+
+impl<M: VelocityModel + ?Sized> Stepper for HostStepper<'_, M> {
+    fn step(&mut self, sigma: f32, sigma_next: f32) -> Result<()> {
+        let velocity = self.model.velocity(self.latents.view(), sigma)?;
+        euler_step(
+            &mut self.latents.view_mut(),
+            velocity.view(),
+            sigma,
+            sigma_next,
+        )
+    }
+}
+
+/// Integrates from `sigmas[0]` to the last sigma on the host with `model` (see [`run_steps`]),
+/// and returns the final latents. Errors also when the model's output has another shape than
+/// the latents.
+pub fn denoise<M: VelocityModel + ?Sized>(
+    model: &mut M,
+    latents: Array3<f32>,
+    sigmas: &[f32],
+    on_step: &mut dyn FnMut(usize, usize) -> StepControl,
+) -> Result<Array3<f32>> {
+    let mut stepper = HostStepper::new(model, latents);
+    run_steps(&mut stepper, sigmas, on_step)?;
+    Ok(stepper.into_latents())
 }
 
 #[cfg(test)]

@@ -26,9 +26,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::config::SessionConfig;
 use crate::denoise::StepControl;
 use crate::error::{FluxError, Result};
-use crate::model::{ModelDescription, SessionConfig};
+use crate::model::ModelDescription;
 use crate::pipeline::{FluxPipeline, GenerationParams, PipelineOutput};
 
 /// Called after each denoising step with (step, total), 1-based, on the engine thread.
@@ -93,6 +94,9 @@ struct Envelope {
     reply: Reply,
     cancelled: Arc<AtomicBool>,
     submitted: Instant,
+    /// The submitter's span, entered on the engine thread while the job runs and is answered,
+    /// so the engine's log lines carry the request's fields (its request id).
+    span: tracing::Span,
 }
 
 impl Envelope {
@@ -312,6 +316,7 @@ impl Engine {
             reply,
             cancelled: Arc::clone(&cancelled),
             submitted: Instant::now(),
+            span: tracing::Span::current(),
         });
         // `idle` stays set until the engine thread takes a job: until then every job is counted
         // in `live` against `capacity + 1` places, the one the idle engine is about to free.
@@ -400,7 +405,9 @@ fn serve<R: JobRunner>(mut runner: R, queue: &Queue) {
             reply,
             cancelled,
             submitted,
+            span,
         } = envelope;
+        let _entered = span.enter();
         let queued_for = submitted.elapsed();
         let result = if cancelled.load(Ordering::SeqCst) {
             Err(FluxError::Cancelled)
@@ -437,6 +444,7 @@ fn run_one<R: JobRunner>(
         }
         // Waiting jobs cancelled meanwhile are answered now rather than after this job.
         for envelope in queue.take_cancelled() {
+            let _entered = envelope.span.enter();
             answer(envelope.reply, Err(FluxError::Cancelled));
         }
         if cancelled.load(Ordering::SeqCst) {

@@ -1,11 +1,13 @@
 //! The FLUX.1 text-to-image pipeline on ONNX Runtime: tokenizers, text encoders, flow-matching
 //! sampler, VAE decode and image encoding, owned by one engine thread. Synchronous.
 
-mod bound_loop;
+pub mod config;
 pub mod denoise;
+mod device_stepper;
 pub mod engine;
 pub mod error;
 pub mod model;
+mod params;
 pub mod pipeline;
 pub mod pixels;
 pub mod rng;
@@ -15,6 +17,8 @@ pub mod sampling;
 pub mod tensors;
 pub mod threads;
 pub mod tokenizer;
+mod transformer_velocity;
 
+pub use config::{ExecutionProvider, OptimizationLevel, SessionConfig};
 pub use error::{FluxError, Result};
 pub use runtime::{ONNXRUNTIME_VERSION, RuntimeKind, ensure_runtime, init_runtime};

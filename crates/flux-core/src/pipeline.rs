@@ -9,116 +9,22 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flux_types::{
-    GeneratedImage, OutputFormat, ValidRequest,
-    request::{MAX_IMAGE_SIDE, MAX_INFERENCE_STEPS, MAX_NUM_IMAGES},
-};
+use flux_types::GeneratedImage;
 use image::RgbImage;
-use ndarray::{Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Ix2, Ix3, Ix4};
+use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayView4, Ix2, Ix3, Ix4};
 use ort::session::SessionInputValue;
-use ort::value::DynValue;
 
-use crate::bound_loop::{self, EulerGraph};
-use crate::denoise::{self, StepControl, VelocityModel};
+use crate::config::{ExecutionProvider, SessionConfig};
+use crate::denoise::{self, HostStepper, StepControl};
+use crate::device_stepper::{DeviceStepper, EulerGraph};
 use crate::error::{FluxError, Result};
-use crate::model::{ExecutionProvider, FluxModel, Graph, ModelDescription, SessionConfig, Variant};
-use crate::sampling::{self, SchedulerConfig};
+use crate::model::{FluxModel, Graph, ModelDescription};
+use crate::sampling;
 use crate::tensors::{self, NamedInput};
+use crate::transformer_velocity::TransformerVelocity;
 use crate::{pixels, rng, safety};
 
-/// What one generation needs; the seed is already resolved (a random one drawn by the caller).
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationParams {
-    pub prompt: String,
-    pub width: u32,
-    pub height: u32,
-    pub num_images: u32,
-    pub num_inference_steps: u32,
-    /// The distilled guidance input of FLUX.1-dev (ignored by schnell, which has none).
-    pub guidance_scale: f32,
-    pub seed: u64,
-    pub output_format: OutputFormat,
-    pub run_safety_checker: bool,
-}
-
-/// For requests whose seed is already set (e.g. by `ValidRequest::with_seed`); a request without
-/// one is refused, because the caller must draw and report the seed.
-impl TryFrom<&ValidRequest> for GenerationParams {
-    type Error = FluxError;
-
-    fn try_from(request: &ValidRequest) -> Result<Self> {
-        let seed = request.seed().ok_or_else(|| FluxError::InvalidInput {
-            param: "seed",
-            message: "resolve the seed (draw a random one) before generating".to_owned(),
-        })?;
-        Ok(Self::from_request(request, seed))
-    }
-}
-
-impl GenerationParams {
-    /// The parameters of a validated API request, with the seed the caller resolved (the
-    /// request's own, or a random one it drew and will report).
-    pub fn from_request(request: &ValidRequest, seed: u64) -> Self {
-        Self {
-            prompt: request.prompt().to_owned(),
-            width: request.width(),
-            height: request.height(),
-            num_images: request.num_images(),
-            num_inference_steps: request.num_inference_steps(),
-            guidance_scale: request.guidance_scale() as f32,
-            seed,
-            output_format: request.output_format(),
-            run_safety_checker: request.enable_safety_checker(),
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        if self.prompt.trim().is_empty() {
-            return Err(FluxError::InvalidInput {
-                param: "prompt",
-                message: "must not be blank".to_owned(),
-            });
-        }
-        // The upper bounds are the API's: a library caller is held to them too, because past
-        // them the buffers of one request (noise, schedule, activations) can fail to allocate,
-        // and an allocation failure aborts the process instead of returning an error.
-        for (param, value) in [("width", self.width), ("height", self.height)] {
-            if value == 0 || value % 16 != 0 || value > MAX_IMAGE_SIDE {
-                return Err(FluxError::InvalidInput {
-                    param,
-                    message: format!(
-                        "must be a positive multiple of 16 up to {MAX_IMAGE_SIDE}, got {value}"
-                    ),
-                });
-            }
-        }
-        if !(1..=MAX_NUM_IMAGES).contains(&self.num_images) {
-            return Err(FluxError::InvalidInput {
-                param: "num_images",
-                message: format!(
-                    "must be between 1 and {MAX_NUM_IMAGES}, got {}",
-                    self.num_images
-                ),
-            });
-        }
-        if !(1..=MAX_INFERENCE_STEPS).contains(&self.num_inference_steps) {
-            return Err(FluxError::InvalidInput {
-                param: "num_inference_steps",
-                message: format!(
-                    "must be between 1 and {MAX_INFERENCE_STEPS}, got {}",
-                    self.num_inference_steps
-                ),
-            });
-        }
-        if !self.guidance_scale.is_finite() {
-            return Err(FluxError::InvalidInput {
-                param: "guidance_scale",
-                message: "must be finite".to_owned(),
-            });
-        }
-        Ok(())
-    }
-}
+pub use crate::params::GenerationParams;
 
 /// Where the time of one generation went (wall clock per stage).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -443,7 +349,7 @@ impl FluxPipeline {
         self.model
             .check_transformer_serves(batch, latent_height, latent_width)?;
         let packed = sampling::pack_latents(noise)?;
-        let variant = self.model.description.variant;
+        let takes_guidance = self.model.spec().takes_guidance;
         let mut velocity = TransformerVelocity::new(
             &mut self.model.transformer,
             text,
@@ -452,30 +358,25 @@ impl FluxPipeline {
                 latent_height * sampling::VAE_SCALE_FACTOR,
                 latent_width * sampling::VAE_SCALE_FACTOR,
             ),
-            (variant == Variant::Dev).then_some(guidance_scale),
+            takes_guidance.then_some(guidance_scale),
             &self.model.scheduler,
         )?;
         if let Some(euler) = self.euler.as_mut() {
             let TransformerVelocity {
                 graph, constants, ..
             } = velocity;
-            let mut session_time = Duration::ZERO;
-            let result = bound_loop::denoise_on_device(
-                graph,
-                euler,
-                &constants,
-                packed,
-                sigmas,
-                &self.model.scheduler,
-                on_step,
-                &mut session_time,
-            );
-            timings.ort_session_total += session_time;
-            return result;
+            let mut stepper =
+                DeviceStepper::new(graph, euler, &constants, packed, &self.model.scheduler)?;
+            let result = denoise::run_steps(&mut stepper, sigmas, on_step);
+            timings.ort_session_total += stepper.session_time;
+            result?;
+            return stepper.finish();
         }
-        let result = denoise::denoise(&mut velocity, packed, sigmas, on_step);
+        let mut stepper = HostStepper::new(&mut velocity, packed);
+        let result = denoise::run_steps(&mut stepper, sigmas, on_step);
+        let latents = stepper.into_latents();
         timings.ort_session_total += velocity.session_time;
-        result
+        result.map(|()| latents)
     }
 
     fn decode_timed(
@@ -500,17 +401,9 @@ impl FluxPipeline {
             "latent".into(),
             tensors::float_input(latents.view().into_dyn(), element, "VAE")?,
         )];
-        let run_started = Instant::now();
-        let outputs = graph.session.run(inputs).map_err(|source| FluxError::Ort {
-            stage: "VAE",
-            source,
-        })?;
-        timings.ort_session_total += run_started.elapsed();
-        let images = outputs.get("images").ok_or_else(|| FluxError::Ort {
-            stage: "VAE",
-            source: ort::Error::new("no `images` output"),
-        })?;
-        let images = tensors::output_f32(images, "VAE")?
+        let outputs = graph.run(inputs, &mut timings.ort_session_total)?;
+        let images = outputs
+            .f32("images")?
             .into_dimensionality::<Ix4>()
             .map_err(|_| shape_error("VAE images", "[B, 3, H, W]"))?;
         let expected = [packed.shape()[0], 3, height as usize, width as usize];
@@ -554,172 +447,15 @@ fn run_encoder(
     output: &str,
     timings: &mut StageTimings,
 ) -> Result<ndarray::ArrayD<f32>> {
-    let stage = graph.label;
-    let ids = tensors::id_value(&[1, ids.len()], ids, graph.id_type("input_ids"), stage)?;
+    let ids = tensors::id_value(
+        &[1, ids.len()],
+        ids,
+        graph.id_type("input_ids"),
+        graph.label,
+    )?;
     let inputs: Vec<NamedInput<'_>> = vec![("input_ids".into(), SessionInputValue::from(ids))];
-    let run_started = Instant::now();
-    let outputs = graph
-        .session
-        .run(inputs)
-        .map_err(|source| FluxError::Ort { stage, source })?;
-    timings.ort_session_total += run_started.elapsed();
-    let value = outputs.get(output).ok_or_else(|| FluxError::Ort {
-        stage,
-        source: ort::Error::new(format!("no `{output}` output")),
-    })?;
-    tensors::output_f32(value, stage)
-}
-
-/// The transformer as the denoise loop's velocity model. Every input that does not change between
-/// steps (text, pooled, ids, guidance) is converted once, when the request starts; a step only
-/// wraps the current latents (no copy for f32 graphs) and the timestep.
-struct TransformerVelocity<'a> {
-    graph: &'a mut Graph,
-    constants: Vec<(&'static str, DynValue)>,
-    batch: usize,
-    scheduler: SchedulerConfig,
-    session_time: Duration,
-}
-
-impl<'a> TransformerVelocity<'a> {
-    fn new(
-        graph: &'a mut Graph,
-        text: &TextEmbeddings,
-        batch: usize,
-        (height, width): (usize, usize),
-        guidance_scale: Option<f32>,
-        scheduler: &SchedulerConfig,
-    ) -> Result<Self> {
-        let stage = "transformer";
-        let (_, text_length, text_width) = text.text.dim();
-        let pooled_width = text.pooled.dim().1;
-        // The prompt is encoded once; every image of the batch shares it.
-        let encoder_hidden_states = text
-            .text
-            .broadcast((batch, text_length, text_width))
-            .ok_or_else(|| FluxError::Shape {
-                op: "repeat text",
-                expected: "[1, L, D]".to_owned(),
-                got: text.text.shape().to_vec(),
-            })?;
-        let pooled = text
-            .pooled
-            .broadcast((batch, pooled_width))
-            .ok_or_else(|| FluxError::Shape {
-                op: "repeat pooled",
-                expected: "[1, D]".to_owned(),
-                got: text.pooled.shape().to_vec(),
-            })?;
-        let image_ids = sampling::image_ids(height, width);
-        let text_ids = sampling::text_ids(text_length);
-
-        let mut constants = vec![
-            (
-                "encoder_hidden_states",
-                tensors::float_value(
-                    encoder_hidden_states.into_dyn(),
-                    graph.float_type("encoder_hidden_states"),
-                    stage,
-                )?,
-            ),
-            (
-                "pooled_projections",
-                tensors::float_value(
-                    pooled.into_dyn(),
-                    graph.float_type("pooled_projections"),
-                    stage,
-                )?,
-            ),
-            (
-                "img_ids",
-                tensors::float_value(
-                    image_ids.view().into_dyn(),
-                    graph.float_type("img_ids"),
-                    stage,
-                )?,
-            ),
-            (
-                "txt_ids",
-                tensors::float_value(
-                    text_ids.view().into_dyn(),
-                    graph.float_type("txt_ids"),
-                    stage,
-                )?,
-            ),
-        ];
-        if graph.has_input("guidance") {
-            let guidance = Array1::from_elem(batch, guidance_scale.unwrap_or(1.0));
-            constants.push((
-                "guidance",
-                tensors::float_value(
-                    guidance.view().into_dyn(),
-                    graph.float_type("guidance"),
-                    stage,
-                )?,
-            ));
-        }
-        Ok(Self {
-            graph,
-            constants,
-            batch,
-            scheduler: scheduler.clone(),
-            session_time: Duration::ZERO,
-        })
-    }
-}
-
-impl VelocityModel for TransformerVelocity<'_> {
-    fn velocity(&mut self, latents: ArrayView3<'_, f32>, sigma: f32) -> Result<Array3<f32>> {
-        let stage = "transformer";
-        // diffusers passes timestep = sigma (round-tripped through its ×1000 storage); the
-        // exported graph scales it by 1000 itself.
-        let timestep = Array1::from_elem(
-            self.batch,
-            sampling::transformer_timestep(sigma, &self.scheduler),
-        );
-        let mut inputs: Vec<NamedInput<'_>> = Vec::with_capacity(self.constants.len() + 2);
-        inputs.push((
-            "hidden_states".into(),
-            tensors::float_input(
-                latents.into_dyn(),
-                self.graph.float_type("hidden_states"),
-                stage,
-            )?,
-        ));
-        inputs.push((
-            "timestep".into(),
-            tensors::float_input(
-                timestep.view().into_dyn(),
-                self.graph.float_type("timestep"),
-                stage,
-            )?,
-        ));
-        for (name, value) in &self.constants {
-            inputs.push(((*name).into(), SessionInputValue::from(value)));
-        }
-        let run_started = Instant::now();
-        let outputs = self
-            .graph
-            .session
-            .run(inputs)
-            .map_err(|source| FluxError::Ort { stage, source })?;
-        self.session_time += run_started.elapsed();
-        let velocity = outputs.get("latent").ok_or_else(|| FluxError::Ort {
-            stage,
-            source: ort::Error::new("no `latent` output"),
-        })?;
-        let velocity = tensors::output_f32(velocity, stage)?;
-        if velocity.shape() != latents.shape() {
-            return Err(FluxError::Shape {
-                op: "transformer latent",
-                expected: format!("{:?}", latents.shape()),
-                got: velocity.shape().to_vec(),
-            });
-        }
-        velocity
-            .into_dimensionality::<Ix3>()
-            .map_err(|_| shape_error("transformer latent", "[B, S, 64]"))
-    }
+    let outputs = graph.run(inputs, &mut timings.ort_session_total)?;
+    outputs.f32(output)
 }
 
 /// Whether the safety checker's nsfw probability flags an image. At the threshold itself the image

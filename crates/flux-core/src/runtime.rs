@@ -21,8 +21,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ort::environment::Environment;
 
+pub use crate::config::RuntimeKind;
+use crate::config::SessionConfig;
 use crate::error::{FluxError, Result};
-use crate::model::SessionConfig;
 use crate::threads::{ComputePriority, PoolThreads, ThreadPool};
 
 /// The ONNX Runtime release this crate is built and tested against (`ort` 2.0.0-rc.15 speaks its
@@ -32,42 +33,6 @@ pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
 /// What to tell a user whose runtime cannot be provisioned.
 const SETUP_HINT: &str = "Run `cargo xtask setup` (needs python3 with pip and access to PyPI), or set \
      ORT_DYLIB_PATH to a libonnxruntime shared library of version 1.31";
-
-/// Which build of ONNX Runtime a process needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum RuntimeKind {
-    /// The `onnxruntime` wheel: CPU execution provider only.
-    #[default]
-    Cpu,
-    /// The `onnxruntime-gpu` wheel: CUDA (and CPU) execution providers.
-    Cuda,
-}
-
-impl RuntimeKind {
-    /// The PyPI distribution that carries this build.
-    pub fn pypi_package(self) -> &'static str {
-        match self {
-            Self::Cpu => "onnxruntime",
-            Self::Cuda => "onnxruntime-gpu",
-        }
-    }
-
-    fn cache_subdir(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Cuda => "cuda",
-        }
-    }
-}
-
-impl std::fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Cpu => "CPU",
-            Self::Cuda => "CUDA",
-        })
-    }
-}
 
 /// Serialises provisioning inside this process (the file lock covers other processes).
 static PROVISIONING: Mutex<()> = Mutex::new(());

@@ -31,15 +31,9 @@ pub(crate) fn nsfw_probabilities(graph: &mut Graph, images: &[RgbImage]) -> Resu
         "pixel_values".into(),
         tensors::float_input(pixel_values.view().into_dyn(), element, "safety checker")?,
     )];
-    let outputs = graph.session.run(inputs).map_err(|source| FluxError::Ort {
-        stage: "safety checker",
-        source,
-    })?;
-    let logits = outputs.get("logits").ok_or_else(|| FluxError::Ort {
-        stage: "safety checker",
-        source: ort::Error::new("no `logits` output"),
-    })?;
-    let logits = tensors::output_f32(logits, "safety checker")?;
+    let mut session_time = std::time::Duration::ZERO;
+    let outputs = graph.run(inputs, &mut session_time)?;
+    let logits = outputs.f32("logits")?;
     if logits.shape() != [images.len(), 2] {
         return Err(FluxError::Shape {
             op: "safety checker logits",

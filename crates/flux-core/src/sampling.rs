@@ -10,6 +10,8 @@ use std::path::Path;
 use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayView4, ArrayViewMut3, ArrayViewMut4, Zip};
 use serde::Deserialize;
 
+use flux_types::request::{IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE};
+
 use crate::{FluxError, Result};
 
 /// Channels of the FLUX.1 VAE latent.
@@ -22,7 +24,8 @@ pub const SIDE_MULTIPLE: usize = VAE_SCALE_FACTOR * 2;
 const PATCH: usize = 2;
 
 /// Shape of the initial noise and latents, `[batch, 16, height / 8, width / 8]`, for an image of
-/// `height × width` pixels. Errors on a zero batch or a side that is zero or not a multiple of 16.
+/// `height × width` pixels. Errors on a zero batch or a side that is zero, not a multiple of 16,
+/// or over the API's largest side.
 pub fn latent_shape(batch: usize, height: usize, width: usize) -> Result<[usize; 4]> {
     if batch == 0 {
         return Err(FluxError::InvalidInput {
@@ -40,11 +43,18 @@ pub fn latent_shape(batch: usize, height: usize, width: usize) -> Result<[usize;
     ])
 }
 
-fn check_side(param: &'static str, pixels: usize) -> Result<()> {
-    if pixels == 0 || !pixels.is_multiple_of(SIDE_MULTIPLE) {
+/// The image-side rule for library callers ([`flux_types::request::check_image_side`] with the
+/// smallest side the pipeline can pack, one 16-pixel patch): zero, unaligned and oversized sides
+/// are refused. Past the API's largest side the buffers of one request can fail to allocate, and
+/// an allocation failure aborts the process instead of returning an error.
+pub(crate) fn check_side(param: &'static str, pixels: usize) -> Result<()> {
+    let value = i128::try_from(pixels).unwrap_or(i128::MAX);
+    if !flux_types::request::check_image_side(value, IMAGE_SIDE_MULTIPLE).ok() {
         return Err(FluxError::InvalidInput {
             param,
-            message: format!("{pixels} is not a positive multiple of {SIDE_MULTIPLE}"),
+            message: format!(
+                "must be a positive multiple of {SIDE_MULTIPLE} up to {MAX_IMAGE_SIDE}, got {pixels}"
+            ),
         });
     }
     Ok(())

@@ -193,8 +193,8 @@ fn graphs_with_external_data_load_from_their_folder() -> anyhow::Result<()> {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn asking_for_cuda_without_the_feature_is_an_error_not_a_cpu_fallback() {
-    let config = flux_core::model::SessionConfig {
-        execution_provider: flux_core::model::ExecutionProvider::Cuda { device_id: 0 },
+    let config = flux_core::config::SessionConfig {
+        execution_provider: flux_core::config::ExecutionProvider::Cuda { device_id: 0 },
         ..common::test_config()
     };
     match FluxModel::load(&common::dev_model(), &config) {

@@ -7,8 +7,8 @@
 
 mod common;
 
+use flux_core::config::SessionConfig;
 use flux_core::denoise::StepControl;
-use flux_core::model::SessionConfig;
 use flux_core::pipeline::{FluxPipeline, GenerationParams, RawGeneration};
 use flux_core::threads::ThreadPool;
 use flux_types::OutputFormat;

@@ -99,7 +99,7 @@ pub mod starting;
 pub use backend::{API_KEY_ENV, BACKEND_ENV, Backend};
 pub use error::FacadeError;
 #[cfg(feature = "local")]
-pub use flux_core::model::{ExecutionProvider, SessionConfig};
+pub use flux_core::config::{ExecutionProvider, SessionConfig};
 #[cfg(feature = "local")]
 pub use flux_core::threads::{ComputePriority, ThreadPool};
 pub use flux_types::{

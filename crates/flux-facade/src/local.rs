@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use flux_core::FluxError;
+use flux_core::config::SessionConfig;
 use flux_core::engine::{Engine, Job, JobHandle, ProgressCallback};
-use flux_core::model::SessionConfig;
 use flux_core::pipeline::{GenerationParams, PipelineOutput};
 use flux_types::request::MAX_SEED;
 use flux_types::{

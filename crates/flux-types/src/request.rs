@@ -39,6 +39,31 @@ pub const MAX_IMAGE_SIDE: u32 = 2048;
 /// 2×2 latent patches.
 pub const IMAGE_SIDE_MULTIPLE: u32 = 16;
 
+/// How an image side measures against the one image-side rule: a multiple of
+/// [`IMAGE_SIDE_MULTIPLE`] from `min` to [`MAX_IMAGE_SIDE`]. The API's `min` is
+/// [`MIN_IMAGE_SIDE`]; a library caller may go down to [`IMAGE_SIDE_MULTIPLE`]. Every side check
+/// (request validation, flux-core's parameters and latent shapes) asks this function.
+pub fn check_image_side(value: i128, min: u32) -> ImageSideCheck {
+    ImageSideCheck {
+        in_range: (i128::from(min)..=i128::from(MAX_IMAGE_SIDE)).contains(&value),
+        aligned: value % i128::from(IMAGE_SIDE_MULTIPLE) == 0,
+    }
+}
+
+/// The answer of [`check_image_side`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageSideCheck {
+    pub in_range: bool,
+    pub aligned: bool,
+}
+
+impl ImageSideCheck {
+    /// Whether the side is usable.
+    pub fn ok(self) -> bool {
+        self.in_range && self.aligned
+    }
+}
+
 /// Default `num_images`.
 pub const DEFAULT_NUM_IMAGES: u32 = 1;
 /// Default `guidance_scale`.

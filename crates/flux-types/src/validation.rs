@@ -589,11 +589,11 @@ fn range_violation(field: &str, value: i128, min: i128, max: i128) -> Option<Vio
 }
 
 fn side_violation(field: &str, value: i128) -> Option<Violation> {
-    let in_range = (i128::from(MIN_IMAGE_SIDE)..=i128::from(MAX_IMAGE_SIDE)).contains(&value);
-    let aligned = value % i128::from(IMAGE_SIDE_MULTIPLE) == 0;
-    if in_range && aligned {
+    let check = crate::request::check_image_side(value, MIN_IMAGE_SIDE);
+    if check.ok() {
         return None;
     }
+    let in_range = check.in_range;
     Some(Violation {
         field: field.to_owned(),
         message: format!(

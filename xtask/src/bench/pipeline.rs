@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use flux_core::config::SessionConfig;
 use flux_core::denoise::StepControl;
-use flux_core::model::SessionConfig;
 use flux_core::pipeline::{FluxPipeline, GenerationParams, StageTimings};
 use flux_core::{RuntimeKind, init_runtime};
 use flux_types::OutputFormat;

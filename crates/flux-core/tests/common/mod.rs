@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use flux_core::model::SessionConfig;
+use flux_core::config::SessionConfig;
 
 /// The repository's `fixtures/` folder.
 pub fn fixtures() -> PathBuf {
