@@ -58,6 +58,7 @@ impl JobRunner for StandIn {
                 });
             }
             "panic" => panic!("stand-in panic"),
+            "log" => tracing::info!("stand-in job running"),
             "wait" => {
                 let _ = self.gate.recv_timeout(WAIT);
             }
@@ -442,5 +443,59 @@ fn a_detached_shutdown_does_not_wait_and_the_running_job_is_still_answered() -> 
     let (name, result) = replies.recv_timeout(WAIT)?;
     assert_eq!(name, "wait");
     assert!(result.is_ok(), "{result:?}");
+    Ok(())
+}
+
+/// Appends what a log line writes to a shared buffer.
+#[derive(Clone)]
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_engine_threads_log_lines_carry_the_submitters_span() -> anyhow::Result<()> {
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let writer = CaptureWriter(Arc::clone(&captured));
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The engine logs on its own thread: only a process-wide subscriber sees it.
+    tracing::subscriber::set_global_default(subscriber)?;
+    let (engine, _open) = stand_in_engine(1)?;
+    let (sender, replies) = mpsc::channel();
+    {
+        let span = tracing::info_span!("request", request_id = "req-span-test");
+        let _entered = span.enter();
+        submit(&engine, "log", &sender)?;
+    }
+    let (_, result) = next(&replies)?;
+    result?;
+    let text = String::from_utf8(
+        captured
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone(),
+    )?;
+    let line = text
+        .lines()
+        .find(|line| line.contains("stand-in job running"))
+        .ok_or_else(|| anyhow::anyhow!("the engine logged nothing: {text:?}"))?;
+    anyhow::ensure!(
+        line.contains("request_id=\"req-span-test\""),
+        "the engine's line lost the request's span: {line}"
+    );
     Ok(())
 }
