@@ -44,8 +44,6 @@ pub const FILES_PATH: &str = "/api/v1/files";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Seeds drawn for requests without one cover the contract's whole range.
-const MAX_SEED: u64 = 4_294_967_295;
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -432,10 +430,7 @@ async fn generate_authorized(
             .retry_after(state.overload_hint())
         })?;
 
-    let valid = match valid.seed() {
-        Some(_) => valid,
-        None => valid.with_seed(rand::random_range(0..=MAX_SEED)),
-    };
+    let valid = valid.with_drawn_seed();
     // A request with an Idempotency-Key runs to the end even if its client goes away or the
     // request times out, so that the client's retry gets the stored answer; without one, the
     // work is cancelled with the request.
