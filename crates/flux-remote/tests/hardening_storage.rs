@@ -36,6 +36,8 @@ async fn a_deleted_files_folder_is_recreated() {
     let root = tempfile::tempdir().unwrap();
     let files = root.path().join("files");
     let server = start(&files, FakeGenerator::new(), |_| {}).await;
+    // After the first retention sweep (at start), so that only the write path can recreate it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     std::fs::remove_dir_all(&files).unwrap();
     let (status, body) = generate(&server.url(), SMALL).await;
     assert_eq!(status, 200, "{body}");
