@@ -73,12 +73,15 @@ async fn drain_body(request: Request, limit: usize, wait: Duration) -> bool {
 }
 
 /// Runs the header checks in the contract's order.
-pub(crate) fn preflight(state: &AppState, request: &Request) -> Result<Admitted, Refused> {
+/// A refusal is boxed: it is the rare path, and the answer it carries is large.
+pub(crate) fn preflight(state: &AppState, request: &Request) -> Result<Admitted, Box<Refused>> {
     let shared = &state.inner;
     let client = client_key(request, shared.trust_forwarded_for);
-    let refused = |response| Refused {
-        response,
-        rate_state: None,
+    let refused = |response| {
+        Box::new(Refused {
+            response,
+            rate_state: None,
+        })
     };
     shared.auth_throttle.check(client).map_err(refused)?;
     let caller = shared
@@ -98,17 +101,19 @@ pub(crate) fn preflight(state: &AppState, request: &Request) -> Result<Admitted,
             match limiter.check(&bucket) {
                 Ok(rate_state) => Some(rate_state),
                 Err(Limited { response, state }) => {
-                    return Err(Refused {
+                    return Err(Box::new(Refused {
                         response,
                         rate_state: Some(state),
-                    });
+                    }));
                 }
             }
         }
     };
-    let with_rate = |response| Refused {
-        response,
-        rate_state,
+    let with_rate = |response| {
+        Box::new(Refused {
+            response,
+            rate_state,
+        })
     };
     check_json_content_type(request.headers()).map_err(with_rate)?;
     let idempotency_key = idempotency_key(request.headers()).map_err(with_rate)?;

@@ -399,7 +399,7 @@ async fn serve_file(
 async fn generate(State(state): State<AppState>, request: Request) -> Response {
     let admitted = match preflight(&state, &request) {
         Ok(admitted) => admitted,
-        Err(refused) => return refused.answer(&state, request).await,
+        Err(refused) => return (*refused).answer(&state, request).await,
     };
     let mut response =
         match generate_authorized(&state, admitted.caller, admitted.idempotency_key, request).await
