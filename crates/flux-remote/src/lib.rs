@@ -19,6 +19,7 @@ mod http_errors;
 mod idempotency;
 mod listener;
 mod metrics;
+mod observe;
 mod preflight;
 mod queue_eta;
 mod rate_limit;
