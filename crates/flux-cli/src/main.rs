@@ -125,20 +125,19 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if bad_input { 2 } else { 1 }
 }
 
+/// The log filter when `RUST_LOG` is not set: `default_level` for flux's own crates, warnings for
+/// the rest.
+fn default_log_directives(default_level: &str) -> String {
+    format!(
+        "warn,flux={default_level},flux_facade={default_level},flux_core={default_level},flux_remote={default_level}"
+    )
+}
+
 /// Installs the stderr log subscriber: `RUST_LOG` when set, else `default_level` for flux's own
 /// crates and warnings for the rest.
 fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "warn,flux={default_level},flux_facade={default_level},flux_core={default_level},flux_remote={default_level}"
-        ))
-    });
     // A second installation can only fail in tests that call this twice; logs then go to the first.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = flux_remote::init_logging(false, &default_log_directives(default_level));
 }
 
 /// A multi-threaded tokio runtime for one command.

@@ -6,35 +6,59 @@
 
 mod api_error;
 mod auth;
+mod auth_throttle;
 mod client;
+mod client_addr;
 mod config;
+mod conn_io;
 mod error;
+mod file_index;
 mod files;
+mod half_close;
+mod http_errors;
 mod idempotency;
 mod listener;
 mod metrics;
+mod observe;
+mod preflight;
+mod queue_eta;
 mod rate_limit;
 mod server;
 
 pub use api_error::{ApiErrorResponse, status_for};
 pub use client::{FluxClient, FluxClientBuilder};
-pub use config::{DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, RateLimit, ServerConfig, load_api_keys};
+pub use config::{
+    DEFAULT_FILES_QUOTA_BYTES, DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, MIN_API_KEY_CHARS,
+    RateLimit, ServerConfig, default_files_dir, load_api_keys,
+};
 pub use error::{ClientError, RemoteError};
 pub use files::FileDurability;
 pub use server::{
     AppState, FILES_PATH, GENERATE_PATH, Server, ShutdownSignals, router, serve, shutdown_signal,
 };
 
-/// Installs the global `tracing` subscriber: JSON lines when `json` is true, readable text
-/// otherwise; the filter comes from `RUST_LOG` (default `info`).
-pub fn init_logging(json: bool) -> Result<(), RemoteError> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+/// Installs the global `tracing` subscriber on stderr (stdout is left to what scripts read):
+/// JSON lines when `json` is true, readable text otherwise. The filter is `RUST_LOG` when it is
+/// set and valid, at any level (`debug`, `trace`, `flux_remote=debug`, ...), else `default`.
+pub fn init_logging(json: bool, default: &str) -> Result<(), RemoteError> {
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), default);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = if json {
         builder.json().try_init()
     } else {
-        builder.try_init()
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
     };
     result.map_err(|error| RemoteError::Logging(error.to_string()))
+}
+
+/// The log filter: `rust_log` (the value of `RUST_LOG`) when given and valid, else `default`.
+pub fn log_filter(rust_log: Option<&str>, default: &str) -> tracing_subscriber::EnvFilter {
+    rust_log
+        .filter(|directives| !directives.trim().is_empty())
+        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default))
 }

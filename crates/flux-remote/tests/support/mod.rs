@@ -17,8 +17,9 @@ use flux_types::{
     OutputFormat, ProgressFn, ValidRequest,
 };
 
-pub const KEY: &str = "test-key-alpha";
-pub const OTHER_KEY: &str = "test-key-beta";
+/// At least `MIN_API_KEY_CHARS` (16) long, as the server requires.
+pub const KEY: &str = "test-key-alpha-01";
+pub const OTHER_KEY: &str = "test-key-beta-002";
 
 /// A generator that sleeps `delay`, then returns solid-colour images of the requested size, or
 /// the configured failure.
@@ -188,3 +189,5 @@ pub async fn body_bytes(response: Response<Body>) -> Vec<u8> {
 /// A small valid request (64×64 PNG), so fake images are cheap.
 pub const SMALL: &str =
     r#"{"prompt": "a red fox", "image_size": {"width": 64, "height": 64}, "output_format": "png"}"#;
+
+pub mod raw;
