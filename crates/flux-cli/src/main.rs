@@ -6,6 +6,7 @@
 //! joined by `: `; `-v` puts each cause on its own line and logs more.
 
 mod generate;
+mod logging;
 mod schema;
 mod serve;
 
@@ -125,19 +126,10 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if bad_input { 2 } else { 1 }
 }
 
-/// The log filter when `RUST_LOG` is not set: `default_level` for flux's own crates, warnings for
-/// the rest.
-fn default_log_directives(default_level: &str) -> String {
-    format!(
-        "warn,flux={default_level},flux_facade={default_level},flux_core={default_level},flux_remote={default_level}"
-    )
-}
-
-/// Installs the stderr log subscriber: `RUST_LOG` when set, else `default_level` for flux's own
-/// crates and warnings for the rest.
+/// Installs the stderr text log subscriber (see [`logging`]). A second installation can only
+/// happen in tests that call this twice; logs then go to the first.
 fn init_logging(default_level: &str) {
-    // A second installation can only fail in tests that call this twice; logs then go to the first.
-    let _ = flux_remote::init_logging(false, &default_log_directives(default_level));
+    let _ = logging::init_logging(false, default_level);
 }
 
 /// A multi-threaded tokio runtime for one command.

@@ -142,8 +142,7 @@ pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
     let config = server_config(&args)?;
     let level = if verbose { "debug" } else { "info" };
     if args.json_logs {
-        flux_remote::init_logging(true, &crate::default_log_directives(level))
-            .context("cannot set up logging")?;
+        crate::logging::init_logging(true, level)?;
     } else {
         crate::init_logging(level);
     }

@@ -72,7 +72,7 @@ pub struct ServerConfig {
     /// (set it behind a proxy that appends that header). The address keys the failed-
     /// authentication limit and, without authentication, the rate limit. Default `false`.
     pub trust_forwarded_for: bool,
-    /// Log as JSON lines instead of human-readable text (used by [`crate::init_logging`]).
+    /// Log as JSON lines instead of human-readable text (the binary installs the logger).
     /// Default `false`.
     pub json_logs: bool,
 }

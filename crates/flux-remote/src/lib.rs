@@ -36,29 +36,3 @@ pub use files::FileDurability;
 pub use server::{
     AppState, FILES_PATH, GENERATE_PATH, Server, ShutdownSignals, router, serve, shutdown_signal,
 };
-
-/// Installs the global `tracing` subscriber on stderr (stdout is left to what scripts read):
-/// JSON lines when `json` is true, readable text otherwise. The filter is `RUST_LOG` when it is
-/// set and valid, at any level (`debug`, `trace`, `flux_remote=debug`, ...), else `default`.
-pub fn init_logging(json: bool, default: &str) -> Result<(), RemoteError> {
-    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), default);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if json {
-        builder.json().try_init()
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
-    };
-    result.map_err(|error| RemoteError::Logging(error.to_string()))
-}
-
-/// The log filter: `rust_log` (the value of `RUST_LOG`) when given and valid, else `default`.
-pub fn log_filter(rust_log: Option<&str>, default: &str) -> tracing_subscriber::EnvFilter {
-    rust_log
-        .filter(|directives| !directives.trim().is_empty())
-        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default))
-}
