@@ -177,7 +177,7 @@ impl ServerConfig {
 }
 
 fn normalize_public_url(url: &str) -> Result<String, RemoteError> {
-    let parsed = reqwest::Url::parse(url)
+    let parsed = url::Url::parse(url)
         .map_err(|err| RemoteError::Config(format!("public URL {url:?} is not a URL: {err}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(RemoteError::Config(format!(

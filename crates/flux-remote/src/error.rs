@@ -57,6 +57,7 @@ pub enum RemoteError {
 
     /// The request could not be sent or the answer could not be received (connection refused or
     /// dropped, DNS, TLS, a timeout).
+    #[cfg(feature = "client")]
     #[error("HTTP transport error: {0}")]
     Transport(#[from] reqwest::Error),
 

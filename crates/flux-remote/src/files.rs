@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::RemoteError;
 use crate::file_index::FileIndex;
+pub(crate) use crate::ids::random_hex;
 
 /// How long a health probe of the folder is trusted before `/ready` probes again.
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -19,13 +20,6 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// A temporary file younger than this (or than the retention, if longer) may still be being
 /// written, however short the retention is; only older ones are crash leftovers to delete.
 const TEMP_FILE_GRACE: Duration = Duration::from_secs(60 * 60);
-
-/// Random bytes as lowercase hex, from the thread-local CSPRNG.
-pub(crate) fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut buffer);
-    buffer.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The file kinds the store serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,14 +36,10 @@ use crate::observe::observe;
 use crate::preflight::preflight;
 use crate::queue_eta::{Place, QueueClock};
 use crate::rate_limit::RateLimiterByKey;
+use crate::routes::{FILES_PATH, GENERATE_PATH};
 
 /// The committed OpenAPI document, served as is.
 const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
-
-/// The generation route.
-pub const GENERATE_PATH: &str = "/api/v1/flux/dev";
-/// The prefix of image URLs.
-pub const FILES_PATH: &str = "/api/v1/files";
 
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
