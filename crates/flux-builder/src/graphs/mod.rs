@@ -1,1 +1,4 @@
 //! The graph of each FLUX component, written from its config and checkpoint.
+
+pub mod config;
+pub mod vae;
