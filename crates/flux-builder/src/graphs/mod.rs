@@ -1,4 +1,5 @@
 //! The graph of each FLUX component, written from its config and checkpoint.
 
 pub mod config;
+pub mod transformer;
 pub mod vae;

@@ -3,4 +3,5 @@
 
 mod common;
 mod external_data;
+mod transformer;
 mod vae;
