@@ -1,0 +1,1 @@
+//! The graph of each FLUX component, written from its config and checkpoint.
