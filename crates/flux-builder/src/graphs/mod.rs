@@ -1,1 +1,5 @@
 //! The graph of each FLUX component, written from its config and checkpoint.
+
+pub mod clip;
+pub mod t5;
+pub mod text;
