@@ -30,7 +30,13 @@ fn main() -> Result<()> {
         )?,
         "transformer" => {
             let text_length = std::env::var("TEXT_LENGTH").map_or(Ok(512), |v| v.parse())?;
-            flux_builder::graphs::transformer::build_transformer(&ckpt, &config, text_length, &opts, &out)?
+            flux_builder::graphs::transformer::build_transformer(
+                &ckpt,
+                &config,
+                text_length,
+                &opts,
+                &out,
+            )?
         }
         other => bail!("unknown component {other}"),
     };

@@ -1,11 +1,9 @@
 //! Shared helpers: the ONNX Runtime environment, sessions, seeded inputs, paths.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ndarray::{ArrayD, IxDyn};
-use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::TensorRef;
 
@@ -21,41 +19,12 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// A diffusers-format tiny model component (same weights as the committed ONNX graphs).
 pub fn diffusers(variant: &str, component: &str) -> PathBuf {
-    let committed = fixture(&format!("tiny-flux-{variant}-diffusers/{component}"));
-    if committed.is_dir() {
-        return committed;
-    }
-    // Until the fixture generator writes diffusers folders: made by hand with tools/tiny-flux.
-    let tmp = match component {
-        "transformer" => format!("/tmp/b1/diff/transformer-{variant}"),
-        other => format!("/tmp/b1/diff/{other}"),
-    };
-    PathBuf::from(tmp)
+    fixture(&format!("tiny-flux-{variant}-diffusers/{component}"))
 }
 
-/// The one ORT environment of this test process (flux-core provisions the library).
-pub fn env() -> Result<Environment> {
-    static ENV: OnceLock<Environment> = OnceLock::new();
-    if let Some(env) = ENV.get() {
-        return Ok(env.clone());
-    }
-    let library = flux_core::ensure_runtime(flux_core::RuntimeKind::Cpu)?;
-    let env = ort::init_from(&library)?
-        .with_name("flux-builder-tests")
-        .build()?;
-    Ok(ENV.get_or_init(|| env).clone())
-}
-
-/// A CPU session on one thread, all optimisations on (as flux-core runs).
+/// A CPU session on one thread (the process's one ORT environment lives in `text_support`).
 pub fn session(path: &Path) -> Result<Session> {
-    let env = env()?;
-    let mut builder = Session::builder(&env)?
-        .with_intra_threads(1)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    builder
-        .commit_from_file(path)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("loading {}", path.display()))
+    crate::text_support::session_from_file(path)
 }
 
 /// An input of a session run (ids come as int32 or int64, as in the committed folders).

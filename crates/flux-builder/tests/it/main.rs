@@ -1,7 +1,11 @@
-//! flux-builder's integration tests (one test binary): built graphs run on ONNX Runtime and are
-//! compared with the committed tiny ONNX models, which hold the same weights.
+//! flux-builder's integration tests (one test binary, one module per area): built graphs run on
+//! ONNX Runtime and are compared with the committed tiny ONNX models, which hold the same weights,
+//! and with the diffusers references.
 
+mod clip;
 mod common;
 mod external_data;
+mod t5;
+mod text_support;
 mod transformer;
 mod vae;
