@@ -138,6 +138,9 @@ pub struct BuildOptions {
     pub precision: Precision,
     pub device: Device,
     pub loras: Vec<LoraSpec>,
+    /// T5 tokens per prompt fixed into the graphs; default 512 for dev, 256 for schnell (the
+    /// diffusers pipelines' `max_sequence_length` defaults).
+    pub text_length: Option<usize>,
 }
 
 #[cfg(test)]

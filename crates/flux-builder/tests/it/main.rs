@@ -2,9 +2,11 @@
 //! ONNX Runtime and are compared with the committed tiny ONNX models, which hold the same weights,
 //! and with the diffusers references.
 
+mod cache;
 mod clip;
 mod common;
 mod external_data;
+mod layout;
 mod t5;
 mod text_support;
 mod transformer;
