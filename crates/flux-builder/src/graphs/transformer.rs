@@ -90,7 +90,7 @@ impl Flux<'_> {
     }
 
     /// diffusers `get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0)`
-    /// of `value × 1000`, then a `TimestepEmbedding` MLP at `prefix`.
+    /// of `value × 1000` (`value`: an f32 graph input), then a `TimestepEmbedding` MLP at `prefix`.
     fn time_embedding(&mut self, value: &Value, prefix: &str) -> Result<Value> {
         const HALF: usize = 128;
         // torch computes exp(-ln(10000) · i / 128) in f32 with its vectorised exp; correctly
@@ -108,13 +108,16 @@ impl Flux<'_> {
                 }
             })
             .collect();
+        // The sinusoids stay f32 in 16-bit graphs too (fp16 has an ulp of 0.5 at 1000), cast after.
         let freqs = self.g.const_f32("time_freqs", &[1, HALF as i64], &freqs);
-        let t = self.g.mul_scalar(value, 1000.0);
+        let thousand = self.g.const_f32("thousand", &[], &[1000.0]);
+        let t = self.g.mul(value, &thousand);
         let t = self.g.unsqueeze(&t, &[1]);
         let args = self.g.mul(&t, &freqs);
         let cos = self.g.op("Cos", &[&args], vec![]);
         let sin = self.g.op("Sin", &[&args], vec![]);
         let emb = self.g.concat(&[&cos, &sin], 1);
+        let emb = self.g.to_float(&emb);
         let h = self.linear(&emb, &format!("{prefix}.linear_1"))?;
         let h = self.g.silu(&h);
         self.linear(&h, &format!("{prefix}.linear_2"))
@@ -342,12 +345,10 @@ pub fn build_transformer(
         f.g.to_float(&encoder),
         f.g.to_float(&pooled),
     );
-    let timestep = f.g.to_float(&timestep);
 
     let mut img = f.linear(&hidden, "x_embedder")?;
     let mut temb = f.time_embedding(&timestep, "time_text_embed.timestep_embedder")?;
     if let Some(guidance) = guidance {
-        let guidance = f.g.to_float(&guidance);
         let gemb = f.time_embedding(&guidance, "time_text_embed.guidance_embedder")?;
         temb = f.g.add(&temb, &gemb);
     }

@@ -236,3 +236,31 @@ fn explicit_build_refuses_a_non_empty_folder_and_leaves_nothing_on_failure() -> 
     assert_eq!(left.len(), 1, "only the taken folder remains: {left:?}");
     Ok(())
 }
+
+#[test]
+fn bf16_checkpoint_is_converted_once_and_matches_its_reference() -> Result<()> {
+    let source = fixture("tiny-flux-schnell-bf16-diffusers");
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("model");
+    let report = flux_builder::build(&source, &tiny_options(), &out)?;
+    for (graph, weights) in &report.graphs {
+        // bf16 on disk, fp32 in the graph: nothing can point into the checkpoint.
+        assert_eq!(weights.linked_tensors, 0, "{graph}: {weights:?}");
+        assert!(weights.converted_tensors > 0, "{graph}: {weights:?}");
+    }
+    assert!(
+        out.join("transformer.opt/fp32")
+            .join(flux_builder::onnx::DATA_FILE)
+            .is_file()
+    );
+    let (latents, pixels) = replay(
+        &out,
+        &fixture("reference/builder-cases/schnell_bf16_square"),
+    )?;
+    println!("schnell bf16: final latents {latents:.2e}, pixels {pixels}");
+    ensure!(
+        latents <= 1e-4 && pixels <= 1,
+        "latents {latents}, pixels {pixels}"
+    );
+    Ok(())
+}
