@@ -1,8 +1,10 @@
 //! flux-builder: FLUX.1 checkpoints (diffusers folders, BFL single files) to ONNX Runtime graphs in
 //! the layout flux-core loads, written node by node in Rust (no Python, no torch).
 
+pub mod bfl;
 pub mod error;
 pub mod graphs;
+pub mod lora;
 pub mod onnx;
 pub mod options;
 pub mod weights;
