@@ -9,6 +9,8 @@ pub mod onnx;
 pub mod options;
 pub mod weights;
 
+pub use onnx::proto;
+
 pub use error::{BuilderError, Result};
 pub use options::{BuildOptions, Component, Device, LoraSpec, Precision};
 pub use weights::{Checkpoint, DType, TensorInfo};

@@ -255,9 +255,54 @@ impl GraphBuilder {
         self.const_i64("ints", &[data.len() as i64], data)
     }
 
-    /// An f32 scalar constant (rank 0).
+    /// A constant in the graph's float type (f32, or f16/bf16 for 16-bit graphs): for values
+    /// that meet activations (scalars, norm scales). Shapes and `Resize` scales stay f32.
+    pub fn const_float(&mut self, hint: &str, dims: &[i64], data: &[f32]) -> Value {
+        let raw_data = match self.float {
+            Elem::F16 => data
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            Elem::BF16 => data
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            _ => weights::f32_bytes(data),
+        };
+        let data_type = match self.float {
+            Elem::F16 | Elem::BF16 => self.float.code(),
+            _ => data_type::FLOAT,
+        };
+        self.push_inline(
+            hint,
+            proto::TensorProto {
+                dims: dims.to_vec(),
+                data_type,
+                raw_data,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A scalar constant (rank 0) in the graph's float type.
     pub fn scalar(&mut self, value: f32) -> Value {
-        self.const_f32("scalar", &[], &[value])
+        self.const_float("scalar", &[], &[value])
+    }
+
+    /// Casts a graph input to the graph's float type (identity for f32 graphs).
+    pub fn to_float(&mut self, x: &Value) -> Value {
+        match self.float {
+            Elem::F32 => x.clone(),
+            other => self.op("Cast", &[x], vec![Attr::int("to", other.code() as i64)]),
+        }
+    }
+
+    /// Casts a result back to f32 for a graph output (identity for f32 graphs).
+    pub fn to_f32(&mut self, x: &Value) -> Value {
+        match self.float {
+            Elem::F32 => x.clone(),
+            _ => self.op("Cast", &[x], vec![Attr::int("to", Elem::F32.code() as i64)]),
+        }
     }
 
     fn node(

@@ -169,8 +169,8 @@ impl GraphBuilder {
 
     /// LayerNorm over the last axis without affine parameters (`elementwise_affine=False`).
     pub fn layer_norm_plain(&mut self, x: &Value, dim: usize, eps: f32) -> Value {
-        let g = self.const_f32("ln_ones", &[dim as i64], &vec![1.0; dim]);
-        let b = self.const_f32("ln_zeros", &[dim as i64], &vec![0.0; dim]);
+        let g = self.const_float("ln_ones", &[dim as i64], &vec![1.0; dim]);
+        let b = self.const_float("ln_zeros", &[dim as i64], &vec![0.0; dim]);
         self.op(
             "LayerNormalization",
             &[x, &g, &b],
@@ -209,8 +209,8 @@ impl GraphBuilder {
         ckpt.expect_shape(&wn, &[channels])?;
         ckpt.expect_shape(&bn, &[channels])?;
         let grouped = self.reshape(x, &[0, groups as i64, -1]);
-        let ones = self.const_f32("gn_ones", &[groups as i64], &vec![1.0; groups]);
-        let zeros = self.const_f32("gn_zeros", &[groups as i64], &vec![0.0; groups]);
+        let ones = self.const_float("gn_ones", &[groups as i64], &vec![1.0; groups]);
+        let zeros = self.const_float("gn_zeros", &[groups as i64], &vec![0.0; groups]);
         let normed = self.op(
             "InstanceNormalization",
             &[&grouped, &ones, &zeros],

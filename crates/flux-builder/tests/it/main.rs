@@ -1,7 +1,13 @@
-//! flux-builder's integration tests: one binary, one module per area.
+//! flux-builder's integration tests (one test binary, one module per area): built graphs run on
+//! ONNX Runtime and are compared with the committed tiny ONNX models, which hold the same weights,
+//! and with the diffusers references.
 
 mod bfl;
 mod clip;
+mod common;
+mod external_data;
 mod lora;
 mod t5;
 mod text_support;
+mod transformer;
+mod vae;
