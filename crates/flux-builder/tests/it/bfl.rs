@@ -190,3 +190,71 @@ fn bfl_file_missing_a_block_or_a_tensor_is_refused_with_the_tensor_named() -> Re
     ensure!(err.to_string().contains(qkv), "{err}");
     Ok(())
 }
+
+/// Built from the BFL files (with the diffusers configs: `axes_dims_rope` and the VAE's group count
+/// are not in the weights), the transformer and VAE graphs give exactly the outputs of the graphs
+/// built from the diffusers folder, and the dev reference case replays through them.
+#[test]
+fn bfl_built_graphs_match_the_diffusers_built_graphs() -> Result<()> {
+    use flux_builder::graphs::config::{Config, read_config};
+    use flux_builder::graphs::{transformer::build_transformer, vae::build_vae};
+    let dir = tempfile::tempdir()?;
+    let opts = flux_builder::BuildOptions::default();
+    let config_of =
+        |component: &str| read_config(&fixtures().join("tiny-flux-dev-diffusers").join(component));
+    let (tjson, tpath) = config_of("transformer")?;
+    let (vjson, vpath) = config_of("vae")?;
+    let (tconfig, vconfig) = (Config::new(&tjson, &tpath), Config::new(&vjson, &vpath));
+
+    let mut sessions = Vec::new();
+    for (name, transformer, vae) in [
+        (
+            "bfl",
+            {
+                let mut c = Checkpoint::open_file(&bfl("flux1-dev.safetensors"))?;
+                transformer_to_diffusers(&mut c)?;
+                c
+            },
+            {
+                let mut c = Checkpoint::open_file(&bfl("ae.safetensors"))?;
+                vae_to_diffusers(&mut c)?;
+                c
+            },
+        ),
+        ("diffusers", diffusers("transformer")?, diffusers("vae")?),
+    ] {
+        let (t_out, v_out) = (
+            dir.path().join(name).join("transformer"),
+            dir.path().join(name).join("vae"),
+        );
+        let report = build_transformer(&transformer, &tconfig, 32, &opts, &t_out)?;
+        if name == "bfl" {
+            // Zero-copy from the BFL file except the reordered final modulation (2 tensors).
+            ensure!(
+                report.converted_tensors == 2 && !report.linked_files.is_empty(),
+                "{report:?}"
+            );
+        }
+        build_vae(&vae, &vconfig, &opts, &v_out)?;
+        sessions.push((
+            crate::text_support::session_from_file(&t_out.join("model.onnx"))?,
+            crate::text_support::session_from_file(&v_out.join("model.onnx"))?,
+        ));
+    }
+    let case = fixtures().join("reference/cases/dev_square_seed42");
+    let mut results = Vec::new();
+    for (transformer, vae) in sessions.iter_mut() {
+        let replay = crate::replay::replay(&case, transformer, vae, true)?;
+        eprintln!(
+            "bfl/diffusers dev_square_seed42: final latents {:.2e}, pixels {}",
+            replay.final_latents, replay.pixels
+        );
+        ensure!(replay.final_latents <= 1e-4 && replay.pixels <= 1);
+        results.push(replay.latents);
+    }
+    ensure!(
+        results[0] == results[1],
+        "BFL and diffusers builds differ: {results:?}"
+    );
+    Ok(())
+}
