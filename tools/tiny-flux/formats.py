@@ -381,12 +381,28 @@ def gen_formats(out: Path, dev: bool, onnx_folder: Path, models: dict, render_ca
         print(f"  LoRA: PEFT vs kohya file through diffusers {kohya_diff:.2e}; effect on the transformer {effect:.2f}")
         assert kohya_diff <= 1e-5 and effect > 0.1, (kohya_diff, effect)
         del kohya_pipe
+        # The torch-merged weights (diffusers' fuse_lora at the same scale), for a weight-level check.
+        fused_pipe = load_diffusers(diffusers_dir)
+        fused_pipe.load_lora_weights(str(peft_path), adapter_name="tiny")
+        fused_pipe.fuse_lora(lora_scale=LORA_SCALE)
+        fused_pipe.unload_lora_weights()
+        fused_diff = float((transformer_probe(fused_pipe.transformer, dev) - with_lora).abs().max())
+        base = models["transformer"].state_dict()
+        fused = {k: v.detach().clone() for k, v in fused_pipe.transformer.state_dict().items()
+                 if not torch.equal(v, base[k])}
+        targets = {f"{t.format(i=0)}.weight" for _, ts in LORA_TARGETS for t in ts}
+        assert set(fused) == targets, sorted(set(fused) ^ targets)
+        _save_file(fused, lora_dir / "fused-reference.safetensors")
+        print(f"  LoRA fused by diffusers vs unfused: {fused_diff:.2e} ({len(fused)} weights changed)")
+        assert fused_diff <= 1e-5, fused_diff
+        del fused_pipe
         case = dict(base_case, name="dev_lora_square_seed42")
         case_dir = cases_root / case["name"]
         if case_dir.exists():
             shutil.rmtree(case_dir)
         render_case(pipe, case, case_dir, "dev")
         lora = {"file": f"{lora_dir.name}/{peft_path.name}", "kohya_file": f"{lora_dir.name}/{kohya_path.name}",
+                "fused_reference": f"{lora_dir.name}/fused-reference.safetensors",
                 "scale": LORA_SCALE, "rank": LORA_RANK, "kohya_alpha": LORA_KOHYA_ALPHA}
         entries.append({"name": case["name"], "model": diffusers_dir.name, "lora": lora})
     else:

@@ -1,10 +1,12 @@
 //! flux-builder: FLUX.1 checkpoints (diffusers folders, BFL single files) to ONNX Runtime graphs in
 //! the layout flux-core loads, written node by node in Rust (no Python, no torch).
 
+pub mod bfl;
 pub mod cache;
 pub mod error;
 pub mod graphs;
 pub mod layout;
+pub mod lora;
 pub mod onnx;
 pub mod options;
 pub mod source;
