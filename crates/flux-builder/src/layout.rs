@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use serde_json::{Value as Json, json};
 
-use crate::cache;
 use crate::error::{BuilderError, Result};
 use crate::graphs::config::{Config, read_config};
 use crate::graphs::{clip, t5, transformer, vae};
@@ -15,6 +14,7 @@ use crate::onnx::{Elem, WeightsReport};
 use crate::options::{BuildOptions, Component};
 use crate::source::{SourceKind, detect};
 use crate::weights::Checkpoint;
+use crate::{bfl, cache, lora};
 
 /// T5 text length of FLUX.1-dev's pipeline (and of its ONNX export).
 pub const DEV_TEXT_LENGTH: usize = 512;
@@ -46,7 +46,8 @@ fn precision_dir(float: Elem) -> &'static str {
     }
 }
 
-/// The transformer checkpoint and config of a source, with LoRAs merged.
+/// The transformer and VAE of a source (diffusers-named), each with its config and the path
+/// that config errors name.
 struct Parts {
     transformer: (Checkpoint, Json, PathBuf),
     vae: (Checkpoint, Json, PathBuf),
@@ -64,20 +65,37 @@ fn diffusers_parts(source: &Path) -> Result<Parts> {
     })
 }
 
-fn bfl_parts(transformer: &Path, ae: &Path) -> Result<Parts> {
-    let _ = (transformer, ae);
-    Err(BuilderError::NotYetBuilt {
-        what: "the BFL single-file path (name mapping in flux_builder::bfl)".into(),
-    })
+/// A component config: the source's `<folder>/config.json` when there is one (the FLUX.1 repos
+/// have both formats side by side), else `fallback` (derived from the weights or FLUX.1's own).
+fn config_or(
+    source: &Path,
+    folder: &str,
+    fallback: impl FnOnce() -> Result<Json>,
+    file: &Path,
+) -> Result<(Json, PathBuf)> {
+    let dir = source.join(folder);
+    if dir.join("config.json").is_file() {
+        read_config(&dir)
+    } else {
+        Ok((fallback()?, file.to_owned()))
+    }
 }
 
-fn apply_loras(ckpt: &mut Checkpoint, opts: &BuildOptions) -> Result<usize> {
-    if opts.loras.is_empty() {
-        return Ok(0);
-    }
-    let _ = ckpt;
-    Err(BuilderError::NotYetBuilt {
-        what: "LoRA merging (flux_builder::lora)".into(),
+fn bfl_parts(source: &Path, transformer: &Path, ae: &Path) -> Result<Parts> {
+    let mut t = Checkpoint::open_file(transformer)?;
+    bfl::transformer_to_diffusers(&mut t)?;
+    let (t_json, t_path) = config_or(
+        source,
+        "transformer",
+        || bfl::transformer_config(&t, None),
+        transformer,
+    )?;
+    let mut v = Checkpoint::open_file(ae)?;
+    bfl::vae_to_diffusers(&mut v)?;
+    let (v_json, v_path) = config_or(source, "vae", || Ok(bfl::flux1_vae_config()), ae)?;
+    Ok(Parts {
+        transformer: (t, t_json, t_path),
+        vae: (v, v_json, v_path),
     })
 }
 
@@ -103,7 +121,7 @@ pub(crate) fn build_into(source: &Path, opts: &BuildOptions, out: &Path) -> Resu
     let kind = detect(source)?;
     let mut parts = match &kind {
         SourceKind::Diffusers => diffusers_parts(source)?,
-        SourceKind::BflFiles { transformer, ae } => bfl_parts(transformer, ae)?,
+        SourceKind::BflFiles { transformer, ae } => bfl_parts(source, transformer, ae)?,
         SourceKind::OnnxLayout => {
             return Err(BuilderError::UnknownSource {
                 path: source.to_owned(),
@@ -133,7 +151,7 @@ pub(crate) fn build_into(source: &Path, opts: &BuildOptions, out: &Path) -> Resu
     let transformer_float = opts
         .precision
         .resolve(opts.device, Component::Transformer)?;
-    let lora_layers = apply_loras(&mut parts.transformer.0, opts)?;
+    let lora_layers = lora::apply_loras(&mut parts.transformer.0, &opts.loras)?;
 
     let mut graphs = Vec::new();
     let clip_dir = source.join("text_encoder");

@@ -125,6 +125,12 @@ pub fn replay(model: &Path, case: &Path) -> Result<(f32, i32)> {
         latents = &latents + &(v * dt);
     }
     let want = npy(&case.join("final_latents.npy"))?;
+    ensure!(
+        latents.shape() == want.shape(),
+        "latents {:?} vs reference {:?}",
+        latents.shape(),
+        want.shape()
+    );
     let latent_diff = latents
         .iter()
         .zip(want.iter())
@@ -134,6 +140,11 @@ pub fn replay(model: &Path, case: &Path) -> Result<(f32, i32)> {
     let shift = manifest["vae_shift_factor"].as_f64().context("shift")? as f32;
     let z = unpack(&latents, h8, w8)?.mapv(|v| v / scaling + shift);
     let decoded = run(&mut vae, &[("latent", &Feed::F32(z))])?.remove(0);
+    ensure!(
+        decoded.shape() == [n, 3, h8 * 8, w8 * 8],
+        "decoded {:?}",
+        decoded.shape()
+    );
     let mut pixel_diff = 0;
     for i in 0..n {
         let png = image::open(case.join(format!("image_{i}.png")))?.to_rgb8();
@@ -262,5 +273,119 @@ fn bf16_checkpoint_is_converted_once_and_matches_its_reference() -> Result<()> {
         latents <= 1e-4 && pixels <= 1,
         "latents {latents}, pixels {pixels}"
     );
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn bfl_files_with_diffusers_companions_build_and_match_the_reference() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let source = dir.path().join("bfl");
+    copy_tree(&fixture("tiny-flux-dev-bfl"), &source)?;
+    let diffusers = fixture("tiny-flux-dev-diffusers");
+    let err = flux_builder::detect(&source)
+        .expect_err("no companions")
+        .to_string();
+    assert!(
+        err.contains("text_encoder") && err.contains("tokenizer_2"),
+        "{err}"
+    );
+    for folder in flux_builder::source::BFL_COMPANIONS {
+        copy_tree(&diffusers.join(folder), &source.join(folder))?;
+    }
+    // The tiny model's widths are not FLUX.1's: its configs come along (the FLUX.1 repositories
+    // hold transformer/config.json and vae/config.json beside the BFL files too).
+    for folder in ["transformer", "vae"] {
+        std::fs::create_dir_all(source.join(folder))?;
+        std::fs::copy(
+            diffusers.join(folder).join("config.json"),
+            source.join(folder).join("config.json"),
+        )?;
+    }
+    assert!(matches!(
+        flux_builder::detect(&source)?,
+        SourceKind::BflFiles { .. }
+    ));
+    let out = dir.path().join("model");
+    let report = flux_builder::build(&source, &tiny_options(), &out)?;
+    assert_eq!(report.variant, "dev");
+    let (_, transformer) = report
+        .graphs
+        .iter()
+        .find(|(g, _)| *g == "transformer")
+        .context("transformer")?;
+    // Fused qkv/linear1 are row views into flux1-dev.safetensors: linked, not copied; only the
+    // reordered final modulation is converted.
+    assert!(
+        transformer.linked_tensors > 0 && transformer.converted_tensors <= 2,
+        "{transformer:?}"
+    );
+    let (latents, pixels) = replay(&out, &fixture("reference/cases/dev_square_seed42"))?;
+    println!("bfl dev_square_seed42: final latents {latents:.2e}, pixels {pixels}");
+    ensure!(
+        latents <= 1e-4 && pixels <= 1,
+        "latents {latents}, pixels {pixels}"
+    );
+    Ok(())
+}
+
+#[test]
+fn lora_builds_match_diffusers_load_lora_weights() -> Result<()> {
+    let case = fixture("reference/builder-cases/dev_lora_square_seed42");
+    for file in ["lora-peft.safetensors", "lora-kohya.safetensors"] {
+        let dir = tempfile::tempdir()?;
+        let lora = fixture("tiny-flux-dev-lora").join(file);
+        let opts = BuildOptions {
+            loras: vec![format!("{}:0.8", lora.display()).parse()?],
+            ..tiny_options()
+        };
+        let out = dir.path().join("model");
+        let report = flux_builder::build(&fixture("tiny-flux-dev-diffusers"), &opts, &out)?;
+        assert!(report.lora_layers > 0, "{file}: nothing merged");
+        let (latents, pixels) = replay(&out, &case)?;
+        println!("{file}: final latents {latents:.2e}, pixels {pixels}");
+        ensure!(
+            latents <= 1e-4 && pixels <= 1,
+            "{file}: latents {latents}, pixels {pixels}"
+        );
+    }
+    // A LoRA for another model is refused with the tensor named, and nothing is left behind.
+    let dir = tempfile::tempdir()?;
+    let bogus = dir.path().join("other.safetensors");
+    flux_builder::weights::write_safetensors(
+        &bogus,
+        &[(
+            "transformer.down_blocks.0.attn.to_q.lora_A.weight",
+            flux_builder::DType::F32,
+            &[4, 8],
+            &flux_builder::weights::f32_bytes(&[0.0; 32]),
+        )],
+    )?;
+    let opts = BuildOptions {
+        loras: vec![bogus.display().to_string().parse()?],
+        ..tiny_options()
+    };
+    let out = dir.path().join("model");
+    let err = flux_builder::build(&fixture("tiny-flux-dev-diffusers"), &opts, &out)
+        .expect_err("foreign LoRA")
+        .to_string();
+    assert!(
+        err.contains("other.safetensors") && err.contains("down_blocks.0"),
+        "{err}"
+    );
+    assert!(!out.exists());
     Ok(())
 }
