@@ -115,6 +115,12 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An f32 as the f64 with the same shortest decimal form (0.3611, not 0.3610999882221222), so
+/// that the manifest reads like the config it came from and parses back to the same f32.
+fn short_f64(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
+}
+
 /// Writes every graph and file of the layout into `out` (which must exist and be empty).
 pub(crate) fn build_into(source: &Path, opts: &BuildOptions, out: &Path) -> Result<BuildReport> {
     let start = Instant::now();
@@ -212,8 +218,8 @@ pub(crate) fn build_into(source: &Path, opts: &BuildOptions, out: &Path) -> Resu
         "variant": variant,
         "text_length": text_length,
         "transformer": transformer_rel,
-        "vae_scaling_factor": factors.scaling_factor,
-        "vae_shift_factor": factors.shift_factor,
+        "vae_scaling_factor": short_f64(factors.scaling_factor),
+        "vae_shift_factor": short_f64(factors.shift_factor),
     });
     let manifest_path = out.join("flux-rs.json");
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n";

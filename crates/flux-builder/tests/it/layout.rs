@@ -201,6 +201,13 @@ fn built_diffusers_folders_reproduce_every_reference_case() -> Result<()> {
             ensure!(out.join(file).is_file(), "{variant}: {file} missing");
         }
         assert_eq!(flux_builder::detect(&out)?, SourceKind::OnnxLayout);
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("flux-rs.json"))?)?;
+        assert_eq!(
+            manifest,
+            serde_json::json!({"variant": variant, "text_length": 32, "transformer": "transformer.opt/fp32/model.onnx",
+                "vae_scaling_factor": 0.3611, "vae_shift_factor": 0.1159})
+        );
         let cases = cases_of(variant)?;
         ensure!(!cases.is_empty(), "no {variant} cases");
         for case in cases {
