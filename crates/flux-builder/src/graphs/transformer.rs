@@ -286,6 +286,85 @@ fn rope_tables(g: &mut GraphBuilder, ids: &Value, axes: &[usize]) -> (Value, Val
     (cos, sin, offset)
 }
 
+/// Checks every weight the graph reads against the shape the config implies, so that a checkpoint
+/// that contradicts its config fails here, naming the tensor, not inside ONNX Runtime.
+fn check_weights(ckpt: &Checkpoint, dims: &TransformerDims) -> Result<()> {
+    let (d, h, c) = (dims.inner(), dims.head_dim, dims.in_channels);
+    let mut expected: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut linear = |name: String, out: usize, inp: usize| {
+        expected.push((format!("{name}.weight"), vec![out, inp]));
+        expected.push((format!("{name}.bias"), vec![out]));
+    };
+    linear("x_embedder".into(), d, c);
+    linear("context_embedder".into(), d, dims.joint_dim);
+    let mut embedders = vec!["timestep_embedder"];
+    if dims.guidance {
+        embedders.push("guidance_embedder");
+    }
+    for e in embedders {
+        linear(format!("time_text_embed.{e}.linear_1"), d, 256);
+        linear(format!("time_text_embed.{e}.linear_2"), d, d);
+    }
+    linear(
+        "time_text_embed.text_embedder.linear_1".into(),
+        d,
+        dims.pooled_dim,
+    );
+    linear("time_text_embed.text_embedder.linear_2".into(), d, d);
+    for i in 0..dims.double_blocks {
+        let p = format!("transformer_blocks.{i}");
+        linear(format!("{p}.norm1.linear"), 6 * d, d);
+        linear(format!("{p}.norm1_context.linear"), 6 * d, d);
+        for proj in [
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "add_q_proj",
+            "add_k_proj",
+            "add_v_proj",
+            "to_add_out",
+        ] {
+            linear(format!("{p}.attn.{proj}"), d, d);
+        }
+        for ff in ["ff", "ff_context"] {
+            linear(format!("{p}.{ff}.net.0.proj"), 4 * d, d);
+            linear(format!("{p}.{ff}.net.2"), d, 4 * d);
+        }
+    }
+    for i in 0..dims.single_blocks {
+        let p = format!("single_transformer_blocks.{i}");
+        linear(format!("{p}.norm.linear"), 3 * d, d);
+        for proj in ["to_q", "to_k", "to_v"] {
+            linear(format!("{p}.attn.{proj}"), d, d);
+        }
+        linear(format!("{p}.proj_mlp"), 4 * d, d);
+        linear(format!("{p}.proj_out"), d, 5 * d);
+    }
+    linear("norm_out.linear".into(), 2 * d, d);
+    linear("proj_out".into(), c, d);
+    for i in 0..dims.double_blocks {
+        for norm in ["norm_q", "norm_k", "norm_added_q", "norm_added_k"] {
+            expected.push((
+                format!("transformer_blocks.{i}.attn.{norm}.weight"),
+                vec![h],
+            ));
+        }
+    }
+    for i in 0..dims.single_blocks {
+        for norm in ["norm_q", "norm_k"] {
+            expected.push((
+                format!("single_transformer_blocks.{i}.attn.{norm}.weight"),
+                vec![h],
+            ));
+        }
+    }
+    for (name, shape) in expected {
+        ckpt.expect_shape(&name, &shape)?;
+    }
+    Ok(())
+}
+
 /// Writes `out/model.onnx` (+ weights) of a FLUX transformer for a fixed T5 text length.
 pub fn build_transformer(
     ckpt: &Checkpoint,
@@ -298,14 +377,6 @@ pub fn build_transformer(
     let float = opts
         .precision
         .resolve(opts.device, Component::Transformer)?;
-    let d = dims.inner();
-    ckpt.expect_shape("x_embedder.weight", &[d, dims.in_channels])?;
-    ckpt.expect_shape("context_embedder.weight", &[d, dims.joint_dim])?;
-    ckpt.expect_shape(
-        "time_text_embed.text_embedder.linear_1.weight",
-        &[d, dims.pooled_dim],
-    )?;
-    ckpt.expect_shape("proj_out.weight", &[dims.in_channels, d])?;
     if dims.guidance != ckpt.contains("time_text_embed.guidance_embedder.linear_1.weight") {
         return Err(config.error(format!(
             "guidance_embeds is {} but the checkpoint {} guidance_embedder weights",
@@ -313,6 +384,7 @@ pub fn build_transformer(
             if dims.guidance { "has no" } else { "has" }
         )));
     }
+    check_weights(ckpt, &dims)?;
     let mut g = GraphBuilder::with_float("flux_transformer", float);
     let (b, s, l) = (Dim::Sym("B"), Dim::Sym("S"), Dim::Fixed(text_length as i64));
     let c = Dim::Fixed(dims.in_channels as i64);

@@ -55,6 +55,14 @@ const EPS: f32 = 1e-6;
 impl Vae<'_> {
     fn resnet(&mut self, x: &Value, prefix: &str, cin: usize, cout: usize) -> Result<Value> {
         let ckpt = self.ckpt;
+        ckpt.expect_shape(&format!("{prefix}.conv1.weight"), &[cout, cin, 3, 3])?;
+        ckpt.expect_shape(&format!("{prefix}.conv2.weight"), &[cout, cout, 3, 3])?;
+        if cin != cout {
+            ckpt.expect_shape(
+                &format!("{prefix}.conv_shortcut.weight"),
+                &[cout, cin, 1, 1],
+            )?;
+        }
         let h = self
             .g
             .group_norm(x, ckpt, &format!("{prefix}.norm1"), self.groups, cin, EPS)?;
@@ -77,6 +85,9 @@ impl Vae<'_> {
     fn attention(&mut self, x: &Value, prefix: &str, channels: usize) -> Result<Value> {
         let ckpt = self.ckpt;
         let c = channels as i64;
+        for proj in ["to_q", "to_k", "to_v", "to_out.0"] {
+            ckpt.expect_shape(&format!("{prefix}.{proj}.weight"), &[channels, channels])?;
+        }
         let h = self.g.group_norm(
             x,
             ckpt,
@@ -114,7 +125,11 @@ impl Vae<'_> {
         Ok(self.g.add(&back, x))
     }
 
-    fn upsample(&mut self, x: &Value, prefix: &str) -> Result<Value> {
+    fn upsample(&mut self, x: &Value, prefix: &str, channels: usize) -> Result<Value> {
+        self.ckpt.expect_shape(
+            &format!("{prefix}.conv.weight"),
+            &[channels, channels, 3, 3],
+        )?;
         let scales = self.g.const_f32("up_scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
         let up = self.g.op(
             "Resize",
@@ -207,7 +222,7 @@ pub fn build_vae_with(
         }
         channels = cout;
         if i + 1 < blocks.len() {
-            x = vae.upsample(&x, &format!("decoder.up_blocks.{i}.upsamplers.0"))?;
+            x = vae.upsample(&x, &format!("decoder.up_blocks.{i}.upsamplers.0"), cout)?;
         }
     }
     x = vae

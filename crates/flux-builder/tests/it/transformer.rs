@@ -91,3 +91,54 @@ fn built_dev_transformer_matches_the_committed_graph() -> Result<()> {
 fn built_schnell_transformer_matches_the_committed_graph() -> Result<()> {
     parity("schnell")
 }
+
+#[test]
+fn configs_that_contradict_the_weights_or_name_another_model_are_refused() -> Result<()> {
+    let dir = diffusers("dev", "transformer");
+    let (json, path) = read_config(&dir)?;
+    let ckpt = Checkpoint::open_component(&dir)?;
+    let out = tempfile::tempdir()?;
+    let build = |json: &serde_json::Value| {
+        build_transformer(
+            &ckpt,
+            &Config::new(json, &path),
+            TEXT,
+            &BuildOptions::default(),
+            out.path(),
+        )
+        .expect_err("refused")
+        .to_string()
+    };
+    // Same width (4 x 8 = 2 x 16), other head size: the QK norm weights say 16.
+    let mut heads = json.clone();
+    heads["num_attention_heads"] = 4.into();
+    heads["attention_head_dim"] = 8.into();
+    heads["axes_dims_rope"] = serde_json::json!([2, 2, 4]);
+    let err = build(&heads);
+    assert!(
+        err.contains("transformer_blocks.0.attn.norm_q.weight") && err.contains("[8]"),
+        "{err}"
+    );
+    // One more double block than the checkpoint has.
+    let mut layers = json.clone();
+    layers["num_layers"] = 2.into();
+    let err = build(&layers);
+    assert!(
+        err.contains("transformer_blocks.1.") && err.contains("missing"),
+        "{err}"
+    );
+    // Another architecture.
+    let mut other = json.clone();
+    other["_class_name"] = "SD3Transformer2DModel".into();
+    let err = build(&other);
+    assert!(
+        err.contains("SD3Transformer2DModel") && err.contains("config.json"),
+        "{err}"
+    );
+    // guidance_embeds contradicting the weights.
+    let mut schnell = json.clone();
+    schnell["guidance_embeds"] = false.into();
+    let err = build(&schnell);
+    assert!(err.contains("guidance"), "{err}");
+    Ok(())
+}

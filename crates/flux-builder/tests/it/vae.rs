@@ -48,3 +48,40 @@ fn built_vae_matches_the_committed_graph() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn vae_configs_that_contradict_the_weights_are_refused_with_the_tensor_named() -> Result<()> {
+    let dir = diffusers("dev", "vae");
+    let (json, path) = read_config(&dir)?;
+    let ckpt = Checkpoint::open_component(&dir)?;
+    let out = tempfile::tempdir()?;
+    let build = |json: &serde_json::Value| {
+        build_vae(
+            &ckpt,
+            &Config::new(json, &path),
+            &BuildOptions::default(),
+            out.path(),
+        )
+        .expect_err("refused")
+        .to_string()
+    };
+    let mut widths = json.clone();
+    widths["block_out_channels"] = serde_json::json!([16, 32, 32, 32]);
+    let err = build(&widths);
+    assert!(
+        err.contains("decoder.up_blocks.2.resnets.0.conv1.weight")
+            && err.contains("[32, 32, 3, 3]"),
+        "{err}"
+    );
+    let mut layers = json.clone();
+    layers["layers_per_block"] = 2.into();
+    let err = build(&layers);
+    assert!(
+        err.contains("resnets.2") && err.contains("missing"),
+        "{err}"
+    );
+    let mut other = json.clone();
+    other["_class_name"] = "AutoencoderTiny".into();
+    assert!(build(&other).contains("AutoencoderTiny"));
+    Ok(())
+}
