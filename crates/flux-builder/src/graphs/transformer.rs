@@ -1,8 +1,8 @@
 //! FluxTransformer2DModel (dev with `guidance_embeds`, schnell without), the interface of
-//! `fixtures/tiny-flux-*/transformer.opt/fp32/model.onnx`: `hidden_states` [B,S,64],
-//! `encoder_hidden_states` [B,L,Dt], `pooled_projections` [B,Dp], `timestep` [B] (sigma: the
-//! graph multiplies by 1000, as diffusers' transformer does), `img_ids` [S,3], `txt_ids` [L,3],
-//! `guidance` [B] (dev: the scale as given, also ×1000) → `latent` [B,S,64].
+//! `fixtures/tiny-flux-*/transformer.opt/fp32/model.onnx`: `hidden_states` `[B,S,64]`,
+//! `encoder_hidden_states` `[B,L,Dt]`, `pooled_projections` `[B,Dp]`, `timestep` `[B]` (sigma: the
+//! graph multiplies by 1000, as diffusers' transformer does), `img_ids` `[S,3]`, `txt_ids` `[L,3]`,
+//! `guidance` `[B]` (dev: the scale as given, also ×1000) → `latent` `[B,S,64]`.
 //!
 //! Structure follows diffusers `transformers/transformer_flux.py`. Fused ORT kernels (CPU, 1.31):
 //! `com.microsoft.MultiHeadAttention` for the joint attention, `com.microsoft.RotaryEmbedding`

@@ -1,5 +1,5 @@
-//! The AutoencoderKL decoder (diffusers `Decoder`): `latent` [B,16,h,w] (already unscaled) to
-//! `images` [B,3,H,W] in [-1, 1], the interface of `fixtures/tiny-flux-*/vae.opt/model.onnx`.
+//! The AutoencoderKL decoder (diffusers `Decoder`): `latent` `[B,16,h,w]` (already unscaled) to
+//! `images` `[B,3,H,W]` in [-1, 1], the interface of `fixtures/tiny-flux-*/vae.opt/model.onnx`.
 //!
 //! Structure (diffusers `autoencoders/vae.py`, `unets/unet_2d_blocks.py`): optional
 //! post_quant_conv, conv_in, mid block (resnet, self-attention, resnet), up blocks of
