@@ -1,5 +1,5 @@
 //! `flux_builder::build` by hand (measurements): `cargo run --release -p flux-builder --example
-//! build_model -- SRC_DIR OUT_DIR [TEXT_LENGTH]`.
+//! build_model -- SRC_DIR OUT_DIR [TEXT_LENGTH]` (`PRECISION=fp16 DEVICE=cuda` for 16-bit graphs).
 
 use std::path::PathBuf;
 
@@ -13,6 +13,11 @@ fn main() -> Result<()> {
     };
     let opts = flux_builder::BuildOptions {
         text_length: args.get(2).map(|t| t.parse()).transpose()?,
+        precision: std::env::var("PRECISION").map_or(Ok(Default::default()), |p| p.parse())?,
+        device: match std::env::var("DEVICE").as_deref() {
+            Ok("cuda") => flux_builder::Device::Cuda,
+            _ => flux_builder::Device::Cpu,
+        },
         ..Default::default()
     };
     let report = flux_builder::build(&src, &opts, &out)?;

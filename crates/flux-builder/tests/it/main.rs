@@ -10,6 +10,7 @@ mod common;
 mod external_data;
 mod layout;
 mod lora;
+mod precision;
 mod replay;
 mod t5;
 mod text_support;
