@@ -222,13 +222,8 @@ def vae_to_bfl(sd: dict, num_blocks: int) -> dict:
     return out
 
 
-def write_bfl(dst: Path, models: dict, file_name: str) -> None:
-    """flux1-dev.safetensors and ae.safetensors, each checked against diffusers' conversion."""
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    if dst.exists():
-        shutil.rmtree(dst)
-    transformer = models["transformer"]
+def write_bfl_transformer(dst: Path, transformer, file_name: str) -> int:
+    """The transformer as a BFL single file, checked against diffusers' conversion."""
     config = transformer.config
     inner = config.num_attention_heads * config.attention_head_dim
     sd = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
@@ -236,6 +231,19 @@ def write_bfl(dst: Path, models: dict, file_name: str) -> None:
     back = diffusers_flux_converter(inner)(dict(bfl))
     _state_dicts_equal(back, sd, f"{file_name} through diffusers' conversion")
     _save_file(bfl, dst / file_name)
+    return len(bfl)
+
+
+def write_bfl(dst: Path, models: dict, file_name: str, with_ae: bool = True) -> None:
+    """flux1-dev.safetensors and ae.safetensors, each checked against diffusers' conversion."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    count = write_bfl_transformer(dst, models["transformer"], file_name)
+    if not with_ae:
+        print(f"  {dst.name}: {file_name} ({count} tensors) converts back exactly")
+        return
 
     vae = models["vae"]
     vsd = {k: v.detach().clone() for k, v in vae.state_dict().items()}
@@ -254,7 +262,7 @@ def write_bfl(dst: Path, models: dict, file_name: str) -> None:
     _state_dicts_equal(loaded.state_dict(), vsd, "ae.safetensors through AutoencoderKL.from_single_file")
     for m in models.values():
         m.eval()
-    print(f"  {dst.name}: {file_name} ({len(bfl)} tensors) and ae.safetensors ({len(ae)}) convert back exactly")
+    print(f"  {dst.name}: {file_name} ({count} tensors) and ae.safetensors ({len(ae)}) convert back exactly")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,6 +414,9 @@ def gen_formats(out: Path, dev: bool, onnx_folder: Path, models: dict, render_ca
                 "scale": LORA_SCALE, "rank": LORA_RANK, "kohya_alpha": LORA_KOHYA_ALPHA}
         entries.append({"name": case["name"], "model": diffusers_dir.name, "lora": lora})
     else:
+        # The schnell transformer as flux1-schnell.safetensors (no guidance embedder); its VAE is
+        # the dev model's (same seed), so tiny-flux-dev-bfl/ae.safetensors serves both.
+        write_bfl(out / "tiny-flux-schnell-bfl", models, "flux1-schnell.safetensors", with_ae=False)
         bf16_dir = out / f"tiny-flux-{name}-bf16-diffusers"
         write_diffusers(onnx_folder, bf16_dir, models, torch.bfloat16)
         pipe = check_diffusers(bf16_dir, models, torch.bfloat16)

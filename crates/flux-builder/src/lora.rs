@@ -7,7 +7,9 @@
 //! - kohya (sd-scripts): `lora_unet_<bfl_module>.lora_down.weight` / `.lora_up.weight` / `.alpha`,
 //!   with BFL module names (`double_blocks_0_img_attn_qkv`...); a fused module's up matrix is split
 //!   by rows onto the diffusers modules (q, k, v (, mlp)), its down matrix shared, as diffusers'
-//!   own kohya conversion does. A missing `.alpha` means alpha = rank (diffusers' default too).
+//!   own kohya conversion does. A missing `.alpha` means alpha = rank (diffusers' default too);
+//! - PEFT suffixes on BFL module names (`diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight`,
+//!   as ComfyUI and ai-toolkit write them): mapped like the kohya names.
 //!
 //! A tensor that fits nothing in the model (another model's LoRA, a text-encoder LoRA, a shape that
 //! differs) is an error naming the LoRA file and the tensor: a LoRA is never half applied.
@@ -39,6 +41,18 @@ fn lora_error(path: &Path, tensor: &str, message: impl Into<String>) -> BuilderE
         message: message.into(),
     }
 }
+
+/// First components of BFL module names (no diffusers module starts with these).
+const BFL_ROOTS: [&str; 8] = [
+    "double_blocks.",
+    "single_blocks.",
+    "img_in",
+    "txt_in",
+    "final_layer.",
+    "time_in.",
+    "vector_in.",
+    "guidance_in.",
+];
 
 /// The diffusers modules of one kohya (BFL-named) module.
 fn kohya_targets(module: &str) -> Option<Vec<String>> {
@@ -167,9 +181,9 @@ fn read_updates(path: &Path) -> Result<Vec<Update>> {
             kohya_targets(bfl)
                 .ok_or_else(|| lora_error(path, &down_name, "names no FLUX transformer module"))?
         } else {
-            let stripped = module
-                .strip_prefix("transformer.")
-                .or_else(|| module.strip_prefix("base_model.model."))
+            let stripped = ["transformer.", "diffusion_model.", "base_model.model."]
+                .iter()
+                .find_map(|p| module.strip_prefix(p))
                 .unwrap_or(&module);
             if stripped.starts_with("text_encoder") {
                 return Err(lora_error(
@@ -178,7 +192,15 @@ fn read_updates(path: &Path) -> Result<Vec<Update>> {
                     "adapts a text encoder; the builder merges transformer LoRAs only",
                 ));
             }
-            vec![stripped.to_owned()]
+            if BFL_ROOTS.iter().any(|r| stripped.starts_with(r)) {
+                // PEFT suffixes on BFL module names (ComfyUI / ai-toolkit exports): the kohya
+                // mapping, which spells the same modules with underscores.
+                kohya_targets(&stripped.replace('.', "_")).ok_or_else(|| {
+                    lora_error(path, &down_name, "names no FLUX transformer module")
+                })?
+            } else {
+                vec![stripped.to_owned()]
+            }
         };
         let alpha = match alpha {
             Some(name) => {

@@ -85,7 +85,11 @@ fn check_onnx(path: &Path, required_names: &[&str]) -> Result<u64> {
 /// inside the file, and tensor data that ends exactly at the end of the file.
 fn check_safetensors(path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(bytes.len() >= 8, "{}: shorter than a safetensors header", path.display());
+    ensure!(
+        bytes.len() >= 8,
+        "{}: shorter than a safetensors header",
+        path.display()
+    );
     let mut len = [0u8; 8];
     len.copy_from_slice(&bytes[..8]);
     let header_len = usize::try_from(u64::from_le_bytes(len))?;

@@ -3,9 +3,10 @@
 //! EOS token), as transformers' `CLIPTextTransformer` computes them.
 //!
 //! Attention is ORT's `MultiHeadAttention` (com.microsoft; CPU kernel, `unidirectional=1` is CLIP's
-//! causal mask, so no mask tensor), quick_gelu is ORT's `QuickGelu`. Residual adds followed by a
-//! LayerNormalization are left as plain ops: ORT fuses them into `SkipLayerNormalization` itself
-//! (its level-2 fusions run for the CPU provider).
+//! causal mask, so no mask tensor), quick_gelu is ORT's `QuickGelu`. Residual adds stay a plain
+//! `Add` and `LayerNormalization`: `SkipLayerNormalization` would need its fourth output (the sum,
+//! the next residual), which the graph builder's one-output `ms_op` cannot name, and ORT 1.31 does
+//! not fuse the pair here itself (checked on the optimized graph: the linears' reshapes block it).
 
 use std::path::Path;
 

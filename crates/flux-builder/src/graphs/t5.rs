@@ -6,9 +6,9 @@
 //! from layer 0's `relative_attention_bias` table (bucketed exactly as transformers does, in f32)
 //! and stored as a `[1, heads, L, L]` constant that every layer's ORT `MultiHeadAttention`
 //! (com.microsoft, `scale=1`: T5 does not scale its scores) takes as `attention_bias`. RMS norms
-//! are ORT's `SimplifiedLayerNormalization`; ORT fuses each residual add before one into
-//! `SkipSimplifiedLayerNormalization` itself. The gated-gelu FF uses ONNX `Gelu(approximate=tanh)`
-//! (transformers' gelu_new).
+//! are ORT's `SimplifiedLayerNormalization` (the residual adds stay plain: the fused
+//! `SkipSimplifiedLayerNormalization` would need its sum output, see clip.rs). The gated-gelu FF
+//! uses ONNX `Gelu(approximate=tanh)` (transformers' gelu_new).
 
 use std::path::Path;
 

@@ -258,3 +258,22 @@ fn bfl_built_graphs_match_the_diffusers_built_graphs() -> Result<()> {
     );
     Ok(())
 }
+
+/// schnell's BFL file has no guidance embedder; its autoencoder is the dev model's
+/// (`tiny-flux-dev-bfl/ae.safetensors` converts to the schnell VAE's tensors too).
+#[test]
+fn bfl_schnell_transformer_converts_without_guidance() -> Result<()> {
+    let path = fixtures().join("tiny-flux-schnell-bfl/flux1-schnell.safetensors");
+    let mut ckpt = Checkpoint::open_file(&path)?;
+    ensure!(bfl_kind(&ckpt) == Some(BflKind::Transformer));
+    ensure!(!ckpt.names().any(|n| n.starts_with("guidance_in.")));
+    transformer_to_diffusers(&mut ckpt)?;
+    let schnell = |c: &str| {
+        Checkpoint::open_component(&fixtures().join("tiny-flux-schnell-diffusers").join(c))
+    };
+    same_tensors(&ckpt, &schnell("transformer")?)?;
+    ensure!(transformer_config(&ckpt, None)?["guidance_embeds"] == false);
+    let mut ae = Checkpoint::open_file(&bfl("ae.safetensors"))?;
+    vae_to_diffusers(&mut ae)?;
+    same_tensors(&ae, &schnell("vae")?)
+}

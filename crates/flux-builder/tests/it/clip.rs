@@ -166,3 +166,68 @@ fn clip_config_contradicting_weights_is_refused() -> Result<()> {
     ensure!(err.to_string().contains("BertModel"), "{err}");
     Ok(())
 }
+
+/// FLUX.1's real CLIP config has the legacy `eos_token_id` 2, for which transformers pools at the
+/// largest id (CLIP's EOS is its largest id): with the tiny vocabulary (EOS 819, also the largest)
+/// the references' pooled outputs come out the same, and a row without an EOS pools at its largest id.
+#[test]
+fn clip_legacy_eos_token_id_pools_at_the_largest_id() -> Result<()> {
+    let (ckpt, mut config) = component("dev")?;
+    config["eos_token_id"] = serde_json::json!(2);
+    let graph = clip_graph(&ckpt, &config, TextGraphOptions::default())?;
+    let mut session = session_from_memory(&graph.encode_inline()?)?;
+    let mut rows = Vec::new();
+    for dir in case_dirs("dev")? {
+        rows.push(read_i64(&dir.join("clip_ids.npy"))?);
+    }
+    let mut no_eos: Vec<i64> = (0..LENGTH as i64).map(|i| (i * 13) % 700).collect();
+    no_eos[40] = 817;
+    rows.push(no_eos);
+    let got = run_ids(&mut session, &rows.concat(), [rows.len(), LENGTH], false)?;
+    let pooled = &outputs_named(&got, "pooled_embeddings")?.2;
+    let states = &outputs_named(&got, "text_embeddings")?.2;
+    let d = pooled.len() / rows.len();
+    for (i, dir) in case_dirs("dev")?.iter().enumerate() {
+        let diff = max_abs_diff(
+            &pooled[i * d..(i + 1) * d],
+            &read_f32(&dir.join("pooled.npy"))?,
+        )?;
+        ensure!(diff <= TOLERANCE, "{}: {diff}", dir.display());
+    }
+    let last = rows.len() - 1;
+    let at = (last * LENGTH + 40) * d;
+    ensure!(
+        pooled[last * d..] == states[at..at + d],
+        "the row without EOS is not pooled at its largest id"
+    );
+    Ok(())
+}
+
+/// The fp16 CLIP graph (what `--precision fp16 --device cuda` writes) is well typed: ORT's CPU
+/// provider loads it and runs it with its fp16 fallbacks, within fp16 rounding of diffusers'
+/// pooled output (observed 1.4e-3 on values up to about 2).
+#[test]
+fn clip_fp16_graph_is_well_typed_and_close() -> Result<()> {
+    let (ckpt, config) = component("dev")?;
+    let graph = clip_graph(
+        &ckpt,
+        &config,
+        TextGraphOptions {
+            float: Elem::F16,
+            ids: Elem::I64,
+        },
+    )?;
+    let mut session = session_from_memory(&graph.encode_inline()?)?;
+    for dir in case_dirs("dev")? {
+        let out = run_ids(
+            &mut session,
+            &read_i64(&dir.join("clip_ids.npy"))?,
+            [1, LENGTH],
+            false,
+        )?;
+        let pooled = &outputs_named(&out, "pooled_embeddings")?.2;
+        let diff = max_abs_diff(pooled, &read_f32(&dir.join("pooled.npy"))?)?;
+        ensure!(diff <= 1e-2, "{}: fp16 pooled off by {diff}", dir.display());
+    }
+    Ok(())
+}

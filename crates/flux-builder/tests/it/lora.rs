@@ -271,3 +271,53 @@ fn lora_built_transformer_reproduces_the_diffusers_lora_case() -> Result<()> {
     );
     Ok(())
 }
+
+/// The same LoRA with PEFT suffixes on BFL module names (as ComfyUI and ai-toolkit write FLUX
+/// LoRAs: `diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight`, `.alpha`) merges exactly
+/// like the kohya file it was renamed from.
+#[test]
+fn peft_suffixes_on_bfl_names_merge_like_kohya() -> Result<()> {
+    const MODULES: [(&str, &str); 8] = [
+        (
+            "double_blocks_0_img_attn_qkv",
+            "double_blocks.0.img_attn.qkv",
+        ),
+        (
+            "double_blocks_0_img_attn_proj",
+            "double_blocks.0.img_attn.proj",
+        ),
+        (
+            "double_blocks_0_txt_attn_qkv",
+            "double_blocks.0.txt_attn.qkv",
+        ),
+        ("double_blocks_0_img_mlp_0", "double_blocks.0.img_mlp.0"),
+        ("double_blocks_0_txt_mlp_2", "double_blocks.0.txt_mlp.2"),
+        ("double_blocks_0_img_mod_lin", "double_blocks.0.img_mod.lin"),
+        ("single_blocks_0_linear2", "single_blocks.0.linear2"),
+        (
+            "single_blocks_0_modulation_lin",
+            "single_blocks.0.modulation.lin",
+        ),
+    ];
+    let dir = tempfile::tempdir()?;
+    let kohya = lora_file("lora-kohya.safetensors");
+    let mut renamed = Vec::new();
+    for (name, shape, data) in tensors_of(&kohya, |_| true)? {
+        let module = name.strip_prefix("lora_unet_").context("kohya name")?;
+        let (kohya_module, bfl) = MODULES
+            .iter()
+            .find(|(k, _)| module.starts_with(&format!("{k}.")))
+            .with_context(|| format!("unmapped {name}"))?;
+        let suffix = &module[kohya_module.len()..];
+        let suffix = suffix
+            .replace(".lora_down.", ".lora_A.")
+            .replace(".lora_up.", ".lora_B.");
+        renamed.push((format!("diffusion_model.{bfl}{suffix}"), shape, data));
+    }
+    let path = write(dir.path(), "comfy.safetensors", &renamed)?;
+    let (a, b) = (merged(&kohya, 0.8)?, merged(&path, 0.8)?);
+    for name in a.names() {
+        ensure!(a.read_f32(name)? == b.read_f32(name)?, "{name} differs");
+    }
+    Ok(())
+}
