@@ -1,21 +1,22 @@
 //! A real SIGTERM to this process while a generation runs: the generation completes and is
-//! answered, new connections are refused, and `serve` returns. Its own test binary, because the
-//! signal goes to the whole process.
+//! answered, new connections are refused, and `serve` returns. In a process of its own
+//! (`support::in_own_process`), because the signal goes to the whole process.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::*;
 use flux_remote::FluxClient;
 use flux_types::{GenerateRequest, ImageSize};
-use support::*;
 
 #[tokio::test]
 async fn sigterm_drains_then_exits() {
+    if !in_own_process(module_path!(), "sigterm_drains_then_exits").unwrap() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -2,7 +2,7 @@
 //! `tools/tiny-flux/generate.py`) in the format the pipeline reads it, and checks that the model
 //! folders, the reference cases and the randn references agree with each other in shape.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

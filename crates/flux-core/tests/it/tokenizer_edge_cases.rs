@@ -4,7 +4,7 @@
 //! (transformers' `CLIPTokenizer` and `T5TokenizerFast` on the tiny dev model's tokenizers, padded
 //! and truncated as diffusers' FLUX pipeline asks: 77 CLIP ids, 32 T5 ids).
 
-mod common;
+use crate::common;
 
 use flux_core::tokenizer::PromptTokenizer;
 

@@ -179,3 +179,54 @@ pub fn max_abs_diff<D: ndarray::Dimension>(
             }
         }))
 }
+
+/// Marks a child process started by [`in_own_process`] or [`child_command`]; its value is the one
+/// test the child runs.
+pub const CHILD_ENV: &str = "FLUX_RS_TEST_CHILD";
+
+/// `module::test`, the name libtest knows a test of this binary by, from the test's
+/// `module_path!()` (`it::module`) and its function name.
+pub fn test_name(module_path: &str, test: &str) -> String {
+    let module = module_path
+        .split_once("::")
+        .map_or(module_path, |(_, rest)| rest);
+    format!("{module}::{test}")
+}
+
+/// Whether this process is the child started to run exactly this test.
+pub fn is_child(module_path: &str, test: &str) -> bool {
+    std::env::var_os(CHILD_ENV).is_some_and(|value| value == test_name(module_path, test).as_str())
+}
+
+/// This test binary, set to run the one test `name` (`module::test`) alone and marked as its
+/// child.
+pub fn child_command(name: &str) -> anyhow::Result<std::process::Command> {
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .args([name, "--exact", "--nocapture"])
+        .env(CHILD_ENV, name);
+    Ok(command)
+}
+
+/// For a test that needs a process of its own (process-wide state: ONNX Runtime's first
+/// configuration, a global tracing subscriber). In the child it returns `Ok(true)`: the test does
+/// its work there. In the test binary's own run it runs this test again in a child process, alone,
+/// and returns `Ok(false)` only when exactly that one test ran there and passed, so the test can
+/// never pass without its body having run.
+pub fn in_own_process(module_path: &str, test: &str) -> anyhow::Result<bool> {
+    if is_child(module_path, test) {
+        return Ok(true);
+    }
+    let name = test_name(module_path, test);
+    let output = child_command(&name)?.output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success()
+            && stdout.contains("running 1 test")
+            && stdout.contains("test result: ok. 1 passed"),
+        "{name} failed in its own process ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(false)
+}

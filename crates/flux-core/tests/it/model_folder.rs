@@ -1,7 +1,7 @@
 //! Model-folder loading: the official layout loads as is (variant, text length, precision from
 //! the graphs), and a broken folder is refused with every problem listed.
 
-mod common;
+use crate::common;
 
 use flux_core::FluxError;
 use flux_core::model::{FluxModel, Variant};

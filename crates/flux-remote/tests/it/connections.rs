@@ -3,13 +3,11 @@
 //! ordinary keep-alive clients are served.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use flux_remote::{FluxClient, Server};
 use flux_types::{GenerateRequest, ImageSize};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,7 +1,7 @@
 //! Requests reach the pipeline from the API's validated form, and parameters the model cannot
 //! serve are refused with an error naming the parameter.
 
-mod common;
+use crate::common;
 
 use flux_core::FluxError;
 use flux_core::denoise::StepControl;

@@ -3,16 +3,14 @@
 //! example bodies must parse as the types they show.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use axum::body::Body;
 use axum::http::Request;
 use flux_remote::router;
 use flux_types::{ErrorBody, GenerateResponse};
-use support::*;
 use tower::ServiceExt;
 
-const API_MD: &str = include_str!("../../../docs/api.md");
+const API_MD: &str = include_str!("../../../../docs/api.md");
 
 /// A fenced block: its info string and its lines.
 struct Block {

@@ -3,9 +3,16 @@
 
 use flux_core::{FluxError, ONNXRUNTIME_VERSION, RuntimeKind, ensure_runtime, init_runtime};
 
+use crate::common;
+
+/// In a process of its own, so its initialisation is the process's first (the concurrent first
+/// use) and no other test's runtime decides what it sees.
 #[test]
 fn cpu_runtime_is_provisioned_loaded_once_and_never_upgraded_silently() -> anyhow::Result<()> {
-    if is_child() {
+    if !common::in_own_process(
+        module_path!(),
+        "cpu_runtime_is_provisioned_loaded_once_and_never_upgraded_silently",
+    )? {
         return Ok(());
     }
     let library = ensure_runtime(RuntimeKind::Cpu)?;
@@ -52,10 +59,7 @@ fn run_child(
     env: &[(&str, &std::path::Path)],
     remove: &[&str],
 ) -> anyhow::Result<std::process::Output> {
-    let mut command = std::process::Command::new(std::env::current_exe()?);
-    command
-        .args([test, "--exact", "--nocapture"])
-        .env("FLUX_RS_RUNTIME_CHILD", "1");
+    let mut command = common::child_command(&common::test_name(module_path!(), test))?;
     for (name, value) in env {
         command.env(name, value);
     }
@@ -65,13 +69,10 @@ fn run_child(
     Ok(command.output()?)
 }
 
-fn is_child() -> bool {
-    std::env::var_os("FLUX_RS_RUNTIME_CHILD").is_some()
-}
-
+/// Run only as the child of the test below, which checks what it printed.
 #[test]
 fn child_reports_unavailable_runtime() {
-    if !is_child() {
+    if !common::is_child(module_path!(), "child_reports_unavailable_runtime") {
         return;
     }
     match ensure_runtime(RuntimeKind::Cpu) {
@@ -82,9 +83,6 @@ fn child_reports_unavailable_runtime() {
 
 #[test]
 fn a_missing_runtime_that_cannot_be_fetched_is_one_clear_error() -> anyhow::Result<()> {
-    if is_child() {
-        return Ok(());
-    }
     let empty_cache = tempfile::tempdir()?;
     let no_tools = tempfile::tempdir()?;
     // No python on PATH and an empty cache: nothing can provision the runtime.

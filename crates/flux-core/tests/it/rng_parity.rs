@@ -1,7 +1,7 @@
 //! Bit-exact parity of `flux_core::rng::randn` with PyTorch's CPU generator, against the raw
 //! `torch.randn` references in `fixtures/reference/randn/` (made by `tools/tiny-flux/generate.py`).
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, bail, ensure};
 use ndarray::ArrayD;

@@ -1,7 +1,7 @@
 //! The sampler's pure parts against every diffusers reference case in `fixtures/reference/cases/`:
 //! the schedule (`sigmas.npy`) and the initial noise (`noise.npy`) bit for bit, and packing.
 
-mod common;
+use crate::common;
 
 use anyhow::{Result, ensure};
 use flux_core::rng::randn;

@@ -188,3 +188,40 @@ pub async fn body_bytes(response: Response<Body>) -> Vec<u8> {
 /// A small valid request (64×64 PNG), so fake images are cheap.
 pub const SMALL: &str =
     r#"{"prompt": "a red fox", "image_size": {"width": 64, "height": 64}, "output_format": "png"}"#;
+
+/// Marks a child process started by [`in_own_process`]; its value is the one test the child runs.
+pub const CHILD_ENV: &str = "FLUX_RS_TEST_CHILD";
+
+/// `module::test`, the name libtest knows a test of this binary by, from the test's
+/// `module_path!()` (`it::module`) and its function name.
+pub fn test_name(module_path: &str, test: &str) -> String {
+    let module = module_path
+        .split_once("::")
+        .map_or(module_path, |(_, rest)| rest);
+    format!("{module}::{test}")
+}
+
+/// For a test that needs a process of its own (a signal goes to the whole process). In the child
+/// it returns `Ok(true)`: the test does its work there. In the test binary's own run it runs this
+/// test again in a child process, alone, and returns `Ok(false)` only when exactly that one test
+/// ran there and passed, so the test can never pass without its body having run.
+pub fn in_own_process(module_path: &str, test: &str) -> anyhow::Result<bool> {
+    let name = test_name(module_path, test);
+    if std::env::var_os(CHILD_ENV).is_some_and(|value| value == name.as_str()) {
+        return Ok(true);
+    }
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .args([name.as_str(), "--exact", "--nocapture"])
+        .env(CHILD_ENV, &name)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success()
+            && stdout.contains("running 1 test")
+            && stdout.contains("test result: ok. 1 passed"),
+        "{name} failed in its own process ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(false)
+}

@@ -4,7 +4,7 @@
 //! each image of a batch depends only on its own slice of the noise, and the same request gives
 //! the same bytes twice.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -8,7 +8,7 @@
 //! misread the bits (f16 as bf16, bytes as floats) would move them by more than the gap between
 //! two seeds, which is checked to be far larger.
 
-mod common;
+use crate::common;
 
 use flux_core::denoise::StepControl;
 use flux_core::model::MANIFEST_FILE;

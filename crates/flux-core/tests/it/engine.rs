@@ -3,7 +3,7 @@
 //! shutdown that finishes queued work. Queue mechanics use a stand-in runner (instant and
 //! controllable); progress and cancellation also run on the real tiny pipeline.
 
-mod common;
+use crate::common;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -466,6 +466,14 @@ impl std::io::Write for CaptureWriter {
 
 #[test]
 fn the_engine_threads_log_lines_carry_the_submitters_span() -> anyhow::Result<()> {
+    // A process of its own: the subscriber is process-wide, and other tests' engines log the same
+    // line without this span.
+    if !common::in_own_process(
+        module_path!(),
+        "the_engine_threads_log_lines_carry_the_submitters_span",
+    )? {
+        return Ok(());
+    }
     let captured = Arc::new(Mutex::new(Vec::new()));
     let writer = CaptureWriter(Arc::clone(&captured));
     let subscriber = tracing_subscriber::fmt()

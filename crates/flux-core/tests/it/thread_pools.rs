@@ -2,10 +2,10 @@
 //! same images as sessions with pools of their own, and a configuration whose settings differ from
 //! the shared pool's still loads and runs (on pools of its own).
 //!
-//! Its own test binary, so this process's first configuration (which makes the shared pool) is
-//! the one written here.
+//! In a process of its own (`common::in_own_process`), so that process's first configuration (which
+//! makes the shared pool) is the one written here.
 
-mod common;
+use crate::common;
 
 use flux_core::config::SessionConfig;
 use flux_core::denoise::StepControl;
@@ -45,6 +45,12 @@ fn config(threads: usize, thread_pool: ThreadPool) -> SessionConfig {
 
 #[test]
 fn shared_and_per_session_pools_compute_the_same_images() -> anyhow::Result<()> {
+    if !common::in_own_process(
+        module_path!(),
+        "shared_and_per_session_pools_compute_the_same_images",
+    )? {
+        return Ok(());
+    }
     let shared = generate(&config(2, ThreadPool::Shared))?;
     #[cfg(target_os = "linux")]
     {

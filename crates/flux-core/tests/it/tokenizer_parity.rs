@@ -1,6 +1,6 @@
 //! Token ids identical to the ones transformers gave diffusers for every reference case.
 
-mod common;
+use crate::common;
 
 use flux_core::tokenizer::PromptTokenizer;
 use ndarray::Ix1;

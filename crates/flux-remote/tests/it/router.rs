@@ -2,18 +2,16 @@
 //! contract's error table, validation, auth and headers.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::*;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use flux_remote::{RateLimit, router};
 use flux_types::GeneratorError;
 use serde_json::Value;
-use support::*;
 use tower::ServiceExt;
 
 /// Checks an error answer: status, code, param, and that `X-Request-Id` equals the body's

@@ -2,16 +2,14 @@
 //! idempotent replay, overload, graceful shutdown and the file route over raw TCP.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use flux_remote::{AppState, FluxClient, RemoteError, Server, ServerConfig};
 use flux_types::{ErrorCode, GenerateRequest, ImageSize, OutputFormat};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 

@@ -1,0 +1,3 @@
+//! flux-cli's integration tests, linked into one test binary: the built `flux` binary end to end.
+
+mod cli;
