@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use flux_facade::{
-    Backend, BoxFuture, FailoverGenerator, GenerateRequest, Generation, Generator, GeneratorError,
-    ImageSize, LocalGenerator, LocalOptions, Progress, ProgressFn, RemoteGenerator, ValidRequest,
-    bundled,
+    Backend, FailoverGenerator, GenerateRequest, Generator, GeneratorError, ImageSize,
+    LocalGenerator, LocalOptions, Progress, ProgressFn, RemoteGenerator, ValidRequest, bundled,
 };
 use flux_remote::{FluxClient, Server, ServerConfig};
+use flux_types::test_util::FakeGenerator;
 
 const KEY: &str = "sk-facade-test";
 
@@ -108,29 +108,20 @@ async fn generates_through_the_server_with_the_seed_and_size_asked() -> anyhow::
 }
 
 /// Answers every request with what the model would say about a size it cannot serve.
-struct RefusesEverything;
-
-impl Generator for RefusesEverything {
-    fn generate(
-        &self,
-        _: ValidRequest,
-        _: Option<ProgressFn>,
-    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
-        Box::pin(async {
-            Err(GeneratorError::InvalidRequest {
+fn refuses_everything() -> Arc<FakeGenerator> {
+    Arc::new(
+        FakeGenerator::new()
+            .failing_with(GeneratorError::InvalidRequest {
                 param: Some("image_size".to_owned()),
                 message: "image_size is larger than this model supports".to_owned(),
             })
-        })
-    }
-    fn describe(&self) -> String {
-        "refuses everything".to_owned()
-    }
+            .named("refuses everything"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_becomes_invalid_request_with_the_server_message() -> anyhow::Result<()> {
-    let server = serve(Arc::new(RefusesEverything), 4).await?;
+    let server = serve(refuses_everything(), 4).await?;
     let remote = single_attempt(&server.base_url, KEY)?;
     let error = remote
         .generate(request(64, 64, 1, Some(1))?, None)
@@ -146,33 +137,16 @@ async fn a_400_becomes_invalid_request_with_the_server_message() -> anyhow::Resu
     Ok(())
 }
 
-/// Delegates to a generator and tells when a generation has started inside the server.
-struct Announcing {
-    inner: Arc<dyn Generator>,
-    started: Arc<tokio::sync::Notify>,
-}
-
-impl Generator for Announcing {
-    fn generate(
-        &self,
-        request: ValidRequest,
-        progress: Option<ProgressFn>,
-    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
-        self.started.notify_one();
-        self.inner.generate(request, progress)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_queue_is_overloaded_with_retry_after() -> anyhow::Result<()> {
+    // Tells when a generation has started inside the server.
     let started = Arc::new(tokio::sync::Notify::new());
-    let announcing = Announcing {
-        inner: local().await?,
-        started: started.clone(),
-    };
+    let announcing = FakeGenerator::new()
+        .delegating_to(local().await?)
+        .announcing({
+            let started = started.clone();
+            move || started.notify_one()
+        });
     let server = serve(Arc::new(announcing), 1).await?;
     let busy = single_attempt(&server.base_url, KEY)?;
     let long = request(512, 512, 50, Some(1))?;
@@ -198,7 +172,7 @@ async fn a_full_server_queue_is_overloaded_with_retry_after() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_and_a_dead_server_are_remote_errors() -> anyhow::Result<()> {
-    let server = serve(Arc::new(RefusesEverything), 4).await?;
+    let server = serve(refuses_everything(), 4).await?;
     let wrong_key = single_attempt(&server.base_url, "sk-wrong")?;
     let error = wrong_key
         .generate(request(64, 64, 1, None)?, None)
@@ -253,7 +227,7 @@ async fn failover_skips_an_unreachable_server_but_not_a_bad_request() -> anyhow:
         .await?;
     assert_eq!(generation.seed, 3);
 
-    let refusing = serve(Arc::new(RefusesEverything), 4).await?;
+    let refusing = serve(refuses_everything(), 4).await?;
     let failover = FailoverGenerator::new(vec![
         single_attempt(&refusing.base_url, KEY)?,
         single_attempt(&server.base_url, KEY)?,
@@ -269,36 +243,20 @@ async fn failover_skips_an_unreachable_server_but_not_a_bad_request() -> anyhow:
     Ok(())
 }
 
-/// A generator that reports not ready until the test says so (a server still loading its model).
-struct Loading {
-    ready: std::sync::atomic::AtomicBool,
-    inner: Arc<dyn Generator>,
-}
-
-impl Generator for Loading {
-    fn generate(
-        &self,
-        request: ValidRequest,
-        progress: Option<ProgressFn>,
-    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
-        self.inner.generate(request, progress)
-    }
-
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-    }
-
-    fn describe(&self) -> String {
-        "loading".to_owned()
-    }
+/// A generator that reports not ready until the test clears `not_ready` (a server still loading
+/// its model).
+fn loading(inner: Arc<dyn Generator>) -> Arc<FakeGenerator> {
+    Arc::new(
+        FakeGenerator::new()
+            .not_ready()
+            .delegating_to(inner)
+            .named("loading"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_makes_the_remote_not_ready_only_for_a_while() -> anyhow::Result<()> {
-    let upstream = Arc::new(Loading {
-        ready: std::sync::atomic::AtomicBool::new(false),
-        inner: local().await?,
-    });
+    let upstream = loading(local().await?);
     let server = serve(upstream.clone(), 4).await?;
     let remote = single_attempt(&server.base_url, KEY)?;
     assert!(remote.is_ready(), "nothing was asked yet");
@@ -311,7 +269,7 @@ async fn a_503_makes_the_remote_not_ready_only_for_a_while() -> anyhow::Result<(
 
     // The upstream finishes loading. A server fronting `remote` asks it nothing while it reports
     // not ready, so the report must expire by itself (the upstream's Retry-After, at most 5 s).
-    upstream.ready.store(true, Ordering::SeqCst);
+    upstream.not_ready.store(false, Ordering::SeqCst);
     let started = std::time::Instant::now();
     while !remote.is_ready() {
         ensure!(
@@ -330,14 +288,7 @@ async fn a_503_makes_the_remote_not_ready_only_for_a_while() -> anyhow::Result<(
 async fn a_failover_backend_does_not_wait_on_a_server_that_is_not_ready() -> anyhow::Result<()> {
     // The first server answers 503 `not_ready` with `Retry-After: 5`. A default client would
     // wait that out three times (about 15 s) before the failover could ask the second one.
-    let loading = serve(
-        Arc::new(Loading {
-            ready: std::sync::atomic::AtomicBool::new(false),
-            inner: Arc::new(RefusesEverything),
-        }),
-        4,
-    )
-    .await?;
+    let loading = serve(loading(refuses_everything()), 4).await?;
     let server = serve(local().await?, 4).await?;
     let backend: Backend = format!("failover:{},{}", loading.base_url, server.base_url).parse()?;
     let failover = backend.with_api_key(Some(KEY.to_owned())).start()?;

@@ -174,21 +174,14 @@ async fn the_server_refuses_to_start_without_keys() {
         files_dir: dir.path().to_owned(),
         ..ServerConfig::default()
     };
-    struct Never;
-    impl flux_types::Generator for Never {
-        fn generate(
-            &self,
-            _request: flux_types::ValidRequest,
-            _progress: Option<flux_types::ProgressFn>,
-        ) -> flux_types::BoxFuture<'_, Result<flux_types::Generation, flux_types::GeneratorError>>
-        {
-            Box::pin(async { Err(flux_types::GeneratorError::NotReady) })
-        }
-        fn describe(&self) -> String {
-            "never".to_owned()
-        }
-    }
-    let error = flux_remote::Server::bind(config.clone(), std::sync::Arc::new(Never))
+    let never = || {
+        std::sync::Arc::new(
+            flux_types::test_util::FakeGenerator::new()
+                .failing_with(flux_types::GeneratorError::NotReady)
+                .named("never"),
+        )
+    };
+    let error = flux_remote::Server::bind(config.clone(), never())
         .await
         .unwrap_err();
     assert!(
@@ -199,8 +192,6 @@ async fn the_server_refuses_to_start_without_keys() {
         allow_unauthenticated: true,
         ..config
     };
-    let server = flux_remote::Server::bind(open, std::sync::Arc::new(Never))
-        .await
-        .unwrap();
+    let server = flux_remote::Server::bind(open, never()).await.unwrap();
     assert_ne!(server.local_addr().unwrap().port(), 0);
 }

@@ -15,7 +15,7 @@ const READ_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Starts a server with a short read timeout; returns its address and a handle that stops it.
 async fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    start_with(dir, FakeGenerator::new()).await
+    start_with(dir, fake()).await
 }
 
 async fn start_with(
@@ -105,7 +105,7 @@ fn small_request() -> GenerateRequest {
 #[tokio::test]
 async fn a_generation_longer_than_the_read_timeout_is_still_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, stop) = start_with(dir.path(), FakeGenerator::with_delay(READ_TIMEOUT * 4)).await;
+    let (addr, stop) = start_with(dir.path(), fake_with_delay(READ_TIMEOUT * 4)).await;
     // The read timeout covers receiving the request, not the time it takes to answer it.
     let response = client(addr).generate(&small_request()).await.unwrap();
     assert_eq!(response.images.len(), 1);
@@ -191,7 +191,7 @@ async fn a_client_that_stops_reading_its_answer_is_dropped_and_the_drain_finishe
     std::fs::write(dir.path().join(&name), vec![7u8; 48 * 1024 * 1024]).unwrap();
     let mut config = config(dir.path());
     config.read_timeout = READ_TIMEOUT;
-    let server = Server::bind(config, FakeGenerator::new()).await.unwrap();
+    let server = Server::bind(config, fake()).await.unwrap();
     let addr = server.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async move {

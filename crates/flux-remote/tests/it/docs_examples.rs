@@ -182,7 +182,7 @@ fn parse_curl(block: &Block) -> CurlExample {
 #[tokio::test]
 async fn every_curl_example_in_api_md_gets_its_documented_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let app = router(state(&config(dir.path()), generator.clone()));
     let mut image_url: Option<String> = None;
     let mut checked = 0;

@@ -110,7 +110,7 @@ fn api_code(error: &RemoteError) -> Option<ErrorCode> {
 
 #[tokio::test]
 async fn generate_and_fetch_images_back() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let server = start(generator.clone(), |_| {}).await;
     let client = server.client().build().unwrap();
     let mut request = small_request(128, 64, OutputFormat::Png);
@@ -148,7 +148,7 @@ async fn generate_and_fetch_images_back() {
 
 #[tokio::test]
 async fn error_classes_keep_status_body_and_raw_body() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let server = start(generator.clone(), |_| {}).await;
     let client = server.client().build().unwrap();
 
@@ -270,7 +270,7 @@ async fn connection_refused_is_a_transport_error_after_bounded_attempts() {
 
 #[tokio::test]
 async fn rate_limited_call_waits_retry_after_then_succeeds() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let server = start(generator.clone(), |config| {
         config.rate_limit = Some("1/s".parse().unwrap());
     })
@@ -354,7 +354,7 @@ async fn start_lossy_proxy(
 
 #[tokio::test]
 async fn a_lost_answer_500_is_retried_once_and_replayed_without_generating_again() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let server = start(generator.clone(), |_| {}).await;
     let (proxy, seen, replays) = start_lossy_proxy(server.url()).await;
     let client = FluxClient::builder(&format!("http://{proxy}"))
@@ -381,7 +381,7 @@ async fn a_lost_answer_500_is_retried_once_and_replayed_without_generating_again
 
 #[tokio::test]
 async fn overload_50_concurrent_against_depth_4() {
-    let generator = FakeGenerator::with_delay(Duration::from_millis(300));
+    let generator = fake_with_delay(Duration::from_millis(300));
     let server = start(generator.clone(), |config| config.queue_depth = 4).await;
     let client = server.client().max_attempts(1).build().unwrap();
     let started = Instant::now();
@@ -443,7 +443,7 @@ async fn overload_50_concurrent_against_depth_4() {
 
 #[tokio::test]
 async fn shutdown_finishes_running_work_and_refuses_new_connections() {
-    let generator = FakeGenerator::with_delay(Duration::from_millis(1500));
+    let generator = fake_with_delay(Duration::from_millis(1500));
     let mut server = start(generator.clone(), |_| {}).await;
     let client = server.client().max_attempts(1).build().unwrap();
     let in_flight = tokio::spawn({
@@ -519,7 +519,7 @@ async fn raw_get(addr: SocketAddr, target: &str) -> String {
 
 #[tokio::test]
 async fn file_route_over_tcp_refuses_traversal() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("secret.txt"), "TOP SECRET").unwrap();
     let files_dir = root.path().join("files");
@@ -708,7 +708,7 @@ async fn waiting_for_its_own_running_attempt_does_not_use_up_the_attempts() {
     // The first attempt's answer is lost while the server goes on generating for 2.5 s; every
     // retry meanwhile gets 409 with a Retry-After. Two attempts would not outlast that if each
     // 409 used one up.
-    let generator = FakeGenerator::with_delay(Duration::from_millis(2500));
+    let generator = fake_with_delay(Duration::from_millis(2500));
     let server = start(generator.clone(), |_| {}).await;
     let (proxy, seen) = start_first_answer_lost_proxy(server.url()).await;
     let client = FluxClient::builder(&format!("http://{proxy}"))
@@ -745,7 +745,7 @@ async fn waiting_for_its_own_running_attempt_does_not_use_up_the_attempts() {
 
 #[tokio::test]
 async fn a_conflict_answer_carries_retry_after() {
-    let generator = FakeGenerator::with_delay(Duration::from_millis(1500));
+    let generator = fake_with_delay(Duration::from_millis(1500));
     let server = start(generator.clone(), |_| {}).await;
     let http = reqwest::Client::new();
     let send = || {
@@ -873,7 +873,7 @@ async fn an_error_body_cut_off_keeps_the_status() {
 
 #[tokio::test]
 async fn an_unbounded_total_timeout_does_not_overflow() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let server = start(generator, |_| {}).await;
     let client = server
         .client()

@@ -58,7 +58,7 @@ fn app(generator: Arc<FakeGenerator>) -> (axum::Router, tempfile::TempDir) {
 
 #[tokio::test]
 async fn success_has_images_seed_headers_and_serves_the_files() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let (app, dir) = app(generator.clone());
     let body = r#"{"prompt": "a red fox", "num_images": 2, "image_size": {"width": 128, "height": 64}, "output_format": "png"}"#;
     let response = app.clone().oneshot(generate_request(body)).await.unwrap();
@@ -104,7 +104,7 @@ async fn success_has_images_seed_headers_and_serves_the_files() {
 
 #[tokio::test]
 async fn given_seed_is_returned_and_sync_mode_stores_nothing() {
-    let (app, dir) = app(FakeGenerator::new());
+    let (app, dir) = app(fake());
     let body = r#"{"prompt": "x", "seed": 4294967295, "sync_mode": true, "image_size": "square"}"#;
     let response = app.oneshot(generate_request(body)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -130,7 +130,7 @@ async fn given_seed_is_returned_and_sync_mode_stores_nothing() {
 
 #[tokio::test]
 async fn validation_errors_name_code_and_param() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let (app, _dir) = app(generator.clone());
     let cases: &[(&str, &str, Option<&str>)] = &[
         ("{not json", "invalid_json", None),
@@ -270,7 +270,7 @@ async fn validation_errors_name_code_and_param() {
 
 #[tokio::test]
 async fn authentication_missing_wrong_and_right_keys() {
-    let (app, _dir) = app(FakeGenerator::new());
+    let (app, _dir) = app(fake());
     let without = Request::post(flux_remote::GENERATE_PATH)
         .header("content-type", "application/json")
         .body(Body::from(SMALL))
@@ -320,7 +320,7 @@ async fn unauthenticated_mode_serves_without_a_key_but_still_refuses_wrong_ones(
         "no keys and no opt-out: refuse to start"
     );
     config.allow_unauthenticated = true;
-    let app = router(state(&config, FakeGenerator::new()));
+    let app = router(state(&config, fake()));
     let request = Request::post(flux_remote::GENERATE_PATH)
         .header("content-type", "application/json")
         .body(Body::from(SMALL))
@@ -335,7 +335,7 @@ async fn unauthenticated_mode_serves_without_a_key_but_still_refuses_wrong_ones(
 
 #[tokio::test]
 async fn unknown_routes_are_json_404_and_wrong_methods_405() {
-    let (app, _dir) = app(FakeGenerator::new());
+    let (app, _dir) = app(fake());
     for path in [
         "/",
         "/api/v1/flux/schnell",
@@ -369,7 +369,7 @@ async fn unknown_routes_are_json_404_and_wrong_methods_405() {
 
 #[tokio::test]
 async fn body_limit_413_and_content_type_415() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let (app, _dir) = app(generator.clone());
     let big = format!(r#"{{"prompt": "x", "pad": "{}"}}"#, "a".repeat(64 * 1024));
     let response = app.clone().oneshot(generate_request(&big)).await.unwrap();
@@ -453,7 +453,7 @@ async fn rate_limit_429_with_retry_after_and_headers_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.rate_limit = Some("2/min".parse::<RateLimit>().unwrap());
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let app = router(state(&config, generator.clone()));
     for remaining in ["1", "0"] {
         let response = app.clone().oneshot(generate_request(SMALL)).await.unwrap();
@@ -501,7 +501,7 @@ async fn full_queue_is_429_overloaded_at_once_and_backend_overload_too() {
     config.queue_depth = 1;
     // The first generation takes 2 s; the refusal must not wait for it (1 s leaves room for a
     // loaded CI host, and the first must still be running when the refusal is in).
-    let generator = FakeGenerator::with_delay(Duration::from_secs(2));
+    let generator = fake_with_delay(Duration::from_secs(2));
     let app = router(state(&config, generator.clone()));
     let first = tokio::spawn(app.clone().oneshot(generate_request(SMALL)));
     wait_for_calls(&generator, 1).await;
@@ -558,7 +558,7 @@ async fn wait_for_calls(generator: &FakeGenerator, calls: usize) {
 
 #[tokio::test]
 async fn inference_failure_is_500_without_internals_and_the_server_keeps_serving() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let (app, _dir) = app(generator.clone());
     generator.fail_with(Some(GeneratorError::Inference {
         detail: "SECRET: CUDA out of memory at /opt/models/flux".to_owned(),
@@ -580,7 +580,7 @@ async fn inference_failure_is_500_without_internals_and_the_server_keeps_serving
 
 #[tokio::test]
 async fn backend_refusals_map_to_their_codes() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let (app, _dir) = app(generator.clone());
     generator.fail_with(Some(GeneratorError::InvalidRequest {
         param: Some("image_size".to_owned()),
@@ -610,7 +610,7 @@ async fn backend_refusals_map_to_their_codes() {
 
 #[tokio::test]
 async fn not_ready_and_shutting_down_are_503() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let dir = tempfile::tempdir().unwrap();
     let state = state(&config(dir.path()), generator.clone());
     let app = router(state.clone());
@@ -664,7 +664,7 @@ fn with_key(body: &str, key: &str) -> Request<Body> {
 
 #[tokio::test]
 async fn idempotency_replay_conflict_and_mismatch() {
-    let generator = FakeGenerator::with_delay(Duration::from_millis(300));
+    let generator = fake_with_delay(Duration::from_millis(300));
     let (app, _dir) = app(generator.clone());
     let first = tokio::spawn(app.clone().oneshot(with_key(SMALL, "order-1")));
     wait_for_calls(&generator, 1).await;
@@ -724,7 +724,7 @@ async fn idempotency_replay_conflict_and_mismatch() {
 
 #[tokio::test]
 async fn a_failed_first_attempt_is_not_stored() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let (app, _dir) = app(generator.clone());
     generator.fail_with(Some(GeneratorError::Inference {
         detail: "boom".to_owned(),
@@ -744,7 +744,7 @@ async fn a_failed_first_attempt_is_not_stored() {
 
 #[tokio::test]
 async fn malformed_idempotency_keys_are_400() {
-    let (app, _dir) = app(FakeGenerator::new());
+    let (app, _dir) = app(fake());
     let long = "k".repeat(256);
     for key in ["", "has space", "tab\there", long.as_str()] {
         let request = post_json(SMALL)
@@ -779,7 +779,7 @@ async fn malformed_idempotency_keys_are_400() {
 
 #[tokio::test]
 async fn request_ids_are_honoured_when_well_formed_and_unique_otherwise() {
-    let (app, _dir) = app(FakeGenerator::new());
+    let (app, _dir) = app(fake());
     let request = Request::get("/health")
         .header("x-request-id", "client-abc_123")
         .body(Body::empty())
@@ -804,7 +804,7 @@ async fn request_ids_are_honoured_when_well_formed_and_unique_otherwise() {
 
 #[tokio::test]
 async fn operations_endpoints() {
-    let (app, _dir) = app(FakeGenerator::new());
+    let (app, _dir) = app(fake());
     let response = app
         .clone()
         .oneshot(Request::get("/health").body(Body::empty()).unwrap())
@@ -869,7 +869,7 @@ async fn operations_endpoints() {
 
 #[tokio::test]
 async fn file_route_refuses_malformed_names_and_traversal() {
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let root = tempfile::tempdir().unwrap();
     let files_dir = root.path().join("files");
     std::fs::write(root.path().join("secret.txt"), "TOP SECRET").unwrap();
@@ -929,7 +929,7 @@ async fn expired_files_are_404_and_swept() {
     let mut config = config(dir.path());
     // Long enough that a loaded CI host still fetches the image before it expires.
     config.retention = Duration::from_millis(1500);
-    let state = state(&config, FakeGenerator::new());
+    let state = state(&config, fake());
     let app = router(state.clone());
     let response = app.clone().oneshot(generate_request(SMALL)).await.unwrap();
     let json = json_body(response).await;
@@ -960,7 +960,7 @@ async fn request_timeout_is_500_and_cancels_work_without_a_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.request_timeout = Duration::from_millis(200);
-    let generator = FakeGenerator::with_delay(Duration::from_secs(5));
+    let generator = fake_with_delay(Duration::from_secs(5));
     let state = state(&config, generator.clone());
     let app = router(state.clone());
     let started = std::time::Instant::now();
@@ -988,7 +988,7 @@ async fn with_a_key_a_timed_out_generation_finishes_and_is_replayed() {
     let mut config = config(dir.path());
     config.request_timeout = Duration::from_millis(200);
     // 1.5 s of generation against a 200 ms timeout: the second call must find it still running.
-    let generator = FakeGenerator::with_delay(Duration::from_millis(1500));
+    let generator = fake_with_delay(Duration::from_millis(1500));
     let app = router(state(&config, generator.clone()));
     let response = app
         .clone()
@@ -1034,37 +1034,17 @@ async fn with_a_key_a_timed_out_generation_finishes_and_is_replayed() {
 
 /// A backend with its own queue: each call waits 300 ms for the engine, then reports 50 ms of
 /// actual generation.
-struct QueueingBackend;
-
-impl flux_types::Generator for QueueingBackend {
-    fn generate(
-        &self,
-        request: flux_types::ValidRequest,
-        _progress: Option<flux_types::ProgressFn>,
-    ) -> flux_types::BoxFuture<'_, Result<flux_types::Generation, GeneratorError>> {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let bytes = encode_image(request.width(), request.height(), request.output_format());
-            Ok(flux_types::Generation {
-                images: vec![flux_types::GeneratedImage {
-                    bytes,
-                    width: request.width(),
-                    height: request.height(),
-                    content_type: request.output_format().content_type().to_owned(),
-                }],
-                seed: request.seed().unwrap_or(0),
-                has_nsfw_concepts: vec![false],
-                timings: flux_types::GenerationTimings {
-                    inference: Duration::from_millis(50),
-                    queued: Duration::from_millis(250),
-                },
+fn queueing_backend() -> Arc<FakeGenerator> {
+    Arc::new(
+        FakeGenerator::new()
+            .with_images(encode_image)
+            .with_delay(Duration::from_millis(300))
+            .reporting(flux_types::GenerationTimings {
+                inference: Duration::from_millis(50),
+                queued: Duration::from_millis(250),
             })
-        })
-    }
-
-    fn describe(&self) -> String {
-        "queueing backend".to_owned()
-    }
+            .named("queueing backend"),
+    )
 }
 
 #[tokio::test]
@@ -1072,7 +1052,7 @@ async fn the_generation_histogram_counts_generation_not_queueing() {
     let dir = tempfile::tempdir().unwrap();
     let state = flux_remote::AppState::new(
         &config(dir.path()),
-        Arc::new(QueueingBackend),
+        queueing_backend(),
         PUBLIC_URL.to_owned(),
     )
     .unwrap();
@@ -1101,7 +1081,7 @@ async fn the_generation_histogram_counts_generation_not_queueing() {
 #[tokio::test]
 async fn a_client_that_goes_away_frees_its_place_or_with_a_key_gets_its_answer_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let generator = FakeGenerator::with_delay(Duration::from_millis(1000));
+    let generator = fake_with_delay(Duration::from_millis(1000));
     let state = state(&config(dir.path()), generator.clone());
     let app = router(state.clone());
 
@@ -1150,7 +1130,7 @@ async fn a_body_that_stalls_is_400_after_the_read_timeout_and_nothing_is_queued(
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.read_timeout = Duration::from_millis(200);
-    let generator = FakeGenerator::new();
+    let generator = fake();
     let state = state(&config, generator.clone());
     let app = router(state.clone());
 

@@ -25,7 +25,7 @@ async fn sigterm_drains_then_exits() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut config = config(dir.path());
     config.listen = addr;
-    let generator = FakeGenerator::with_delay(Duration::from_millis(1500));
+    let generator = fake_with_delay(Duration::from_millis(1500));
     let server = tokio::spawn(flux_remote::serve(
         config,
         generator.clone(),

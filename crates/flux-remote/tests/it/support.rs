@@ -1,58 +1,35 @@
-//! Shared test fixtures: a fake `Generator` that counts calls and makes real PNG/JPEG bytes, and
-//! server configurations for tests.
+//! Shared test fixtures: the workspace's fake `Generator` (`flux_types::test_util`) making real
+//! PNG/JPEG bytes, and server configurations for tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
 use flux_remote::{AppState, RateLimit, ServerConfig};
-use flux_types::{
-    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError,
-    OutputFormat, ProgressFn, ValidRequest,
-};
+use flux_types::OutputFormat;
 
 pub const KEY: &str = "test-key-alpha";
 pub const OTHER_KEY: &str = "test-key-beta";
 
-/// A generator that sleeps `delay`, then returns solid-colour images of the requested size, or
-/// the configured failure.
-#[derive(Debug, Default)]
-pub struct FakeGenerator {
-    pub calls: AtomicUsize,
-    pub running: AtomicUsize,
-    pub max_running: AtomicUsize,
-    pub not_ready: AtomicBool,
-    pub delay: Mutex<Duration>,
-    /// Every call fails with this while it is set.
-    pub failure: Mutex<Option<GeneratorError>>,
-    /// The next `n` calls fail with an inference error, later ones succeed.
-    pub failures_left: AtomicUsize,
+pub use flux_types::test_util::FakeGenerator;
+
+/// The shared fake, answering with real solid-colour images of the requested size.
+pub fn fake() -> Arc<FakeGenerator> {
+    Arc::new(FakeGenerator::new().with_images(encode_image))
 }
 
-impl FakeGenerator {
-    pub fn new() -> Arc<Self> {
-        Arc::new(FakeGenerator::default())
-    }
-
-    pub fn with_delay(delay: Duration) -> Arc<Self> {
-        let generator = FakeGenerator::default();
-        *generator.delay.lock().unwrap() = delay;
-        Arc::new(generator)
-    }
-
-    pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    pub fn fail_with(&self, error: Option<GeneratorError>) {
-        *self.failure.lock().unwrap() = error;
-    }
+/// [`fake`], sleeping `delay` in each call before it answers.
+pub fn fake_with_delay(delay: Duration) -> Arc<FakeGenerator> {
+    Arc::new(
+        FakeGenerator::new()
+            .with_images(encode_image)
+            .with_delay(delay),
+    )
 }
 
 /// Encodes a solid `width`×`height` image.
@@ -65,73 +42,6 @@ pub fn encode_image(width: u32, height: u32, format: OutputFormat) -> Vec<u8> {
     };
     image.write_to(&mut bytes, format).unwrap();
     bytes.into_inner()
-}
-
-struct RunningGuard<'a>(&'a AtomicUsize);
-impl Drop for RunningGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Generator for FakeGenerator {
-    fn generate(
-        &self,
-        request: ValidRequest,
-        _progress: Option<ProgressFn>,
-    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
-        Box::pin(async move {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-            let _guard = RunningGuard(&self.running);
-            self.max_running.fetch_max(now_running, Ordering::SeqCst);
-            let delay = *self.delay.lock().unwrap();
-            tokio::time::sleep(delay).await;
-            if let Some(error) = self.failure.lock().unwrap().clone() {
-                return Err(error);
-            }
-            let fail_now = self
-                .failures_left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if fail_now {
-                return Err(GeneratorError::Inference {
-                    detail: "injected failure".to_owned(),
-                });
-            }
-            let format = request.output_format();
-            let content_type = match format {
-                OutputFormat::Png => "image/png",
-                _ => "image/jpeg",
-            };
-            let count = request.num_images() as usize;
-            let bytes = encode_image(request.width(), request.height(), format);
-            Ok(Generation {
-                images: (0..count)
-                    .map(|_| GeneratedImage {
-                        bytes: bytes.clone(),
-                        width: request.width(),
-                        height: request.height(),
-                        content_type: content_type.to_owned(),
-                    })
-                    .collect(),
-                seed: request.seed().unwrap_or(0),
-                has_nsfw_concepts: vec![false; count],
-                timings: GenerationTimings {
-                    inference: delay,
-                    queued: Duration::ZERO,
-                },
-            })
-        })
-    }
-
-    fn is_ready(&self) -> bool {
-        !self.not_ready.load(Ordering::SeqCst)
-    }
-
-    fn describe(&self) -> String {
-        "fake generator".to_owned()
-    }
 }
 
 /// A configuration for tests: two keys, a generous rate limit, loopback port 0.
