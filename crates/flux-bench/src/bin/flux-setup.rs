@@ -1,5 +1,10 @@
 //! `cargo xtask setup`: provisions ONNX Runtime from the PyPI wheel into the flux-rs cache and
 //! proves that it loads, so a fresh machine needs nothing else before the tests or the first run.
+//!
+//! A binary of this crate rather than code in xtask, so that xtask does not link ONNX Runtime's
+//! bindings: `cargo xtask setup ARGS` runs `cargo run -p flux-bench --bin flux-setup -- ARGS`.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use flux_core::runtime::{ONNXRUNTIME_VERSION, RuntimeKind, ensure_runtime, init_runtime};
@@ -12,7 +17,20 @@ Fetches libonnxruntime {version} from the `onnxruntime` wheel on PyPI (with --cu
 else ~/.cache/flux-rs) and loads it once. ORT_DYLIB_PATH, when set, is used instead.
 ";
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    // Printed here rather than returned from `main`, so a failure shows one readable line and not
+    // a backtrace when RUST_BACKTRACE is set.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
     let mut kind = RuntimeKind::Cpu;
     for arg in args {
         match arg.as_str() {

@@ -1,4 +1,4 @@
-//! Child processes of the benchmark: every measurement runs in a fresh `xtask bench worker`
+//! Child processes of the benchmark: every measurement runs in a fresh `flux-bench worker`
 //! process, so its peak RSS (`VmHWM`) belongs to that measurement alone and no state (ONNX
 //! Runtime arenas, thread pools, page cache of another model) carries over between them.
 //!
@@ -29,12 +29,10 @@ pub enum WorkerSpec {
     Overload(ServerSpec),
 }
 
-/// Entry point of `xtask bench worker <spec-json>` (the child side).
+/// Entry point of `flux-bench worker <spec-json>` (the child side).
 pub fn run(args: &[String]) -> Result<()> {
     let [spec] = args else {
-        bail!(
-            "usage: cargo xtask bench worker <spec-json> (started by `cargo xtask bench` itself)"
-        );
+        bail!("usage: flux-bench worker <spec-json> (started by `cargo xtask bench` itself)");
     };
     let spec: WorkerSpec = serde_json::from_str(spec).context("parsing the worker spec")?;
     let result = match spec {
@@ -51,10 +49,10 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Runs `spec` in a fresh child process of this executable and parses its result (the parent side).
 pub fn spawn<T: DeserializeOwned>(spec: &WorkerSpec) -> Result<T> {
-    let exe = std::env::current_exe().context("locating the xtask executable")?;
+    let exe = std::env::current_exe().context("locating the flux-bench executable")?;
     let spec_json = serde_json::to_string(spec)?;
     let output = Command::new(exe)
-        .args(["bench", "worker", &spec_json])
+        .args(["worker", &spec_json])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

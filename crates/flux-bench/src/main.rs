@@ -4,6 +4,10 @@
 //! Writes a JSON result (host, CPU, git revision, date, runtime versions, every measurement) and
 //! renders `docs/benchmarks.md` with its tables and a time-versus-tokens plot from it.
 //! `cargo xtask bench --help` lists the flags.
+//!
+//! Its own crate, so that xtask (schema, setup, small checks) links neither ONNX Runtime's bindings
+//! nor the plotting library: `cargo xtask bench ARGS` runs `cargo run --release -p flux-bench --
+//! ARGS`, and this binary is the benchmark.
 
 mod host;
 mod memory;
@@ -17,6 +21,7 @@ mod stats;
 mod worker;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -265,9 +270,31 @@ fn medium_dir(root: &Path) -> PathBuf {
     root.join(".cache").join("models").join("medium-flux-dev")
 }
 
-/// Entry point of `cargo xtask bench ...`.
-pub fn run(args: &[String]) -> Result<()> {
-    let root = crate::project_root();
+fn main() -> ExitCode {
+    // Printed here rather than returned from `main`, so a failure shows one readable line and not
+    // a backtrace when RUST_BACKTRACE is set.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (two levels above this crate's directory).
+fn project_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
+}
+
+/// Entry point of `cargo xtask bench ...` (the arguments after `bench`).
+fn run(args: &[String]) -> Result<()> {
+    let root = project_root();
     match args.first().map(String::as_str) {
         Some("worker") => return worker::run(&args[1..]),
         Some("report") => return rerender(&args[1..], &root),
@@ -279,8 +306,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let options = Options::parse(args, &root)?;
     if cfg!(debug_assertions) {
-        // `cargo xtask` builds unoptimised, and flux-core's own code (sampler, pixels, encoding)
-        // would then be measured ten times slower than users run it: measure a release build.
+        // A debug build (`cargo run -p flux-bench`) is unoptimised, and flux-core's own code
+        // (sampler, pixels, encoding) would then be measured ten times slower than users run it:
+        // measure a release build.
         return rerun_optimised(args, &root);
     }
     if options.cuda {
@@ -417,11 +445,11 @@ fn gpu_note() -> String {
     )
 }
 
-/// Builds xtask with the release profile and runs the same benchmark command with it.
+/// Builds this crate with the release profile and runs the same benchmark command with it.
 fn rerun_optimised(args: &[String], root: &Path) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!(
-        "bench: building an optimised xtask (cargo build --release -p xtask) to measure release code"
+        "bench: building an optimised flux-bench (cargo build --release -p flux-bench) to measure release code"
     );
     let status = std::process::Command::new(&cargo)
         .args([
@@ -429,22 +457,23 @@ fn rerun_optimised(args: &[String], root: &Path) -> Result<()> {
             "--quiet",
             "--release",
             "-p",
-            "xtask",
+            "flux-bench",
+            "--bin",
+            "flux-bench",
             "--manifest-path",
         ])
         .arg(root.join("Cargo.toml"))
         .status()
-        .context("running cargo build --release -p xtask")?;
+        .context("running cargo build --release -p flux-bench")?;
     if !status.success() {
-        bail!("cargo build --release -p xtask failed ({status})");
+        bail!("cargo build --release -p flux-bench failed ({status})");
     }
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let release = target_dir
         .join("release")
-        .join(format!("xtask{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("flux-bench{}", std::env::consts::EXE_SUFFIX));
     let status = std::process::Command::new(&release)
-        .arg("bench")
         .args(args)
         .status()
         .with_context(|| format!("running {}", release.display()))?;
