@@ -6,6 +6,7 @@ Everything is built from fixed seeds on the CPU with no download of any kind.  S
     python generate.py                 # (re)write fixtures/ in the repository
     python generate.py --check         # regenerate into a temp dir and compare bit for bit
     python generate.py --medium        # a 50-150 M parameter dev model outside git, for benchmarks
+    python generate.py --real-width    # FLUX.1-dev's widths, 1+1 blocks, bf16 safetensors, outside git
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import formats  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "fixtures"
 DEFAULT_MEDIUM_OUT = REPO / ".cache" / "models" / "medium-flux-dev"
+DEFAULT_REAL_WIDTH_OUT = REPO / ".cache" / "models" / "real-width-dev"
 
 # Determinism: one thread, deterministic kernels.  Reference numbers must not depend on the machine's
 # core count (reduction order changes the last bits).
@@ -1048,7 +1053,10 @@ def gen_variant(out: Path, dev: bool) -> list[dict]:
         case_dirs.append(case_dir)
     if dev:
         build_safety(folder, case_dirs)
-    return entries
+    # The other formats come last, from the same modules, so nothing above changes.
+    builder_entries = formats.gen_formats(out, dev, folder, models, render_case,
+                                          (DEV_CASES if dev else SCHNELL_CASES)[0])
+    return entries, builder_entries
 
 
 def write_case_index(out: Path, entries: list[dict]) -> None:
@@ -1077,11 +1085,14 @@ def generate(out: Path, stages: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if "randn" in stages:
         gen_randn(out)
-    entries = []
-    if "dev" in stages:
-        entries += gen_variant(out, dev=True)
-    if "schnell" in stages:
-        entries += gen_variant(out, dev=False)
+    entries, builder_entries = [], []
+    for stage, dev in (("dev", True), ("schnell", False)):
+        if stage in stages:
+            cases, builder_cases = gen_variant(out, dev=dev)
+            entries += cases
+            builder_entries += builder_cases
+    if builder_entries:
+        formats.write_builder_index(out, builder_entries)
     if entries:
         existing = out / "reference" / "cases" / "index.json"
         if existing.exists():
@@ -1132,9 +1143,16 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="regenerate into a temp dir and compare with --out")
     parser.add_argument("--medium", action="store_true", help="build only the 50-150 M parameter model")
     parser.add_argument("--medium-out", type=Path, default=DEFAULT_MEDIUM_OUT, help="where --medium writes")
+    parser.add_argument("--real-width", action="store_true",
+                        help="build only the FLUX.1-dev-width model (bf16 diffusers folder, BFL files, a reference)")
+    parser.add_argument("--real-width-out", type=Path, default=DEFAULT_REAL_WIDTH_OUT, help="where --real-width writes")
     args = parser.parse_args()
     if args.medium:
         gen_medium(args.medium_out)
+        return 0
+    if args.real_width:
+        print(f"building the real-width model in {args.real_width_out}")
+        formats.gen_real_width(args.real_width_out, DEFAULT_OUT / "tiny-flux-dev", perturb)
         return 0
     stages = args.only or STAGES
     if args.check:

@@ -6,6 +6,7 @@
 //! joined by `: `; `-v` puts each cause on its own line and logs more.
 
 mod generate;
+mod logging;
 mod schema;
 mod serve;
 
@@ -125,20 +126,10 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if bad_input { 2 } else { 1 }
 }
 
-/// Installs the stderr log subscriber: `RUST_LOG` when set, else `default_level` for flux's own
-/// crates and warnings for the rest.
+/// Installs the stderr text log subscriber (see [`logging`]). A second installation can only
+/// happen in tests that call this twice; logs then go to the first.
 fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "warn,flux={default_level},flux_facade={default_level},flux_core={default_level},flux_remote={default_level}"
-        ))
-    });
-    // A second installation can only fail in tests that call this twice; logs then go to the first.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = logging::init_logging(false, default_level);
 }
 
 /// A multi-threaded tokio runtime for one command.

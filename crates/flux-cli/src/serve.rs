@@ -21,15 +21,16 @@ use crate::generate::BackendArgs;
 Examples:
   flux serve --allow-unauthenticated
   flux serve --api-key-file keys.txt --listen 0.0.0.0:8080 --public-url https://flux.example.com
-  FLUX_API_KEYS=key1,key2 flux serve --model /models/FLUX.1-dev-onnx --queue-depth 4
+  FLUX_API_KEYS=$(openssl rand -hex 24) flux serve --model /models/FLUX.1-dev-onnx --queue-depth 4
   flux serve --backend https://upstream.example.com --allow-unauthenticated
 
   curl -s http://127.0.0.1:8080/api/v1/flux/dev -H 'Content-Type: application/json' \\
-       -H 'Authorization: Bearer key1' -d '{\"prompt\": \"a red fox in the snow\", \"seed\": 42}'
+       -H \"Authorization: Bearer $FLUX_API_KEY\" -d '{\"prompt\": \"a red fox in the snow\", \"seed\": 42}'
 
 Every flag also reads the environment variable shown. Without API keys the server refuses to start
-unless --allow-unauthenticated is given. SIGTERM or Ctrl-C drains: running and queued generations
-finish and are answered, then the server exits.")]
+unless --allow-unauthenticated is given; keys must be at least 16 characters. SIGTERM or Ctrl-C
+drains: running and queued generations finish and are answered, open connections get
+--drain-timeout to finish, then the server exits.")]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
     #[arg(
@@ -65,9 +66,20 @@ pub struct ServeArgs {
     #[arg(long, env = "FLUX_QUEUE_DEPTH", value_name = "N", default_value_t = 16)]
     pub queue_depth: usize,
 
-    /// Folder for generated images. [default: <temp dir>/flux-files]
+    /// Folder for generated images (recreated if deleted). [default: <user data dir>/flux-rs/files,
+    /// e.g. ~/.local/share/flux-rs/files]
     #[arg(long, env = "FLUX_FILES_DIR", value_name = "DIR")]
     pub files_dir: Option<PathBuf>,
+
+    /// Most space the stored images may take (e.g. 500MiB, 10GiB, 2G), or `off`; past it the
+    /// oldest images are deleted first.
+    #[arg(
+        long,
+        env = "FLUX_FILES_QUOTA",
+        value_name = "SIZE",
+        default_value = "10GiB"
+    )]
+    pub files_quota: String,
 
     /// Flush each image to disk before answering, so every URL handed out survives a power cut
     /// (one fsync per image on the response path). Default: flush right after answering.
@@ -106,17 +118,33 @@ pub struct ServeArgs {
     )]
     pub read_timeout: String,
 
-    /// Log JSON lines instead of text.
+    /// On shutdown, once admitted generations have finished, how long open connections get to
+    /// finish their answers before they are closed: e.g. 10s.
+    #[arg(
+        long,
+        env = "FLUX_DRAIN_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub drain_timeout: String,
+
+    /// Take the client address from the last X-Forwarded-For entry (behind a proxy that sets it).
+    /// The address keys the failed-authentication limit and, without API keys, the rate limit.
+    #[arg(long, env = "FLUX_TRUST_FORWARDED_FOR", value_parser = BoolishValueParser::new())]
+    pub trust_forwarded_for: bool,
+
+    /// Log JSON lines instead of text (on stderr, like the text logs; RUST_LOG sets the filter).
     #[arg(long, env = "FLUX_JSON_LOGS", value_parser = BoolishValueParser::new())]
     pub json_logs: bool,
 }
 
 pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
     let config = server_config(&args)?;
+    let level = if verbose { "debug" } else { "info" };
     if args.json_logs {
-        flux_remote::init_logging(true).context("cannot set up logging")?;
+        crate::logging::init_logging(true, level)?;
     } else {
-        crate::init_logging(if verbose { "debug" } else { "info" });
+        crate::init_logging(level);
     }
     config
         .validate()
@@ -244,6 +272,9 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         retention: parse_duration("--retention", &args.retention)?,
         request_timeout: parse_duration("--request-timeout", &args.request_timeout)?,
         read_timeout: parse_duration("--read-timeout", &args.read_timeout)?,
+        drain_timeout: parse_duration("--drain-timeout", &args.drain_timeout)?,
+        trust_forwarded_for: args.trust_forwarded_for,
+        files_quota: parse_byte_size("--files-quota", &args.files_quota)?,
         json_logs: args.json_logs,
         file_durability: if args.durable_images {
             FileDurability::BeforeResponse
@@ -256,6 +287,39 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         config.files_dir = dir.clone();
     }
     Ok(config)
+}
+
+/// `off`, or a size: a whole number with an optional unit (`K`/`KB`/`KiB`, `M`..., `G`..., `T`...;
+/// all powers of 1024), e.g. `500MiB`, `10GiB`, `2G`, or plain bytes.
+fn parse_byte_size(flag: &str, text: &str) -> anyhow::Result<Option<u64>> {
+    let text = text.trim();
+    if matches!(text, "off" | "none") {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || {
+        BadInput(format!(
+            "{flag} {text:?} is not a size; use e.g. 500MiB, 10GiB or off"
+        ))
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let power = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 1,
+        "m" => 2,
+        "g" => 3,
+        "t" => 4,
+        _ => return Err(bad().into()),
+    };
+    let bytes = number.checked_mul(1024u64.pow(power)).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(bad().into());
+    }
+    Ok(Some(bytes))
 }
 
 /// `90s`, `30m`, `24h`, `7d`, or a plain number of seconds.
@@ -285,6 +349,19 @@ fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_or_off() -> anyhow::Result<()> {
+        assert_eq!(parse_byte_size("--files-quota", "off")?, None);
+        assert_eq!(parse_byte_size("--files-quota", "4096")?, Some(4096));
+        assert_eq!(parse_byte_size("--files-quota", "500MiB")?, Some(500 << 20));
+        assert_eq!(parse_byte_size("--files-quota", "10GiB")?, Some(10 << 30));
+        assert_eq!(parse_byte_size("--files-quota", "2G")?, Some(2 << 30));
+        for bad in ["", "0", "5 parsecs", "-1G", "1.5G"] {
+            assert!(parse_byte_size("--files-quota", bad).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn durations_parse_with_units() -> anyhow::Result<()> {

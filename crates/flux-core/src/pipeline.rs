@@ -60,9 +60,9 @@ pub struct PipelineOutput {
 pub struct TextEmbeddings {
     pub clip_ids: Vec<i64>,
     pub t5_ids: Vec<i64>,
-    /// CLIP pooled embedding, [1, D].
+    /// CLIP pooled embedding, `[1, D]`.
     pub pooled: Array2<f32>,
-    /// T5 hidden states, [1, L, D].
+    /// T5 hidden states, `[1, L, D]`.
     pub text: Array3<f32>,
 }
 
@@ -70,13 +70,13 @@ pub struct TextEmbeddings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawGeneration {
     pub text: TextEmbeddings,
-    /// The initial noise, [B, 16, H/8, W/8].
+    /// The initial noise, `[B, 16, H/8, W/8]`.
     pub noise: Array4<f32>,
     /// The schedule, N + 1 values ending in 0.
     pub sigmas: Vec<f32>,
-    /// Packed latents after the last step, [B, S, 64].
+    /// Packed latents after the last step, `[B, S, 64]`.
     pub final_latents: Array3<f32>,
-    /// Decoded images, [B, 3, H, W], about [-1, 1].
+    /// Decoded images, `[B, 3, H, W]`, about `[-1, 1]`.
     pub images: Array4<f32>,
     pub timings: StageTimings,
 }
@@ -266,7 +266,7 @@ impl FluxPipeline {
         sampling::flux_sigmas(num_steps, image_seq_len, &self.model.scheduler)
     }
 
-    /// Runs the Euler loop from `noise` ([B,16,H/8,W/8]) and returns the packed final latents.
+    /// Runs the Euler loop from `noise` (`[B,16,H/8,W/8]`) and returns the packed final latents.
     /// Each image depends only on its own slice of `noise`.
     pub fn denoise_from_noise(
         &mut self,
@@ -286,7 +286,7 @@ impl FluxPipeline {
         )
     }
 
-    /// Unpacks, unscales and decodes packed latents into images [B,3,H,W] (about [-1,1]).
+    /// Unpacks, unscales and decodes packed latents into images `[B,3,H,W]` (about `[-1,1]`).
     pub fn decode_latents(
         &mut self,
         packed: ArrayView3<'_, f32>,

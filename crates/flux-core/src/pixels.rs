@@ -1,4 +1,4 @@
-//! From VAE output to image files: float planes in about [-1, 1] to RGB bytes, rounded exactly as
+//! From VAE output to image files: float planes in about `[-1, 1]` to RGB bytes, rounded exactly as
 //! diffusers' `VaeImageProcessor.postprocess(output_type="pil")` does, then JPEG or PNG.
 
 use std::io::Cursor;

@@ -1,5 +1,5 @@
-//! The optional safety checker: an ONNX image classifier (`pixel_values` [B,3,224,224] →
-//! `logits` [B,2], index 1 = nsfw) run on the final RGB images.
+//! The optional safety checker: an ONNX image classifier (`pixel_values` `[B,3,224,224]` →
+//! `logits` `[B,2]`, index 1 = nsfw) run on the final RGB images.
 //!
 //! Its input is the image resized to 224×224 the way Pillow's `Image.resize(…, BILINEAR)` does
 //! it on 8-bit RGB (separable passes, horizontal first, fixed-point coefficients, rounding to 8
@@ -55,7 +55,7 @@ fn nsfw_probability(normal: f32, nsfw: f32) -> f32 {
     nsfw / (normal + nsfw)
 }
 
-/// The classifier input for a batch of images: [B,3,224,224].
+/// The classifier input for a batch of images: `[B,3,224,224]`.
 pub fn pixel_values(images: &[RgbImage]) -> Array4<f32> {
     let mut batch = Array4::<f32>::zeros((images.len(), 3, SAFETY_INPUT_SIZE, SAFETY_INPUT_SIZE));
     for (image, mut planes) in images.iter().zip(batch.outer_iter_mut()) {

@@ -13,7 +13,6 @@ use flux_core::FluxError;
 use flux_core::config::SessionConfig;
 use flux_core::engine::{Engine, Job, JobHandle, ProgressCallback};
 use flux_core::pipeline::{GenerationParams, PipelineOutput};
-use flux_types::request::MAX_SEED;
 use flux_types::{
     BoxFuture, Generation, GenerationTimings, Generator, GeneratorError, Progress, ProgressFn,
     ValidRequest,
@@ -77,10 +76,9 @@ impl LocalGenerator {
     }
 
     fn submit(&self, request: ValidRequest, progress: Option<ProgressFn>) -> Submitted {
-        // The seed is drawn here, not in the pipeline, so the caller learns the one used.
-        let seed = request
-            .seed()
-            .unwrap_or_else(|| rand::random_range(0..=MAX_SEED));
+        // The seed is resolved here, not in the pipeline, so the caller learns the one used.
+        let request = request.with_drawn_seed();
+        let seed = request.seed().unwrap_or_default();
         let (sender, receiver) = oneshot::channel();
         let reply = Box::new(move |result: flux_core::Result<PipelineOutput>| {
             // The receiver is gone when the caller dropped the future: nobody to tell.

@@ -32,9 +32,10 @@ pub struct ApiErrorResponse {
 /// The status every error code is answered with (the contract's error table).
 pub fn status_for(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::InvalidJson | ErrorCode::InvalidParameter | ErrorCode::UnknownField => {
-            StatusCode::BAD_REQUEST
-        }
+        ErrorCode::InvalidJson
+        | ErrorCode::InvalidParameter
+        | ErrorCode::UnknownField
+        | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
@@ -42,7 +43,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::NotReady | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NotReady | ErrorCode::ShuttingDown | ErrorCode::StorageUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::InferenceFailed => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -167,6 +170,17 @@ impl ApiErrorResponse {
             None,
         )
         .retry_after(Duration::from_secs(5))
+    }
+
+    /// The files folder cannot take the images (full, read-only, unusable): a server fault that no
+    /// generation is blamed for.
+    pub fn storage_unavailable() -> Self {
+        Self::new(
+            ErrorCode::StorageUnavailable,
+            "the server cannot store images right now (its storage is full or unusable); \
+             retry later, or send sync_mode: true to get the images inline",
+            None,
+        )
     }
 
     pub fn shutting_down() -> Self {

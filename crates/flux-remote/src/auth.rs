@@ -1,6 +1,7 @@
 //! Bearer API keys: stored as SHA-256 digests and compared in constant time; never logged.
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, header};
+use flux_types::ErrorCode;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -15,6 +16,12 @@ pub(crate) struct Caller([u8; 32]);
 impl Caller {
     /// All-zero: no key hashes to it in practice.
     pub(crate) const ANONYMOUS: Caller = Caller([0; 32]);
+
+    /// The rate-limit bucket of an anonymous caller at `client`: without keys, callers are told
+    /// apart by address (the digest keeps it out of the key space).
+    pub(crate) fn for_address(client: crate::client_addr::ClientKey) -> Caller {
+        Caller(sha256(&client.to_bytes()))
+    }
 }
 
 impl std::fmt::Debug for Caller {
@@ -56,10 +63,19 @@ impl ApiKeys {
 
     /// Checks an `Authorization` header. Digests have a fixed length, and every stored digest is
     /// compared, so the time taken says nothing about which key or how much of it matched.
-    pub(crate) fn authenticate(
-        &self,
-        authorization: Option<&HeaderValue>,
-    ) -> Result<Caller, ApiErrorResponse> {
+    ///
+    /// Two `Authorization` headers are refused (400 `malformed_request`): which one a proxy or
+    /// another server would take differs, so neither is taken.
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiErrorResponse> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let authorization = values.next();
+        if values.next().is_some() {
+            return Err(ApiErrorResponse::with_param(
+                ErrorCode::MalformedRequest,
+                "Authorization",
+                "the request has more than one Authorization header; send exactly one",
+            ));
+        }
         let Some(value) = authorization else {
             if self.allow_unauthenticated {
                 return Ok(Caller::ANONYMOUS);

@@ -9,8 +9,8 @@ use reqwest::header::{self, HeaderMap};
 use reqwest::{StatusCode, Url};
 
 use crate::error::RemoteError;
-use crate::files::random_hex;
-use crate::server::GENERATE_PATH;
+use crate::ids::random_hex;
+use crate::routes::GENERATE_PATH;
 
 /// How long an idle pooled connection is kept: below the server's default read timeout.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(45);

@@ -12,6 +12,13 @@ use crate::files::FileDurability;
 /// The contract's body limit: 64 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The shortest API key the server starts with: a key is a password that cannot be rate limited
+/// everywhere, so it must be long enough not to be guessed.
+pub const MIN_API_KEY_CHARS: usize = 16;
+
+/// The default size quota of the files folder: 10 GiB.
+pub const DEFAULT_FILES_QUOTA_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
 /// The largest accepted `queue_depth`: far beyond what one model can work through, and well below
 /// what the queue's semaphore can count.
 pub const MAX_QUEUE_DEPTH: usize = 65_536;
@@ -34,8 +41,12 @@ pub struct ServerConfig {
     /// Generation requests admitted at once, queued and running together. A request beyond it is
     /// answered 429 `overloaded` at once. Default 16, at most [`MAX_QUEUE_DEPTH`].
     pub queue_depth: usize,
-    /// Where generated images are stored. Default `<system temp dir>/flux-files`.
+    /// Where generated images are stored. Default `<user data dir>/flux-rs/files` (see
+    /// [`default_files_dir`]); a folder deleted while the server runs is recreated.
     pub files_dir: PathBuf,
+    /// Most bytes the stored images may take; past it the oldest images are deleted first to make
+    /// room. Default `Some(10 GiB)`; `None` means no quota (only the retention bounds the folder).
+    pub files_quota: Option<u64>,
     /// When a stored image is flushed to disk: right after the response (default) or before it.
     pub file_durability: FileDurability,
     /// Base of the image URLs in responses, e.g. `https://flux.example.com`. Default `None`:
@@ -53,7 +64,15 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Largest accepted request body. Default 64 KiB (the contract's limit).
     pub max_body_bytes: usize,
-    /// Log as JSON lines instead of human-readable text (used by [`crate::init_logging`]).
+    /// On shutdown, once every admitted generation has finished, how long open connections get to
+    /// finish their answers; the rest (half-sent headers, a client that reads nothing) are then
+    /// closed. Default 10 s.
+    pub drain_timeout: Duration,
+    /// Take the client address from the last `X-Forwarded-For` entry instead of the TCP peer
+    /// (set it behind a proxy that appends that header). The address keys the failed-
+    /// authentication limit and, without authentication, the rate limit. Default `false`.
+    pub trust_forwarded_for: bool,
+    /// Log as JSON lines instead of human-readable text (the binary installs the logger).
     /// Default `false`.
     pub json_logs: bool,
 }
@@ -66,13 +85,16 @@ impl Default for ServerConfig {
             allow_unauthenticated: false,
             rate_limit: Some(RateLimit::default()),
             queue_depth: 16,
-            files_dir: std::env::temp_dir().join("flux-files"),
+            files_dir: default_files_dir(),
+            files_quota: Some(DEFAULT_FILES_QUOTA_BYTES),
             file_durability: FileDurability::default(),
             public_url: None,
             retention: Duration::from_secs(24 * 60 * 60),
             request_timeout: Duration::from_secs(10 * 60),
             read_timeout: Duration::from_secs(60),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            drain_timeout: Duration::from_secs(10),
+            trust_forwarded_for: false,
             json_logs: false,
         }
     }
@@ -91,7 +113,13 @@ impl ServerConfig {
         }
         for (index, key) in self.api_keys.iter().enumerate() {
             check_key_syntax(key)
+                .and_then(|()| check_key_length(key))
                 .map_err(|why| RemoteError::Config(format!("API key #{} {why}", index + 1)))?;
+        }
+        if self.files_quota == Some(0) {
+            return Err(RemoteError::Config(
+                "files_quota must be at least 1 byte (None switches the quota off)".to_owned(),
+            ));
         }
         if let Some(rate_limit) = &self.rate_limit
             && (rate_limit.period.is_zero() || rate_limit.period > MAX_RATE_LIMIT_PERIOD)
@@ -127,6 +155,11 @@ impl ServerConfig {
                 "read_timeout must be longer than 0 s".to_owned(),
             ));
         }
+        if self.drain_timeout.is_zero() {
+            return Err(RemoteError::Config(
+                "drain_timeout must be longer than 0 s".to_owned(),
+            ));
+        }
         if let Some(url) = &self.public_url {
             normalize_public_url(url)?;
         }
@@ -144,7 +177,7 @@ impl ServerConfig {
 }
 
 fn normalize_public_url(url: &str) -> Result<String, RemoteError> {
-    let parsed = reqwest::Url::parse(url)
+    let parsed = url::Url::parse(url)
         .map_err(|err| RemoteError::Config(format!("public URL {url:?} is not a URL: {err}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(RemoteError::Config(format!(
@@ -283,6 +316,46 @@ fn collect_keys<'a>(
         }
     }
     Ok(())
+}
+
+/// A key long enough not to be guessed; checked at start-up, so a key file that only lists short
+/// keys is still readable (and reported) by [`load_api_keys`].
+fn check_key_length(key: &str) -> Result<(), &'static str> {
+    if key.chars().count() < MIN_API_KEY_CHARS {
+        return Err(
+            "is shorter than 16 characters: use a long random key (e.g. `openssl rand -hex 24`)",
+        );
+    }
+    Ok(())
+}
+
+/// `<user data dir>/flux-rs/files`: `$XDG_DATA_HOME` or `~/.local/share` on Linux and other Unix
+/// systems, `~/Library/Application Support` on macOS, `%LOCALAPPDATA%` on Windows. The system
+/// temp dir only when none of those is known: images are answers a client may still fetch, and
+/// temp dirs are cleaned behind a server's back.
+pub fn default_files_dir() -> PathBuf {
+    user_data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("flux-rs")
+        .join("files")
+}
+
+fn user_data_dir() -> Option<PathBuf> {
+    let non_empty = |name: &str| {
+        std::env::var_os(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
+    if cfg!(windows) {
+        return non_empty("LOCALAPPDATA");
+    }
+    let home = non_empty("HOME");
+    if cfg!(target_os = "macos") {
+        return home.map(|home| home.join("Library").join("Application Support"));
+    }
+    non_empty("XDG_DATA_HOME")
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| home.map(|home| home.join(".local").join("share")))
 }
 
 /// A key must fit in a Bearer header: visible ASCII, no spaces, at most 512 characters.

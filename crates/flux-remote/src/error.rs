@@ -44,10 +44,6 @@ pub enum RemoteError {
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 
-    /// The logging subscriber could not be installed (one is already set).
-    #[error("cannot install the log subscriber: {0}")]
-    Logging(String),
-
     /// The server answered with a non-2xx status. `body` is the parsed error body when the answer
     /// had one; `raw_body` is always the text received, so nothing is lost when parsing fails.
     #[error("{}", api_error_message(*.status, .body.as_ref(), .raw_body))]
@@ -61,6 +57,7 @@ pub enum RemoteError {
 
     /// The request could not be sent or the answer could not be received (connection refused or
     /// dropped, DNS, TLS, a timeout).
+    #[cfg(feature = "client")]
     #[error("HTTP transport error: {0}")]
     Transport(#[from] reqwest::Error),
 

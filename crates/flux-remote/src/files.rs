@@ -1,11 +1,18 @@
 //! Generated images on local disk: random capability ids, atomic writes, strict name parsing,
-//! retention.
+//! retention, a size quota, and the folder's health (recreated when deleted).
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::RemoteError;
+use crate::file_index::FileIndex;
+pub(crate) use crate::ids::random_hex;
+
+/// How long a health probe of the folder is trusted before `/ready` probes again.
+const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Bytes of randomness in a file id (128 bits), written as lowercase hex.
 const ID_BYTES: usize = 16;
@@ -13,13 +20,6 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// A temporary file younger than this (or than the retention, if longer) may still be being
 /// written, however short the retention is; only older ones are crash leftovers to delete.
 const TEMP_FILE_GRACE: Duration = Duration::from_secs(60 * 60);
-
-/// Random bytes as lowercase hex, from the thread-local CSPRNG.
-pub(crate) fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut buffer);
-    buffer.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The file kinds the store serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ fn write_then_rename(
     target: &Path,
     durability: FileDurability,
 ) -> io::Result<Option<std::fs::File>> {
-    let mut file = std::fs::File::create(temp)?;
+    let mut file = create_recreating_dir(temp)?;
     std::io::Write::write_all(&mut file, bytes)?;
     match durability {
         FileDurability::BeforeResponse => {
@@ -135,29 +135,144 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Creates `temp` for writing; recreates the folder first when it was deleted under the server.
+fn create_recreating_dir(temp: &Path) -> io::Result<std::fs::File> {
+    match std::fs::File::create(temp) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = temp.parent() {
+                std::fs::create_dir_all(dir)?;
+                tracing::warn!(dir = %dir.display(), "the files folder was gone: recreated it");
+            }
+            std::fs::File::create(temp)
+        }
+        other => other,
+    }
+}
+
+/// What the metrics report about the folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StorageStats {
+    pub healthy: bool,
+    pub bytes: u64,
+    pub quota: Option<u64>,
+    pub evicted: u64,
+    pub failures: u64,
+}
+
 /// The image directory.
 #[derive(Debug)]
 pub(crate) struct FileStore {
     dir: PathBuf,
     retention: Duration,
     durability: FileDurability,
+    quota: Option<u64>,
+    index: FileIndex,
+    healthy: AtomicBool,
+    /// When the folder was last found writable or not (a probe, or a real write).
+    checked: Mutex<Option<Instant>>,
+    evicted: AtomicU64,
+    failures: AtomicU64,
 }
 
 impl FileStore {
+    #[cfg(test)]
     pub(crate) fn open(
         dir: &Path,
         retention: Duration,
         durability: FileDurability,
     ) -> Result<Self, RemoteError> {
-        std::fs::create_dir_all(dir).map_err(|source| RemoteError::FilesDir {
+        Self::with_quota(dir, retention, durability, None)
+    }
+
+    /// Opens (creating) the folder and indexes the images already in it, so the quota counts
+    /// them too.
+    pub(crate) fn with_quota(
+        dir: &Path,
+        retention: Duration,
+        durability: FileDurability,
+        quota: Option<u64>,
+    ) -> Result<Self, RemoteError> {
+        let failed = |source| RemoteError::FilesDir {
             path: dir.to_owned(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(dir).map_err(failed)?;
+        let index = FileIndex::default();
+        for entry in std::fs::read_dir(dir).map_err(failed)?.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if parse_file_name(name).is_none() {
+                continue;
+            }
+            if let Ok(metadata) = entry.metadata()
+                && metadata.is_file()
+            {
+                let written = metadata.modified().unwrap_or_else(|_| SystemTime::now());
+                index.insert(name, written, metadata.len());
+            }
+        }
         Ok(FileStore {
             dir: dir.to_owned(),
             retention,
             durability,
+            quota,
+            index,
+            healthy: AtomicBool::new(true),
+            checked: Mutex::new(None),
+            evicted: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         })
+    }
+
+    fn set_health(&self, healthy: bool) {
+        let was = self.healthy.swap(healthy, Ordering::SeqCst);
+        if was != healthy {
+            if healthy {
+                tracing::info!(dir = %self.dir.display(), "the files folder is writable again");
+            } else {
+                tracing::error!(dir = %self.dir.display(), "the files folder is not writable: stored-image requests get 503 storage_unavailable");
+            }
+        }
+        *self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Whether images can be written: the last write or probe, when recent, else a fresh probe
+    /// (a small file written and removed; a deleted folder is recreated).
+    pub(crate) async fn is_healthy(&self) -> bool {
+        let recent = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < HEALTH_PROBE_EVERY);
+        if recent {
+            return self.healthy.load(Ordering::SeqCst);
+        }
+        let probe = self
+            .dir
+            .join(format!("{TEMP_PREFIX}probe-{}", random_hex(ID_BYTES)));
+        let healthy = tokio::task::spawn_blocking(move || {
+            let written = create_recreating_dir(&probe)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, b"probe"));
+            let _ = std::fs::remove_file(&probe);
+            written.is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        self.set_health(healthy);
+        healthy
+    }
+
+    pub(crate) fn stats(&self) -> StorageStats {
+        StorageStats {
+            healthy: self.healthy.load(Ordering::SeqCst),
+            bytes: self.index.total(),
+            quota: self.quota,
+            evicted: self.evicted.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
     }
 
     /// Writes `bytes` under a fresh id and returns the file name. The bytes go to a temporary
@@ -165,7 +280,30 @@ impl FileStore {
     /// [`FileDurability::AfterResponse`] the flush to disk is started here and finishes in the
     /// background: the caller answers as soon as the file is readable.
     pub(crate) async fn store(&self, bytes: Vec<u8>, kind: FileKind) -> io::Result<String> {
+        let result = self.store_unchecked(bytes, kind).await;
+        match &result {
+            Ok(_) => self.set_health(true),
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.set_health(false);
+            }
+        }
+        result
+    }
+
+    async fn store_unchecked(&self, bytes: Vec<u8>, kind: FileKind) -> io::Result<String> {
         let name = format!("{}.{}", random_hex(ID_BYTES), kind.extension());
+        let size = bytes.len() as u64;
+        if self.quota.is_some_and(|quota| size > quota) {
+            return Err(io::Error::other(format!(
+                "an image of {size} bytes is larger than the files quota"
+            )));
+        }
+        // Reserved before the write, so concurrent writes cannot overshoot the quota together.
+        let evicted = self.index.reserve(&name, size, self.quota);
+        self.evicted
+            .fetch_add(evicted.len() as u64, Ordering::Relaxed);
+        let evict_dir = self.dir.clone();
         let temp = self
             .dir
             .join(format!("{TEMP_PREFIX}{}", random_hex(ID_BYTES)));
@@ -175,6 +313,16 @@ impl FileStore {
         // One blocking task for the whole write instead of one per `tokio::fs` call: each hop to
         // the blocking pool costs a thread wake-up, and this is on the response path.
         let written = tokio::task::spawn_blocking(move || {
+            for victim in &evicted {
+                // Already gone (expired, or the folder was deleted) is what eviction wants.
+                let _ = std::fs::remove_file(evict_dir.join(victim));
+            }
+            if !evicted.is_empty() {
+                tracing::info!(
+                    images = evicted.len(),
+                    "files quota reached: deleted the oldest images"
+                );
+            }
             let result = write_then_rename(&bytes, &temp, &target, durability);
             if result.is_err() {
                 let _ = std::fs::remove_file(&temp);
@@ -182,7 +330,9 @@ impl FileStore {
             result
         })
         .await
-        .map_err(io::Error::other)??;
+        .map_err(io::Error::other)
+        .and_then(|written| written)
+        .inspect_err(|_| self.index.remove(&name))?;
         if let Some(file) = written {
             tokio::task::spawn_blocking(move || {
                 if let Err(error) = file.sync_all().and_then(|()| sync_dir(&dir)) {
@@ -205,6 +355,7 @@ impl FileStore {
         }
         if self.is_expired(&metadata) {
             let _ = tokio::fs::remove_file(&path).await;
+            self.index.remove(name);
             return None;
         }
         let bytes = tokio::fs::read(&path).await.ok()?;
@@ -218,6 +369,8 @@ impl FileStore {
     /// Deletes expired images and temporary files left by a crash; returns how many went.
     pub(crate) async fn sweep(&self) -> usize {
         let mut removed = 0;
+        // A folder deleted under the server comes back at the next sweep at the latest.
+        let _ = tokio::fs::create_dir_all(&self.dir).await;
         let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
             return 0;
         };
@@ -243,6 +396,7 @@ impl FileStore {
                 && is_older_than(&metadata, max_age)
                 && tokio::fs::remove_file(entry.path()).await.is_ok()
             {
+                self.index.remove(name);
                 removed += 1;
             }
         }

@@ -1,40 +1,65 @@
 //! The flux-rs HTTP API: an axum server that fronts any `flux_types::Generator`, and the reqwest
 //! client that speaks the same contract (documented in `docs/api.md`).
 //!
-//! Server: [`ServerConfig`] → [`Server::bind`] → [`Server::run`] (or [`serve`]), with
-//! [`router`] for in-process tests. Client: [`FluxClient`].
+//! Server (feature `server`): `ServerConfig` → `Server::bind` → `Server::run` (or `serve`), with
+//! `router` for in-process tests. Client (feature `client`): `FluxClient`. Both are default
+//! features; a program that only calls a server takes `default-features = false, features =
+//! ["client"]` and links no axum or hyper server.
 
+#[cfg(feature = "server")]
 mod api_error;
+#[cfg(feature = "server")]
 mod auth;
+#[cfg(feature = "server")]
+mod auth_throttle;
+#[cfg(feature = "client")]
 mod client;
+#[cfg(feature = "server")]
+mod client_addr;
+#[cfg(feature = "server")]
 mod config;
+#[cfg(feature = "server")]
+mod conn_io;
 mod error;
+#[cfg(feature = "server")]
+mod file_index;
+#[cfg(feature = "server")]
 mod files;
+#[cfg(feature = "server")]
+mod half_close;
+#[cfg(feature = "server")]
+mod http_errors;
+#[cfg(feature = "server")]
 mod idempotency;
+mod ids;
+#[cfg(feature = "server")]
 mod listener;
+#[cfg(feature = "server")]
 mod metrics;
+#[cfg(feature = "server")]
+mod observe;
+#[cfg(feature = "server")]
+mod preflight;
+#[cfg(feature = "server")]
+mod queue_eta;
+#[cfg(feature = "server")]
 mod rate_limit;
+mod routes;
+#[cfg(feature = "server")]
 mod server;
 
+#[cfg(feature = "server")]
 pub use api_error::{ApiErrorResponse, status_for};
+#[cfg(feature = "client")]
 pub use client::{FluxClient, FluxClientBuilder};
-pub use config::{DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, RateLimit, ServerConfig, load_api_keys};
-pub use error::{ClientError, RemoteError};
-pub use files::FileDurability;
-pub use server::{
-    AppState, FILES_PATH, GENERATE_PATH, Server, ShutdownSignals, router, serve, shutdown_signal,
+#[cfg(feature = "server")]
+pub use config::{
+    DEFAULT_FILES_QUOTA_BYTES, DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, MIN_API_KEY_CHARS,
+    RateLimit, ServerConfig, default_files_dir, load_api_keys,
 };
-
-/// Installs the global `tracing` subscriber: JSON lines when `json` is true, readable text
-/// otherwise; the filter comes from `RUST_LOG` (default `info`).
-pub fn init_logging(json: bool) -> Result<(), RemoteError> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    result.map_err(|error| RemoteError::Logging(error.to_string()))
-}
+pub use error::{ClientError, RemoteError};
+#[cfg(feature = "server")]
+pub use files::FileDurability;
+pub use routes::{FILES_PATH, GENERATE_PATH};
+#[cfg(feature = "server")]
+pub use server::{AppState, Server, ShutdownSignals, router, serve, shutdown_signal};

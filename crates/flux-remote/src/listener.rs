@@ -1,51 +1,67 @@
 //! The accept loop: serves each TCP connection with hyper's HTTP/1.1, closes connections whose
 //! request headers do not arrive in time or whose client stops reading its answer, and drains
-//! gracefully.
+//! in bounded time.
 //!
 //! It replaces `axum::serve`, which runs hyper without a timer and so without any header read
 //! timeout: a client that connects and never sends a request (or trickles its headers) would hold
 //! its connection, and a file descriptor, for ever; one that stops reading would pin its answer in
 //! memory and keep a drain from ever finishing.
+//!
+//! The drain has two phases. While admitted generations still run, open connections stay open
+//! and are served (a new generation request is answered 503 `shutting_down`, an image can still
+//! be fetched); then every connection is asked to finish its answer and close, and whatever is
+//! still open after the drain timeout (half-sent headers, a client reading nothing) is closed.
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::time::Sleep;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use crate::conn_io::{ConnIo, ConnState, PendingRequest};
+use crate::half_close::client_gone;
+use crate::server::AppState;
+
 /// Serves `router` on `listener` until `shutdown` resolves. Then it stops accepting (the listener
-/// is closed), asks every open connection to finish its request in progress and close, and
-/// returns once all have.
+/// is closed), waits until `state` has no admitted generation left while open connections are
+/// still served, asks every connection to finish its answer and close, and returns once all have
+/// or `drain_timeout` has passed (the rest are closed then).
 pub(crate) async fn serve_connections(
     listener: TcpListener,
     router: Router,
-    read_timeout: Duration,
+    state: AppState,
     shutdown: impl Future<Output = ()>,
 ) {
+    let read_timeout = state.read_timeout();
+    let drain_timeout = state.drain_timeout();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(read_timeout);
+        .header_read_timeout(read_timeout)
+        // A client may shut down its sending side once its request is out (HTTP/1.1 allows it):
+        // it still gets its answer. A client that closed altogether is told apart by
+        // `half_close::client_gone`.
+        .half_close(true);
     let graceful = GracefulShutdown::new();
+    let (hard_stop, stopped) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             // A connection reset before it was accepted: the client's business, not ours.
             Err(error) if is_connection_error(&error) => {
                 tracing::debug!(%error, "a connection went away before it was accepted");
@@ -58,25 +74,83 @@ pub(crate) async fn serve_connections(
                 continue;
             }
         };
-        // Answers are small and single-shot: do not let Nagle hold back their last segment.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
+        let (stream, watch) = match split_watch(stream) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "cannot prepare a connection");
+                continue;
+            }
+        };
+        let conn = Arc::new(ConnState::default());
+        // Each request carries the peer address (`ConnectInfo`), and the connection knows while
+        // a request waits for its answer.
+        let service = {
+            let (router, conn) = (router.clone(), conn.clone());
+            TowerToHyperService::new(tower::service_fn(
+                move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let pending = PendingRequest::begin(&conn, request.version());
+                    let call = router.clone().oneshot(request.map(Body::new));
+                    async move {
+                        let answer = call.await;
+                        drop(pending);
+                        answer
+                    }
+                },
+            ))
+        };
+        let io = ConnIo::new(
+            TokioIo::new(stream),
+            read_timeout,
+            conn.clone(),
+            state.clone(),
         );
-        let io = WriteStallTimeout::new(TokioIo::new(stream), read_timeout);
         let connection = graceful.watch(builder.serve_connection(io, service));
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                biased;
+                result = &mut connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(error = %error, "connection ended with an error");
+                    }
+                }
+                () = client_gone(&watch, &conn) => {
+                    tracing::debug!(%peer, "the client closed its connection before its answer");
+                }
+                _ = stopped.wait_for(|stop| *stop) => {
+                    tracing::info!(%peer, "closed a connection still open at the end of the drain");
+                }
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Phase 1: admitted work finishes; open keep-alive connections are still answered.
+    state.wait_idle().await;
+    // Phase 2: answers in progress are finished, idle connections closed, within the timeout.
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_timeout_s = drain_timeout.as_secs_f64(),
+            "drain timeout: closing the connections still open"
+        );
+        let _ = hard_stop.send(true);
+    }
+}
+
+/// The stream for hyper, and a second handle on the same socket that watches for the client
+/// closing it while a request is still being answered.
+fn split_watch(stream: TcpStream) -> io::Result<(TcpStream, TcpStream)> {
+    // Answers are small and single-shot: do not let Nagle hold back their last segment.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    let stream = stream.into_std()?;
+    let watch = stream.try_clone()?;
+    Ok((TcpStream::from_std(stream)?, TcpStream::from_std(watch)?))
 }
 
 fn is_connection_error(error: &io::Error) -> bool {
@@ -86,93 +160,4 @@ fn is_connection_error(error: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
-}
-
-/// Fails a write that has made no progress for `limit`: the client stopped reading its answer.
-struct WriteStallTimeout<T> {
-    inner: T,
-    limit: Duration,
-    /// Armed when a write is pending, dropped when one makes progress.
-    stalled: Option<Pin<Box<Sleep>>>,
-}
-
-impl<T> WriteStallTimeout<T> {
-    fn new(inner: T, limit: Duration) -> Self {
-        WriteStallTimeout {
-            inner,
-            limit,
-            stalled: None,
-        }
-    }
-
-    /// Turns a pending write into an error once it has been pending for `limit`.
-    fn check_stall<R>(
-        &mut self,
-        polled: Poll<io::Result<R>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<R>> {
-        if polled.is_ready() {
-            self.stalled = None;
-            return polled;
-        }
-        let limit = self.limit;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing of its answer for the read timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for WriteStallTimeout<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for WriteStallTimeout<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.check_stall(polled, cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.check_stall(polled, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_flush(cx);
-        this.check_stall(polled, cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.check_stall(polled, cx)
-    }
 }

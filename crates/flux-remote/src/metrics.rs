@@ -6,6 +6,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::files::StorageStats;
+
+/// The gauges of one rendering, read from the server's state.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snapshot {
+    /// Generation requests admitted now.
+    pub in_queue: usize,
+    /// The queue depth limit.
+    pub capacity: usize,
+    pub ready: bool,
+    pub storage: StorageStats,
+}
+
 /// Upper bounds (seconds) of the generation histogram's buckets.
 const GENERATION_BUCKETS: [f64; 12] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -15,6 +28,8 @@ const GENERATION_BUCKETS: [f64; 12] = [
 pub(crate) struct Metrics {
     /// (route template, status) → count. Routes are templates, so the set is small and fixed.
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// route template → requests dropped before their answer (the client went away).
+    client_gone: Mutex<BTreeMap<String, u64>>,
     generation_buckets: [AtomicU64; GENERATION_BUCKETS.len()],
     generation_count: AtomicU64,
     generation_micros: AtomicU64,
@@ -28,6 +43,14 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *requests.entry((route.to_owned(), status)).or_default() += 1;
+    }
+
+    pub(crate) fn record_client_gone(&self, route: &str) {
+        let mut gone = self
+            .client_gone
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *gone.entry(route.to_owned()).or_default() += 1;
     }
 
     pub(crate) fn record_generation(&self, took: Duration, images: usize) {
@@ -54,8 +77,14 @@ impl Metrics {
         Duration::from_micros(self.generation_micros.load(Ordering::Relaxed) / count)
     }
 
-    /// The exposition text. `in_queue` and `capacity` describe the generation queue now.
-    pub(crate) fn render(&self, in_queue: usize, capacity: usize, ready: bool) -> String {
+    /// The exposition text, with the gauges of `now`.
+    pub(crate) fn render(&self, now: &Snapshot) -> String {
+        let Snapshot {
+            in_queue,
+            capacity,
+            ready,
+            storage,
+        } = *now;
         let mut out = String::new();
         out.push_str(
             "# HELP flux_http_requests_total HTTP requests answered, by route and status.\n",
@@ -71,6 +100,21 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "flux_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        out.push_str("# HELP flux_http_client_gone_total Requests whose client went away before their answer, by route.\n");
+        out.push_str("# TYPE flux_http_client_gone_total counter\n");
+        {
+            let gone = self
+                .client_gone
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (route, count) in gone.iter() {
+                let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(
+                    out,
+                    "flux_http_client_gone_total{{route=\"{route}\"}} {count}"
                 );
             }
         }
@@ -103,6 +147,25 @@ impl Metrics {
         let sum = self.generation_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "flux_generation_seconds_sum {sum}");
         let _ = writeln!(out, "flux_generation_seconds_count {count}");
+        out.push_str("# HELP flux_storage_healthy Whether the files folder takes new images.\n");
+        out.push_str("# TYPE flux_storage_healthy gauge\n");
+        let _ = writeln!(out, "flux_storage_healthy {}", u8::from(storage.healthy));
+        out.push_str("# HELP flux_storage_bytes Bytes the stored images take.\n");
+        out.push_str("# TYPE flux_storage_bytes gauge\n");
+        let _ = writeln!(out, "flux_storage_bytes {}", storage.bytes);
+        if let Some(quota) = storage.quota {
+            out.push_str("# HELP flux_storage_quota_bytes The files folder's size quota.\n");
+            out.push_str("# TYPE flux_storage_quota_bytes gauge\n");
+            let _ = writeln!(out, "flux_storage_quota_bytes {quota}");
+        }
+        out.push_str(
+            "# HELP flux_storage_evicted_total Images deleted before their retention ended, to keep to the quota.\n",
+        );
+        out.push_str("# TYPE flux_storage_evicted_total counter\n");
+        let _ = writeln!(out, "flux_storage_evicted_total {}", storage.evicted);
+        out.push_str("# HELP flux_storage_failures_total Images that could not be written.\n");
+        out.push_str("# TYPE flux_storage_failures_total counter\n");
+        let _ = writeln!(out, "flux_storage_failures_total {}", storage.failures);
         out.push_str("# HELP flux_images_generated_total Images generated.\n");
         out.push_str("# TYPE flux_images_generated_total counter\n");
         let _ = writeln!(

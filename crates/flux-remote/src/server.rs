@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -20,53 +20,53 @@ use flux_types::{
     parse_request,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::api_error::{ApiErrorResponse, REQUEST_ID, current_request_id};
 use crate::auth::{ApiKeys, Caller, sha256};
+use crate::auth_throttle::AuthThrottle;
 use crate::config::ServerConfig;
 use crate::error::RemoteError;
-use crate::files::{FileKind, FileStore, random_hex};
+use crate::files::{FileKind, FileStore};
 use crate::idempotency::{Begin, FilesWrittenFrom, IdempotencyStore, Reservation};
 use crate::listener::serve_connections;
-use crate::metrics::Metrics;
-use crate::rate_limit::{Limited, RateLimiterByKey};
+use crate::metrics::{Metrics, Snapshot};
+use crate::observe::observe;
+use crate::preflight::preflight;
+use crate::queue_eta::{Place, QueueClock};
+use crate::rate_limit::RateLimiterByKey;
+use crate::routes::{FILES_PATH, GENERATE_PATH};
 
 /// The committed OpenAPI document, served as is.
 const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 
-/// The generation route.
-pub const GENERATE_PATH: &str = "/api/v1/flux/dev";
-/// The prefix of image URLs.
-pub const FILES_PATH: &str = "/api/v1/files";
-
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
-const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Seeds drawn for requests without one cover the contract's whole range.
-const MAX_SEED: u64 = 4_294_967_295;
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    inner: Arc<Shared>,
+    pub(crate) inner: Arc<Shared>,
 }
 
-struct Shared {
-    generator: Arc<dyn Generator>,
-    keys: ApiKeys,
-    rate_limiter: Option<RateLimiterByKey>,
-    queue: Arc<Semaphore>,
-    queue_depth: usize,
-    files: FileStore,
-    idempotency: Arc<IdempotencyStore>,
-    metrics: Metrics,
-    public_base_url: String,
-    request_timeout: Duration,
-    read_timeout: Duration,
-    max_body_bytes: usize,
-    draining: AtomicBool,
+pub(crate) struct Shared {
+    pub(crate) generator: Arc<dyn Generator>,
+    pub(crate) keys: ApiKeys,
+    pub(crate) auth_throttle: AuthThrottle,
+    pub(crate) trust_forwarded_for: bool,
+    pub(crate) rate_limiter: Option<RateLimiterByKey>,
+    pub(crate) queue: Arc<Semaphore>,
+    pub(crate) queue_clock: Arc<QueueClock>,
+    pub(crate) queue_depth: usize,
+    pub(crate) files: FileStore,
+    pub(crate) idempotency: Arc<IdempotencyStore>,
+    pub(crate) metrics: Metrics,
+    pub(crate) public_base_url: String,
+    pub(crate) request_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) draining: AtomicBool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -93,19 +93,24 @@ impl AppState {
             inner: Arc::new(Shared {
                 generator,
                 keys: ApiKeys::new(&config.api_keys, config.allow_unauthenticated),
+                auth_throttle: AuthThrottle::default(),
+                trust_forwarded_for: config.trust_forwarded_for,
                 rate_limiter: config.rate_limit.map(RateLimiterByKey::new),
                 queue: Arc::new(Semaphore::new(config.queue_depth)),
+                queue_clock: Arc::default(),
                 queue_depth: config.queue_depth,
-                files: FileStore::open(
+                files: FileStore::with_quota(
                     &config.files_dir,
                     config.retention,
                     config.file_durability,
+                    config.files_quota,
                 )?,
                 idempotency: IdempotencyStore::new(config.retention),
                 metrics: Metrics::default(),
                 public_base_url: public_base_url.trim_end_matches('/').to_owned(),
                 request_timeout: config.request_timeout,
                 read_timeout: config.read_timeout,
+                drain_timeout: config.drain_timeout,
                 max_body_bytes: config.max_body_bytes,
                 draining: AtomicBool::new(false),
             }),
@@ -143,13 +148,37 @@ impl AppState {
         if let Some(limiter) = &self.inner.rate_limiter {
             limiter.forget_idle();
         }
+        self.inner.auth_throttle.forget_idle();
         if files + records > 0 {
             tracing::info!(files, records, "retention sweep removed expired entries");
         }
     }
 
+    /// The mean generation time: about how long a generation that starts now takes.
     fn overload_hint(&self) -> Duration {
         self.inner.metrics.mean_generation()
+    }
+
+    /// About when the generation queue frees its next place.
+    fn next_place_hint(&self) -> Duration {
+        self.inner
+            .queue_clock
+            .next_place_in(self.inner.metrics.mean_generation())
+    }
+
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.inner.read_timeout
+    }
+
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        self.inner.drain_timeout
+    }
+
+    /// Counts an answer the HTTP layer gave to a request it could not parse.
+    pub(crate) fn record_unparsed(&self, status: u16) {
+        self.inner
+            .metrics
+            .record_request(crate::http_errors::UNPARSED_ROUTE, status);
     }
 }
 
@@ -168,54 +197,6 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.inner.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
-}
-
-/// Request id, tracing span, `X-Request-Id` on every answer, per-route metrics.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| is_well_formed_request_id(id))
-        .map(str::to_owned)
-        .unwrap_or_else(|| random_hex(16));
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        method = %request.method(),
-        route = %route,
-    );
-    let started = Instant::now();
-    let mut response = REQUEST_ID
-        .scope(request_id.clone(), next.run(request))
-        .instrument(span.clone())
-        .await;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    let status = response.status().as_u16();
-    state.inner.metrics.record_request(&route, status);
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        );
-    });
-    response
-}
-
-/// An incoming id is kept when it is 1–128 characters of `[A-Za-z0-9._:-]`.
-fn is_well_formed_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 async fn not_found() -> ApiErrorResponse {
@@ -247,15 +228,22 @@ async fn ready(State(state): State<AppState>) -> Response {
     if !state.inner.generator.is_ready() {
         return ApiErrorResponse::not_ready().into_response();
     }
+    if !state.inner.files.is_healthy().await {
+        return ApiErrorResponse::storage_unavailable().into_response();
+    }
     json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let ready = !state.is_draining() && state.inner.generator.is_ready();
-    let text = state
-        .inner
-        .metrics
-        .render(state.in_queue(), state.inner.queue_depth, ready);
+    // Probed (at most once a second) so that a folder that broke while idle shows too.
+    let storage_healthy = state.inner.files.is_healthy().await;
+    let ready = !state.is_draining() && state.inner.generator.is_ready() && storage_healthy;
+    let text = state.inner.metrics.render(&Snapshot {
+        in_queue: state.in_queue(),
+        capacity: state.inner.queue_depth,
+        ready,
+        storage: state.inner.files.stats(),
+    });
     (
         [(
             header::CONTENT_TYPE,
@@ -309,36 +297,20 @@ async fn serve_file(
     }
 }
 
-/// `POST /api/v1/flux/dev`: authentication and rate limiting, then the request itself; the
-/// rate-limit state is reported on whatever the answer is.
+/// `POST /api/v1/flux/dev`: the header checks (authentication, rate limit, ...), then the request
+/// itself; the rate-limit state is reported on whatever the answer is.
 async fn generate(State(state): State<AppState>, request: Request) -> Response {
-    let caller = match state
-        .inner
-        .keys
-        .authenticate(request.headers().get(header::AUTHORIZATION))
-    {
-        Ok(caller) => caller,
-        Err(refusal) => return refusal.into_response(),
+    let admitted = match preflight(&state, &request) {
+        Ok(admitted) => admitted,
+        Err(refused) => return (*refused).answer(&state, request).await,
     };
-    let rate_state = match &state.inner.rate_limiter {
-        None => None,
-        Some(limiter) => match limiter.check(&caller) {
-            Ok(rate_state) => Some(rate_state),
-            Err(Limited {
-                response,
-                state: rate_state,
-            }) => {
-                let mut response = response.into_response();
-                rate_state.write_headers(response.headers_mut());
-                return response;
-            }
-        },
-    };
-    let mut response = match generate_authorized(&state, caller, request).await {
-        Ok(response) => response,
-        Err(refusal) => refusal.into_response(),
-    };
-    if let Some(rate_state) = rate_state {
+    let mut response =
+        match generate_authorized(&state, admitted.caller, admitted.idempotency_key, request).await
+        {
+            Ok(response) => response,
+            Err(refusal) => refusal.into_response(),
+        };
+    if let Some(rate_state) = admitted.rate_state {
         rate_state.write_headers(response.headers_mut());
     }
     response
@@ -347,10 +319,9 @@ async fn generate(State(state): State<AppState>, request: Request) -> Response {
 async fn generate_authorized(
     state: &AppState,
     caller: Caller,
+    idempotency_key: Option<String>,
     request: Request,
 ) -> Result<Response, ApiErrorResponse> {
-    check_json_content_type(request.headers())?;
-    let idempotency_key = idempotency_key(request.headers())?;
     let read_timeout = state.inner.read_timeout;
     let body = tokio::time::timeout(read_timeout, Bytes::from_request(request, &()))
         .await
@@ -416,10 +387,19 @@ async fn generate_authorized(
     };
 
     if state.is_draining() {
-        return Err(ApiErrorResponse::shutting_down());
+        // The client should take its next request elsewhere: do not keep this connection.
+        let mut response = ApiErrorResponse::shutting_down().into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
     }
     if !state.inner.generator.is_ready() {
         return Err(ApiErrorResponse::not_ready());
+    }
+    // No generation for images that could not be stored.
+    if !valid.sync_mode() && !state.inner.files.is_healthy().await {
+        return Err(ApiErrorResponse::storage_unavailable());
     }
     let permit = Arc::clone(&state.inner.queue)
         .try_acquire_owned()
@@ -429,13 +409,11 @@ async fn generate_authorized(
                 "the generation queue is full; nothing was queued, retry later",
                 None,
             )
-            .retry_after(state.overload_hint())
+            .retry_after(state.next_place_hint())
         })?;
+    let place = state.inner.queue_clock.admit(permit);
 
-    let valid = match valid.seed() {
-        Some(_) => valid,
-        None => valid.with_seed(rand::random_range(0..=MAX_SEED)),
-    };
+    let valid = valid.with_drawn_seed();
     // A request with an Idempotency-Key runs to the end even if its client goes away or the
     // request times out, so that the client's retry gets the stored answer; without one, the
     // work is cancelled with the request.
@@ -444,7 +422,7 @@ async fn generate_authorized(
         run_generation(
             state.clone(),
             valid,
-            permit,
+            place,
             reservation,
             current_request_id(),
         )
@@ -491,76 +469,16 @@ fn payload_too_large(limit: usize) -> ApiErrorResponse {
     )
 }
 
-/// `application/json`, parameters (`; charset=utf-8`) allowed, case-insensitive.
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiErrorResponse> {
-    let content_type = headers.get(header::CONTENT_TYPE);
-    let readable = content_type.and_then(|value| value.to_str().ok());
-    let is_json = readable.is_some_and(|value| {
-        value
-            .split(';')
-            .next()
-            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if is_json {
-        return Ok(());
-    }
-    let message = match (content_type, readable) {
-        (None, _) => "missing Content-Type: send 'Content-Type: application/json'".to_owned(),
-        (Some(_), None) => {
-            "unsupported Content-Type (not visible ASCII): send 'Content-Type: application/json'"
-                .to_owned()
-        }
-        (Some(_), Some(other)) => {
-            let shown: String = other.chars().take(100).collect();
-            format!("unsupported Content-Type {shown:?}: send 'Content-Type: application/json'")
-        }
-    };
-    Err(ApiErrorResponse::new(
-        ErrorCode::UnsupportedMediaType,
-        message,
-        None,
-    ))
-}
-
-/// The `Idempotency-Key` header: absent, or 1–255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiErrorResponse> {
-    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    let invalid = |why: &str| {
-        ApiErrorResponse::with_param(
-            ErrorCode::InvalidParameter,
-            "Idempotency-Key",
-            format!("Idempotency-Key {why}; it must be 1 to 255 visible ASCII characters"),
-        )
-    };
-    if values.next().is_some() {
-        return Err(invalid("is given more than once"));
-    }
-    let bytes = value.as_bytes();
-    if bytes.is_empty() {
-        return Err(invalid("is empty"));
-    }
-    if bytes.len() > 255 {
-        return Err(invalid(&format!("is {} characters long", bytes.len())));
-    }
-    if !bytes.iter().all(u8::is_ascii_graphic) {
-        return Err(invalid("has a character that is not visible ASCII"));
-    }
-    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
-}
-
 /// Runs one admitted generation to its answer. Holds the queue permit until the answer is built;
 /// stores the answer under the idempotency reservation when there is one.
 async fn run_generation(
     state: AppState,
     request: ValidRequest,
-    permit: OwnedSemaphorePermit,
+    place: Place,
     reservation: Option<Reservation>,
     request_id: String,
 ) -> Result<Response, ApiErrorResponse> {
-    let _permit = permit;
+    let _place = place;
     REQUEST_ID
         .scope(request_id, async move {
             let expected_images = request.num_images() as usize;
@@ -663,7 +581,7 @@ async fn build_response(
                 .await
                 .map_err(|error| {
                     tracing::error!(%error, "cannot store a generated image");
-                    ApiErrorResponse::inference_failed()
+                    ApiErrorResponse::storage_unavailable()
                 })?;
             format!("{}{FILES_PATH}/{name}", state.inner.public_base_url)
         };
@@ -735,6 +653,14 @@ impl Server {
             retention_s = config.retention.as_secs(),
             "flux server listening"
         );
+        tracing::debug!(
+            read_timeout_s = config.read_timeout.as_secs_f64(),
+            request_timeout_s = config.request_timeout.as_secs_f64(),
+            drain_timeout_s = config.drain_timeout.as_secs_f64(),
+            files_quota = ?config.files_quota,
+            trust_forwarded_for = config.trust_forwarded_for,
+            "server limits"
+        );
         Ok(Server {
             listener,
             state,
@@ -780,9 +706,7 @@ impl Server {
                 "shutting down: no new connections; finishing admitted work"
             );
         };
-        let read_timeout = state.inner.read_timeout;
-        serve_connections(listener, router(state.clone()), read_timeout, drain).await;
-        state.wait_idle().await;
+        serve_connections(listener, router(state.clone()), state.clone(), drain).await;
         sweeper.abort();
         tracing::info!("server stopped");
         Ok(())

@@ -38,6 +38,12 @@ pub enum ErrorCode {
     NotReady,
     /// 503: the server is draining for shutdown.
     ShuttingDown,
+    /// 503: the server cannot store images (its files folder is full, read-only or unusable);
+    /// nothing about the request is at fault, and a `sync_mode` request still works.
+    StorageUnavailable,
+    /// 400, 414 or 431: the HTTP request itself could not be parsed (a malformed request line or
+    /// header, a URI or headers too long), or it has two `Authorization` headers.
+    MalformedRequest,
 }
 
 impl ErrorCode {
@@ -58,6 +64,8 @@ impl ErrorCode {
             ErrorCode::InferenceFailed => "inference_failed",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::MalformedRequest => "malformed_request",
         }
     }
 }

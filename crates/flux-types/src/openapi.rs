@@ -155,8 +155,12 @@ fn generate_operation(
     let rate = &RATE_LIMIT_HEADERS;
     let mut unavailable = error_response(
         error_schema,
-        "The model is still loading (with `Retry-After`), or the server is draining for shutdown",
-        &[ErrorCode::NotReady, ErrorCode::ShuttingDown],
+        "The model is still loading (with `Retry-After`), the server is draining for shutdown, or it cannot store images (`sync_mode` still works)",
+        &[
+            ErrorCode::NotReady,
+            ErrorCode::ShuttingDown,
+            ErrorCode::StorageUnavailable,
+        ],
         rate,
     );
     unavailable["headers"]["Retry-After"] = json!({
@@ -205,7 +209,7 @@ fn generate_operation(
                 "headers": ok_headers,
                 "content": json_content(response_schema),
             },
-            "400": error_response(error_schema, "The body is malformed or breaks a rule (the message names the field and the rule; integers must be JSON integer literals, so `2.0` and `1e3` are refused), or the Idempotency-Key header is malformed (`param` is `Idempotency-Key`)", &[ErrorCode::InvalidJson, ErrorCode::InvalidParameter, ErrorCode::UnknownField], rate),
+            "400": error_response(error_schema, "The body is malformed or breaks a rule (the message names the field and the rule; integers must be JSON integer literals, so `2.0` and `1e3` are refused), or the Idempotency-Key header is malformed (`param` is `Idempotency-Key`); `malformed_request` for two `Authorization` headers or an HTTP request that cannot be parsed", &[ErrorCode::InvalidJson, ErrorCode::InvalidParameter, ErrorCode::UnknownField, ErrorCode::MalformedRequest], rate),
             "401": error_response(error_schema, "Missing, malformed or unknown API key", &[ErrorCode::Unauthorized], &["WWW-Authenticate"]),
             "405": error_response(error_schema, "The path does not serve this method; `Allow` lists those it does (the contract has no code of its own for this)", &[ErrorCode::NotFound], &["Allow"]),
             "409": error_response(error_schema, "A request with this Idempotency-Key and body is still running; retry after `Retry-After` (when it should be done) to get its stored answer", &[ErrorCode::IdempotencyConflict], &with_rate_limit),
@@ -264,14 +268,14 @@ fn ready_operation(error_schema: &Value) -> Value {
     json!({
         "operationId": "ready",
         "summary": "Readiness",
-        "description": "200 once the model is loaded and warm; 503 before that and while draining for shutdown.",
+        "description": "200 once the model is loaded and warm and the files folder is writable; 503 before that, while draining for shutdown, and while images cannot be stored.",
         "security": [],
         "responses": {
             "200": {
                 "description": "Ready to generate.",
                 "headers": {"X-Request-Id": header_ref("X-Request-Id")}
             },
-            "503": error_response(error_schema, "Not ready", &[ErrorCode::NotReady, ErrorCode::ShuttingDown], &[]),
+            "503": error_response(error_schema, "Not ready", &[ErrorCode::NotReady, ErrorCode::ShuttingDown, ErrorCode::StorageUnavailable], &[]),
         }
     })
 }

@@ -427,6 +427,16 @@ impl ValidRequest {
         self.request.seed = Some(seed % (MAX_SEED + 1));
         self
     }
+
+    /// The request with its seed resolved: its own, or one drawn uniformly from the contract's
+    /// range. The one place seeds are drawn (the server and the local backend both call it), so
+    /// every caller learns and reports the seed that was used.
+    pub fn with_drawn_seed(self) -> ValidRequest {
+        match self.seed() {
+            Some(_) => self,
+            None => self.with_seed(rand::random_range(0..=MAX_SEED)),
+        }
+    }
 }
 
 impl TryFrom<GenerateRequest> for ValidRequest {

@@ -457,6 +457,7 @@ impl Collector {
             Value::Object(size) => {
                 for (key, extra) in size {
                     if key != "width" && key != "height" {
+                        let key = truncated(key);
                         self.violations.push(Violation {
                             field: format!("image_size.{key}"),
                             message: format!(
@@ -530,7 +531,8 @@ fn unknown_request_field(key: &str, value: &Value) -> Violation {
         ),
     };
     Violation {
-        field: key.to_owned(),
+        // `param` echoes the name too: cut like the message, so the answer stays small.
+        field: truncated(key),
         message,
         code: ErrorCode::UnknownField,
         rule: Rule::UnknownField,

@@ -673,7 +673,7 @@ async fn serve_with_a_key_file_refuses_unknown_keys() -> anyhow::Result<()> {
     let cwd = tempfile::tempdir()?;
     std::fs::write(
         cwd.path().join("keys.txt"),
-        "# team keys\nsk-test-one\n\nsk-test-two\n",
+        "# team keys\nsk-test-one-000001\n\nsk-test-two-000002\n",
     )?;
     // Also the non-default durability, and (Linux) the idle compute priority, end to end.
     let mut args = vec!["--api-key-file", "keys.txt", "--durable-images"];
@@ -716,7 +716,7 @@ async fn serve_with_a_key_file_refuses_unknown_keys() -> anyhow::Result<()> {
     let (status, refused) = post(&http, &server.base_url, Some("sk-wrong"), body).await?;
     assert_eq!(status, 401, "{refused}");
 
-    let (status, answer) = post(&http, &server.base_url, Some("sk-test-two"), body).await?;
+    let (status, answer) = post(&http, &server.base_url, Some("sk-test-two-000002"), body).await?;
     assert_eq!(status, 200, "{answer}");
     check_first_image(&http, &answer, (64, 64)).await?;
 
@@ -738,7 +738,7 @@ async fn serve_with_a_key_file_refuses_unknown_keys() -> anyhow::Result<()> {
                 "remote",
             ])
             .env("FLUX_BACKEND", &base_url)
-            .env("FLUX_API_KEY", "sk-test-one")
+            .env("FLUX_API_KEY", "sk-test-one-000001")
             .current_dir(&output_dir)
             .stdin(Stdio::null())
             .output()

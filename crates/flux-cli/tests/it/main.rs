@@ -1,3 +1,4 @@
 //! flux-cli's integration tests, linked into one test binary: the built `flux` binary end to end.
 
 mod cli;
+mod json_logs;

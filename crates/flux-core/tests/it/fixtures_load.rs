@@ -81,6 +81,39 @@ fn check_onnx(path: &Path, required_names: &[&str]) -> Result<u64> {
     Ok(ir_version)
 }
 
+/// Checks a safetensors file's framing: an 8-byte little-endian header length, a JSON header
+/// inside the file, and tensor data that ends exactly at the end of the file.
+fn check_safetensors(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        bytes.len() >= 8,
+        "{}: shorter than a safetensors header",
+        path.display()
+    );
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[..8]);
+    let header_len = usize::try_from(u64::from_le_bytes(len))?;
+    ensure!(
+        8 + header_len <= bytes.len(),
+        "{}: header runs past the end of the file",
+        path.display()
+    );
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len])
+        .with_context(|| format!("{}: header is not JSON", path.display()))?;
+    let mut end = 0u64;
+    for (name, tensor) in header.as_object().into_iter().flatten() {
+        if name != "__metadata__" {
+            end = end.max(tensor["data_offsets"][1].as_u64().unwrap_or(u64::MAX));
+        }
+    }
+    ensure!(
+        8 + header_len as u64 + end == bytes.len() as u64,
+        "{}: tensor data does not end at the end of the file",
+        path.display()
+    );
+    Ok(())
+}
+
 /// Every file in `fixtures/index.json` exists with its recorded size and loads in its format;
 /// every file on disk is indexed (so the index cannot silently go stale).
 #[test]
@@ -128,6 +161,10 @@ fn every_indexed_fixture_file_loads() -> Result<()> {
             }
             "onnx" => {
                 check_onnx(&path, &[])?;
+            }
+            // The builder's inputs (diffusers folders, BFL files, LoRAs): the header must parse.
+            "safetensors" => {
+                check_safetensors(&path)?;
             }
             "txt" | "model" => {}
             other => bail!("{}: unexpected fixture file type {other:?}", entry.path),

@@ -14,7 +14,8 @@ use flux_facade::{
 use flux_remote::{FluxClient, Server, ServerConfig};
 use flux_types::test_util::FakeGenerator;
 
-const KEY: &str = "sk-facade-test";
+/// At least 16 characters, as the server requires of its keys.
+const KEY: &str = "sk-facade-test-key";
 
 struct TestServer {
     base_url: String,

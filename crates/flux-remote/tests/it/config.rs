@@ -78,7 +78,7 @@ fn validation_and_defaults() {
     );
 
     let with_key = ServerConfig {
-        api_keys: vec!["k".to_owned()],
+        api_keys: vec!["k".repeat(flux_remote::MIN_API_KEY_CHARS)],
         ..ServerConfig::default()
     };
     with_key.validate().unwrap();

@@ -13,8 +13,9 @@ use axum::http::{Request, Response};
 use flux_remote::{AppState, RateLimit, ServerConfig};
 use flux_types::OutputFormat;
 
-pub const KEY: &str = "test-key-alpha";
-pub const OTHER_KEY: &str = "test-key-beta";
+/// At least `MIN_API_KEY_CHARS` (16) long, as the server requires.
+pub const KEY: &str = "test-key-alpha-01";
+pub const OTHER_KEY: &str = "test-key-beta-002";
 
 pub use flux_types::test_util::FakeGenerator;
 
@@ -98,6 +99,8 @@ pub async fn body_bytes(response: Response<Body>) -> Vec<u8> {
 /// A small valid request (64×64 PNG), so fake images are cheap.
 pub const SMALL: &str =
     r#"{"prompt": "a red fox", "image_size": {"width": 64, "height": 64}, "output_format": "png"}"#;
+
+pub mod raw;
 
 /// Marks a child process started by [`in_own_process`]; its value is the one test the child runs.
 pub const CHILD_ENV: &str = "FLUX_RS_TEST_CHILD";

@@ -779,6 +779,8 @@ fn error_codes_serialize_to_their_wire_names() {
         ErrorCode::InferenceFailed,
         ErrorCode::NotReady,
         ErrorCode::ShuttingDown,
+        ErrorCode::StorageUnavailable,
+        ErrorCode::MalformedRequest,
     ] {
         assert_eq!(
             serde_json::to_value(code).expect("serialize"),

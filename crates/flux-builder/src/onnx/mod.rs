@@ -1,0 +1,9 @@
+//! ONNX model writing: protobuf messages, the graph builder and the shared layer helpers.
+
+pub mod graph;
+pub mod ops;
+pub mod proto;
+mod store;
+mod types;
+
+pub use graph::{Attr, DATA_FILE, Dim, Elem, GraphBuilder, Value, WeightsReport};

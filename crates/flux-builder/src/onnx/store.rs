@@ -1,0 +1,161 @@
+//! How `GraphBuilder::finish` stores initializer data: external-data entries, hard links into
+//! checkpoint files, and streamed conversion into `model.onnx.data`.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::graph::{Elem, Source};
+use super::proto;
+use crate::error::{BuilderError, Result};
+use crate::weights;
+
+pub(super) fn external(
+    name: &str,
+    dims: &[i64],
+    elem: Elem,
+    location: &str,
+    offset: u64,
+    len: u64,
+) -> proto::TensorProto {
+    let entry = |key: &str, value: String| proto::StringStringEntryProto {
+        key: key.to_owned(),
+        value,
+    };
+    proto::TensorProto {
+        name: name.to_owned(),
+        dims: dims.to_vec(),
+        data_type: elem.code(),
+        data_location: proto::DATA_LOCATION_EXTERNAL,
+        external_data: vec![
+            entry("location", location.to_owned()),
+            entry("offset", offset.to_string()),
+            entry("length", len.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Hard-links `source` into `dir` as `weights-<n>.safetensors`; `None` when that is impossible.
+pub(super) fn hard_link_into(source: &Path, dir: &Path, n: usize) -> Option<String> {
+    // A Hugging Face cache folder holds symlinks into its blob store: link the file itself.
+    let target = std::fs::canonicalize(source).ok()?;
+    let name = format!("weights-{n}.safetensors");
+    let link = dir.join(&name);
+    let _ = std::fs::remove_file(&link);
+    match std::fs::hard_link(&target, &link) {
+        Ok(()) => Some(name),
+        Err(error) => {
+            tracing::info!(source = %source.display(), %error, "cannot hard-link weights; converting into model.onnx.data");
+            None
+        }
+    }
+}
+
+pub(super) enum WriteError {
+    Io(std::io::Error),
+    Builder(BuilderError),
+}
+
+pub(super) fn encode_into(
+    values: &[f32],
+    float: Elem,
+    out: &mut impl Write,
+) -> std::io::Result<u64> {
+    let mut bytes = Vec::with_capacity(values.len() * 4);
+    match float {
+        Elem::F16 => bytes.extend(
+            values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+        ),
+        Elem::BF16 => bytes.extend(
+            values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()),
+        ),
+        _ => bytes.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+    }
+    out.write_all(&bytes)?;
+    Ok(bytes.len() as u64)
+}
+
+pub(super) fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Writes one initializer's data converted to `float`; returns the bytes written. Untransposed
+/// tensors stream in chunks (memory: one chunk), transposed ones need the whole tensor.
+pub(super) fn write_converted(
+    source: &Source,
+    float: Elem,
+    out: &mut impl Write,
+) -> Result<u64, WriteError> {
+    match source {
+        Source::Owned {
+            shape,
+            data,
+            transpose,
+        } => {
+            let values = if *transpose {
+                transposed(data, shape[0], shape[1])
+            } else {
+                data.to_vec()
+            };
+            encode_into(&values, float, out).map_err(WriteError::Io)
+        }
+        Source::Tensor {
+            info,
+            transpose: true,
+        } => {
+            let mut values = Vec::with_capacity(info.numel());
+            weights::for_each_chunk(info, |bytes| {
+                weights::extend_f32(&mut values, bytes, info.dtype);
+                Ok(())
+            })
+            .map_err(WriteError::Builder)?;
+            let values = transposed(&values, info.shape[0], info.shape[1]);
+            encode_into(&values, float, out).map_err(WriteError::Io)
+        }
+        Source::Tensor {
+            info,
+            transpose: false,
+        } => {
+            let mut written = 0u64;
+            let mut io_error = None;
+            let same = Elem::of(info.dtype) == float;
+            weights::for_each_chunk(info, |bytes| {
+                let result = if same {
+                    out.write_all(bytes).map(|()| bytes.len() as u64)
+                } else {
+                    let mut values = Vec::with_capacity(bytes.len() / info.dtype.size());
+                    weights::extend_f32(&mut values, bytes, info.dtype);
+                    encode_into(&values, float, out)
+                };
+                match result {
+                    Ok(n) => {
+                        written += n;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        io_error = Some(e);
+                        Err(BuilderError::Graph {
+                            graph: String::new(),
+                            message: "write failed".into(),
+                        })
+                    }
+                }
+            })
+            .map_err(|e| match io_error.take() {
+                Some(io) => WriteError::Io(io),
+                None => WriteError::Builder(e),
+            })?;
+            Ok(written)
+        }
+    }
+}
