@@ -127,6 +127,7 @@ async fn start_generator(spec: &ServerSpec) -> Result<Arc<dyn Generator>> {
     let options = LocalOptions {
         queue_capacity: 64,
         session: spec.session_config()?,
+        ..LocalOptions::default()
     };
     let model_dir = spec.model_dir.clone();
     let local = tokio::task::spawn_blocking(move || {

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use flux_core::config::SessionConfig;
 use flux_core::denoise::StepControl;
-use flux_core::model::SessionConfig;
 use flux_core::pipeline::{FluxPipeline, GenerationParams};
 
 fn main() -> Result<()> {

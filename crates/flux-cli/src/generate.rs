@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use flux_facade::{Backend, ComputePriority, ExecutionProvider, LocalOptions, SessionConfig};
+use flux_facade::{
+    Backend, BuildOptions, ComputePriority, ExecutionProvider, LocalOptions, LoraSpec, Precision,
+    SessionConfig,
+};
 use flux_types::{Generation, Generator, Progress, ProgressFn, ValidRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -23,9 +26,11 @@ pub struct BackendArgs {
     #[arg(long, env = "FLUX_BACKEND", value_name = "SPEC")]
     pub backend: Option<String>,
 
-    /// A model folder in the FLUX.1-dev ONNX layout (clip.opt/, t5.opt/, transformer.opt/,
-    /// vae.opt/, tokenizer/, tokenizer_2/, scheduler/); same as `--backend local:DIR`.
-    /// Default: the tiny model bundled in the binary.
+    /// A model: a diffusers FLUX folder (model_index.json + components, as on the Hugging Face
+    /// hub), BFL single files (flux1-dev.safetensors + ae.safetensors with the diffusers text
+    /// encoders, tokenizers and scheduler beside them), or ONNX graphs in the FLUX.1-dev ONNX
+    /// layout. Checkpoints are built into ONNX graphs once and cached. Same as
+    /// `--backend local:DIR`. Default: the tiny model bundled in the binary.
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR")]
     pub model: Option<PathBuf>,
 
@@ -44,6 +49,16 @@ pub struct BackendArgs {
     /// [default: normal]
     #[arg(long, env = "FLUX_COMPUTE_PRIORITY", value_name = "normal|idle")]
     pub compute_priority: Option<String>,
+
+    /// A LoRA merged into a checkpoint's transformer when it is built, `FILE[:SCALE]` (scale 1 by
+    /// default); repeatable. diffusers/PEFT and kohya files.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<String>,
+
+    /// The precision a checkpoint is built in: `auto` (fp32 on the CPU; on CUDA fp16 where
+    /// known to be correct), `fp32`, `fp16` or `bf16`; one the device cannot run is refused.
+    #[arg(long, value_name = "auto|fp32|fp16|bf16")]
+    pub precision: Option<String>,
 
     /// Which of the above came from an environment variable rather than the command line (see
     /// [`BackendArgs::note_sources`]).
@@ -146,10 +161,14 @@ impl BackendArgs {
             return Err(BadInput(format!("model folder {} does not exist", dir.display())).into());
         }
         if !backend.is_local()
-            && (self.device.is_some() || self.threads.is_some() || self.compute_priority.is_some())
+            && (self.device.is_some()
+                || self.threads.is_some()
+                || self.compute_priority.is_some()
+                || self.precision.is_some()
+                || !self.loras.is_empty())
         {
             return Err(BadInput(format!(
-                "--device, --threads and --compute-priority configure a local model; backend {backend} is remote"
+                "--device, --threads, --compute-priority, --precision and --lora configure a local model; backend {backend} is remote"
             ))
             .into());
         }
@@ -176,9 +195,22 @@ impl BackendArgs {
                 .parse::<ComputePriority>()
                 .map_err(|error| BadInput(format!("--compute-priority: {error}")))?;
         }
+        let mut build = BuildOptions::default();
+        if let Some(precision) = &self.precision {
+            build.precision = precision
+                .parse::<Precision>()
+                .map_err(|error| BadInput(format!("--precision: {error}")))?;
+        }
+        for lora in &self.loras {
+            build.loras.push(
+                lora.parse::<LoraSpec>()
+                    .map_err(|error| BadInput(format!("--lora: {error}")))?,
+            );
+        }
         Ok(LocalOptions {
             queue_capacity,
             session,
+            build,
         })
     }
 }

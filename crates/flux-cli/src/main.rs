@@ -7,6 +7,7 @@
 
 mod generate;
 mod logging;
+mod model;
 mod schema;
 mod serve;
 
@@ -47,6 +48,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print or write the JSON Schema of the API's wire types, or its OpenAPI document.
     Schema(schema::SchemaArgs),
+    /// Build a checkpoint (diffusers folder or BFL files) into ONNX graphs.
+    Model(model::ModelArgs),
 }
 
 /// Marks an error as the user's input being wrong: exit code 2 instead of 1.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             serve::run(args, verbose)
         }
         Command::Schema(args) => schema::run(args),
+        Command::Model(args) => model::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,6 +30,7 @@ use crate::config::SessionConfig;
 use crate::denoise::StepControl;
 use crate::error::{FluxError, Result};
 use crate::model::ModelDescription;
+use crate::model::source::BuildOptions;
 use crate::pipeline::{FluxPipeline, GenerationParams, PipelineOutput};
 
 /// Called after each denoising step with (step, total), 1-based, on the engine thread.
@@ -213,12 +214,23 @@ impl Engine {
     /// Loads the model folder on a new engine thread and waits until it is loaded. At most
     /// `queue_capacity` jobs wait while one runs; `0` accepts a job only when the engine is idle.
     pub fn start(model_dir: PathBuf, config: SessionConfig, queue_capacity: usize) -> Result<Self> {
+        Self::start_model(model_dir, config, BuildOptions::default(), queue_capacity)
+    }
+
+    /// As [`Engine::start`], with the model builder's options for a checkpoint folder (a
+    /// diffusers folder or BFL files; see [`crate::model::source`]).
+    pub fn start_model(
+        model_dir: PathBuf,
+        config: SessionConfig,
+        build: BuildOptions,
+        queue_capacity: usize,
+    ) -> Result<Self> {
         let (loaded_sender, loaded) = mpsc::channel();
         let mut engine = Self::start_with(
             move || {
                 // Before loading: pools made while loading inherit this thread's priority.
                 config.compute_priority.apply_to_current_thread()?;
-                let pipeline = FluxPipeline::load(&model_dir, &config)?;
+                let pipeline = FluxPipeline::load_with(&model_dir, &config, &build)?;
                 // The description leaves the thread once; the pipeline never does.
                 let _ = loaded_sender.send(pipeline.description().clone());
                 Ok(pipeline)

@@ -49,6 +49,11 @@ pub enum FluxError {
         message: String,
     },
 
+    /// A checkpoint could not be turned into ONNX graphs (the message names the file and the
+    /// tensor at fault).
+    #[error("cannot build the model: {0}")]
+    Build(#[from] flux_builder::BuilderError),
+
     /// An array did not have the shape an operation needs.
     #[error("shape mismatch in {op}: expected {expected}, got {got:?}")]
     Shape {

@@ -18,6 +18,7 @@ use crate::config::{ExecutionProvider, SessionConfig};
 use crate::denoise::{self, HostStepper, StepControl};
 use crate::device_stepper::{DeviceStepper, EulerGraph};
 use crate::error::{FluxError, Result};
+use crate::model::source::BuildOptions;
 use crate::model::{FluxModel, Graph, ModelDescription};
 use crate::sampling;
 use crate::tensors::{self, NamedInput};
@@ -92,7 +93,16 @@ pub struct FluxPipeline {
 impl FluxPipeline {
     /// Loads and checks a model folder (see [`FluxModel::load`]).
     pub fn load(model_dir: &Path, config: &SessionConfig) -> Result<Self> {
-        let model = FluxModel::load(model_dir, config)?;
+        Self::load_with(model_dir, config, &BuildOptions::default())
+    }
+
+    /// As [`Self::load`], with the model builder's options for a checkpoint folder.
+    pub fn load_with(
+        model_dir: &Path,
+        config: &SessionConfig,
+        build: &BuildOptions,
+    ) -> Result<Self> {
+        let model = FluxModel::load_with(model_dir, config, build)?;
         let mut pipeline = Self { model, euler: None };
         if matches!(config.execution_provider, ExecutionProvider::Cuda { .. }) {
             pipeline.set_device_resident_loop(true)?;

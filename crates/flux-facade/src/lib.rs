@@ -101,6 +101,8 @@ pub use error::FacadeError;
 #[cfg(feature = "local")]
 pub use flux_core::config::{ExecutionProvider, SessionConfig};
 #[cfg(feature = "local")]
+pub use flux_core::model::source::{BuildOptions, LoraSpec, Precision};
+#[cfg(feature = "local")]
 pub use flux_core::threads::{ComputePriority, ThreadPool};
 pub use flux_types::{
     BoxFuture, GenerateRequest, GeneratedImage, Generation, GenerationTimings, Generator,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use flux_core::FluxError;
 use flux_core::config::SessionConfig;
 use flux_core::engine::{Engine, Job, JobHandle, ProgressCallback};
+use flux_core::model::source::BuildOptions;
 use flux_core::pipeline::{GenerationParams, PipelineOutput};
 use flux_types::{
     BoxFuture, Generation, GenerationTimings, Generator, GeneratorError, Progress, ProgressFn,
@@ -22,13 +23,15 @@ use tokio::sync::oneshot;
 use crate::error::FacadeError;
 
 /// How the local engine runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LocalOptions {
     /// Jobs waiting for the engine thread, beyond the one it runs; one more is `Overloaded`.
     /// Default 16 (the HTTP server's default queue depth).
     pub queue_capacity: usize,
     /// ONNX Runtime session settings (threads, optimisation level, execution provider).
     pub session: SessionConfig,
+    /// How a checkpoint folder (diffusers or BFL files) is built into graphs: precision, LoRAs.
+    pub build: BuildOptions,
 }
 
 impl Default for LocalOptions {
@@ -36,6 +39,7 @@ impl Default for LocalOptions {
         Self {
             queue_capacity: 16,
             session: SessionConfig::default(),
+            build: BuildOptions::default(),
         }
     }
 }
@@ -51,9 +55,10 @@ impl LocalGenerator {
     /// Provisions ONNX Runtime if needed, loads the model in `model_dir` on a new engine thread,
     /// and returns once it is ready. Blocking: seconds for a real model.
     pub fn start(model_dir: &Path, options: &LocalOptions) -> Result<Self, FacadeError> {
-        let engine = Engine::start(
+        let engine = Engine::start_model(
             model_dir.to_path_buf(),
             options.session,
+            options.build.clone(),
             options.queue_capacity,
         )?;
         Ok(Self {

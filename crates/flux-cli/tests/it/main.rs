@@ -2,3 +2,4 @@
 
 mod cli;
 mod json_logs;
+mod model_build;

@@ -16,6 +16,7 @@ mod graph;
 mod interface;
 mod layout;
 pub mod manifest;
+pub mod source;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -47,7 +48,10 @@ pub const PACKED_FEATURES: i64 = 64;
 /// What was resolved about a model folder at load time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelDescription {
+    /// The ONNX folder the sessions were loaded from.
     pub root: PathBuf,
+    /// The checkpoint (diffusers folder or BFL files) `root` was built from, when it was.
+    pub built_from: Option<PathBuf>,
     pub variant: Variant,
     /// T5 tokens per prompt (512 for FLUX.1-dev exports, 256 for schnell).
     pub text_length: usize,
@@ -130,10 +134,37 @@ impl FluxModel {
         self.description.variant.spec()
     }
 
-    /// Loads and checks a model folder (see the module docs). Every problem found is reported at
+    /// Loads a model: an ONNX folder as it is, a diffusers folder or BFL files through the
+    /// builder with default options (see [`source`] and [`Self::load_with`]).
+    pub fn load(path: &Path, config: &SessionConfig) -> Result<Self> {
+        Self::load_with(path, config, &source::BuildOptions::default())
+    }
+
+    /// As [`Self::load`], with the builder's options (precision, LoRAs, text length) for a
+    /// checkpoint. A folder that is neither a checkpoint nor an ONNX folder fails with every
+    /// problem of an ONNX folder plus what was looked for.
+    pub fn load_with(
+        path: &Path,
+        config: &SessionConfig,
+        build: &source::BuildOptions,
+    ) -> Result<Self> {
+        let prepared = source::prepare(path, config, build)?;
+        let mut model =
+            Self::load_onnx(&prepared.onnx_folder, config).map_err(|error| match error {
+                FluxError::InvalidModel { path, mut problems } => {
+                    problems.extend(source::what_was_looked_for(&path));
+                    FluxError::InvalidModel { path, problems }
+                }
+                other => other,
+            })?;
+        model.description.built_from = prepared.built_from;
+        Ok(model)
+    }
+
+    /// Loads and checks an ONNX folder (see the module docs). Every problem found is reported at
     /// once as [`FluxError::InvalidModel`]; a runtime or execution-provider failure is reported
     /// as itself.
-    pub fn load(root: &Path, config: &SessionConfig) -> Result<Self> {
+    fn load_onnx(root: &Path, config: &SessionConfig) -> Result<Self> {
         if !root.is_dir() {
             return Err(FluxError::InvalidModel {
                 path: root.to_owned(),
@@ -202,6 +233,7 @@ impl FluxModel {
         }
         let description = ModelDescription {
             root: root.to_owned(),
+            built_from: None,
             variant,
             text_length,
             vae_scaling_factor,
@@ -279,8 +311,20 @@ fn open_graphs(
                 Some(graph)
             }
             Err(FluxError::Ort { source, .. }) => {
+                let text = source.to_string();
+                // ORT's CPU provider has no bf16 kernels: the official bf16 export is refused
+                // here, while the same model's diffusers folder builds into fp32 graphs.
+                let hint = if config.execution_provider == ExecutionProvider::Cpu
+                    && text.to_ascii_lowercase().contains("bfloat16")
+                {
+                    "; this is a bfloat16 export, which ONNX Runtime's CPU provider cannot run: \
+                     point --model at the diffusers folder of the same model instead (flux-rs \
+                     builds it into float32 graphs; see docs/real-model.md)"
+                } else {
+                    ""
+                };
                 problems.push(format!(
-                    "{}: ONNX Runtime cannot load it: {source}",
+                    "{}: ONNX Runtime cannot load it: {text}{hint}",
                     relative(root, path)
                 ));
                 None
