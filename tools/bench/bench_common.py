@@ -1,6 +1,6 @@
 """Shared pieces of the benchmark peers: arguments, thread settings, the run matrix, the JSON result.
 
-Every peer prints one JSON document shaped like the Rust worker's (xtask/src/bench/pipeline.rs), so
+Every peer prints one JSON document shaped like the Rust worker's (crates/flux-bench/src/pipeline.rs), so
 `cargo xtask bench` reads all three the same way:
 
     {"implementation", "versions", "threads", "load_seconds", "peak_rss_bytes",

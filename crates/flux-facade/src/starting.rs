@@ -67,30 +67,12 @@ impl Generator for StartingGenerator {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use flux_types::{GenerateRequest, GenerationTimings};
+    use flux_types::GenerateRequest;
+    use flux_types::test_util::FakeGenerator;
 
-    #[derive(Debug)]
-    struct Answers;
-
-    impl Generator for Answers {
-        fn generate(
-            &self,
-            request: ValidRequest,
-            _: Option<ProgressFn>,
-        ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
-            Box::pin(async move {
-                Ok(Generation {
-                    images: Vec::new(),
-                    seed: request.seed().unwrap_or(0),
-                    has_nsfw_concepts: Vec::new(),
-                    timings: GenerationTimings::default(),
-                })
-            })
-        }
-
-        fn describe(&self) -> String {
-            "answers".to_owned()
-        }
+    /// Answers at once, with the request's seed.
+    fn answers() -> Arc<FakeGenerator> {
+        Arc::new(FakeGenerator::new().named("answers"))
     }
 
     fn request() -> ValidRequest {
@@ -115,11 +97,8 @@ mod tests {
             Some(GeneratorError::NotReady)
         );
 
-        assert!(starting.started(Arc::new(Answers)));
-        assert!(
-            !starting.started(Arc::new(Answers)),
-            "only the first counts"
-        );
+        assert!(starting.started(answers()));
+        assert!(!starting.started(answers()), "only the first counts");
         assert!(starting.is_ready());
         assert_eq!(starting.describe(), "answers");
         let generation = runtime

@@ -24,6 +24,8 @@ pub mod openapi;
 pub mod request;
 pub mod response;
 pub mod schema;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod validation;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};

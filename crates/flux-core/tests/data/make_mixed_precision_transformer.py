@@ -1,5 +1,5 @@
 """Writes `transformer_mixed_precision.onnx`: the tiny dev transformer behind float16 and bfloat16
-ports, for the boundary-conversion test (tests/mixed_precision.rs). Inside, every input is cast to
+ports, for the boundary-conversion test (tests/it/mixed_precision.rs). Inside, every input is cast to
 float32, the original graph runs, and the velocity is cast to bfloat16 on the way out; the port
 types mix float16 and bfloat16 so both conversions are exercised in both directions.
 

@@ -1,0 +1,210 @@
+//! The report's number formats, tables and plot on synthetic results.
+
+use super::*;
+
+#[test]
+fn number_formats() {
+    assert_eq!(secs(Some(12.345)), "12.3");
+    assert_eq!(secs(Some(1.2345)), "1.23");
+    assert_eq!(secs(Some(0.12345)), "0.123");
+    assert_eq!(secs(None), "—");
+    assert_eq!(millis(Some(0.2)), "200");
+    assert_eq!(millis(Some(0.0123)), "12.3");
+    assert_eq!(fmt_ratio(ratio(Some(3.0), Some(2.0))), "1.50×");
+    assert_eq!(ratio(Some(3.0), Some(0.0)), None);
+}
+
+fn synthetic_results() -> BenchResults {
+    use std::collections::BTreeMap;
+
+    use crate::host::HostInfo;
+    use crate::results::{
+        GpuSection, ModelInfo, PipelineEntry, SCHEMA_VERSION, Settings, StepProfile, StepSplit,
+        WorkerDocument,
+    };
+
+    let run = |tokens_side: u32, total: f64, ort: Option<f64>| {
+        let mut sample = BTreeMap::from([
+            (stage::TOTAL.to_owned(), total),
+            (stage::DENOISE.to_owned(), total / 2.0),
+        ]);
+        if let Some(ort) = ort {
+            sample.insert(stage::ORT_SESSION_TOTAL.to_owned(), ort);
+        }
+        RunResult {
+            width: tokens_side * 16,
+            height: tokens_side * 16,
+            image_tokens: tokens_side * tokens_side,
+            steps: 4,
+            repeats: 1,
+            median: sample.clone(),
+            samples: vec![sample],
+        }
+    };
+    let document = |name: &str, scale: f64, ort: bool| WorkerDocument {
+        implementation: name.to_owned(),
+        versions: BTreeMap::from([("v".to_owned(), "1".to_owned())]),
+        threads: 2,
+        load_seconds: 0.5,
+        peak_rss_bytes: 300 << 20,
+        runs: vec![
+            run(16, scale, ort.then_some(scale * 0.99)),
+            run(32, 4.0 * scale, ort.then_some(4.0 * scale * 0.95)),
+        ],
+    };
+    BenchResults {
+        schema_version: SCHEMA_VERSION,
+        host: HostInfo {
+            hostname: "h".to_owned(),
+            cpu_model: "cpu".to_owned(),
+            cores: 2,
+            memory_bytes: None,
+            kernel: "k".to_owned(),
+            git_revision: "abc".to_owned(),
+            git_dirty: false,
+            date: "2026-01-01T00:00:00Z".to_owned(),
+            onnxruntime_version: "1.31.1".to_owned(),
+            rustc_version: "rustc".to_owned(),
+        },
+        settings: Settings {
+            quick: false,
+            threads: 2,
+            repeats: 1,
+            peers: true,
+            prompt: "p".to_owned(),
+            seed: 1,
+            guidance: 3.5,
+            output_format: "jpeg".to_owned(),
+        },
+        models: vec![ModelInfo {
+            name: "medium".to_owned(),
+            path: "m".to_owned(),
+            parameters: Some(78_000_000),
+            sizes: vec![[256, 256], [512, 512]],
+            steps: vec![4],
+        }],
+        pipeline: [
+            (implementation::FLUX_RS, 1.0, true),
+            (implementation::PYTHON_ORT, 1.2, true),
+            (implementation::DIFFUSERS, 3.0, false),
+        ]
+        .into_iter()
+        .map(|(name, scale, ort)| PipelineEntry {
+            model: "medium".to_owned(),
+            document: document(name, scale, ort),
+        })
+        .collect(),
+        server: None,
+        soak: None,
+        step_profiles: vec![StepProfile {
+            model: "medium".to_owned(),
+            width: 512,
+            height: 512,
+            image_tokens: 1024,
+            text_tokens: 128,
+            threads: 2,
+            repeats: 3,
+            onnxruntime: StepSplit {
+                step_ms: 300.0,
+                attention_ms: 150.0,
+                linear_ms: 100.0,
+                other_ms: 50.0,
+            },
+            torch: StepSplit {
+                step_ms: 400.0,
+                attention_ms: 50.0,
+                linear_ms: 250.0,
+                other_ms: 100.0,
+            },
+        }],
+        gpu: GpuSection {
+            measured: false,
+            note: "no GPU".to_owned(),
+        },
+        notes: vec!["a note".to_owned()],
+        duration_seconds: 1.0,
+    }
+}
+
+#[test]
+fn renders_tables_targets_and_plot() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("flux-bench-report-test-{}", std::process::id()));
+    let docs = dir.join("docs").join("benchmarks.md");
+    let source = dir.join("bench-results").join("latest.json");
+    render(&synthetic_results(), &source, &docs)?;
+    let text = std::fs::read_to_string(&docs)?;
+    // The 512² row: flux-rs 4 s, 5 % overhead; Python ORT 4.8 s (1.20×); diffusers 12 s (3.00×).
+    assert!(
+        text.contains(
+            "| 512×512 | 1024 | 4 | 4.00 | — | 5.00 % | 4.80 | 1.20× | 5.00 % | 12.0 | 3.00× |"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("worst 5.00 % over 2 runs | **not met** |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("least 1.20× over 2 runs | **not met** |"),
+        "{text}"
+    );
+    assert!(text.contains("least 3.00× over 2 runs | met |"), "{text}");
+    assert!(text.contains("(../bench-results/latest.json)"), "{text}");
+    assert!(text.contains("- a note"));
+    assert!(
+        text.contains(
+            "| medium | 512×512 | 1024 + 128 | ONNX Runtime | 300.0 | 150.0 (50 %) | 100.0 | 50.0 |"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("the step takes 300.0 ms in ONNX Runtime and 400.0 ms in torch, 1.33× as long; linear layers 2.50×, attention 0.33×, the rest 2.00×."),
+        "{text}"
+    );
+    // The plot exists where a font could be found; otherwise the page says why not.
+    let plot = docs.with_file_name(PLOT_FILE);
+    if plot.exists() {
+        let image = image::open(&plot)?;
+        assert_eq!((image.width(), image.height()), (1000, 640));
+    } else {
+        assert!(text.contains("The plot was not drawn"), "{text}");
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn the_onnx_runtime_line_says_whether_both_ran_the_same_release() {
+    let mut results = synthetic_results();
+    assert_eq!(onnxruntime_versions(&results), "1.31.1 (flux-rs)");
+    let set_peer_version = |results: &mut BenchResults, version: &str| {
+        for entry in &mut results.pipeline {
+            if entry.document.implementation == implementation::PYTHON_ORT {
+                entry
+                    .document
+                    .versions
+                    .insert("onnxruntime".to_owned(), version.to_owned());
+            }
+        }
+    };
+    set_peer_version(&mut results, "1.31.1");
+    assert_eq!(
+        onnxruntime_versions(&results),
+        "1.31.1 (flux-rs and the Python ORT peer)"
+    );
+    set_peer_version(&mut results, "1.30.0");
+    assert_eq!(
+        onnxruntime_versions(&results),
+        "1.31.1 (flux-rs), 1.30.0 (Python ORT peer): **not the same release**"
+    );
+}
+
+#[test]
+fn relative_links_from_the_docs_folder() {
+    let docs = Path::new("/repo/docs/benchmarks.md");
+    assert_eq!(
+        relative_to(Path::new("/repo/bench-results/latest.json"), docs),
+        "../bench-results/latest.json"
+    );
+    assert_eq!(relative_to(Path::new("/repo/docs/x.json"), docs), "x.json");
+}

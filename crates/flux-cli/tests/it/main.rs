@@ -1,0 +1,5 @@
+//! flux-cli's integration tests, linked into one test binary: the built `flux` binary end to end.
+
+mod cli;
+mod json_logs;
+mod model_build;
