@@ -58,7 +58,7 @@ use std::sync::Arc;
 # let local = tokio::task::spawn_blocking(|| Backend::default().start()).await??;
 # let config = flux_remote::ServerConfig {
 #     listen: "127.0.0.1:0".parse()?,
-#     api_keys: vec!["sk-demo".to_owned()],
+#     api_keys: vec!["sk-demo-0123456789".to_owned()],
 #     files_dir: files.path().to_path_buf(),
 #     ..Default::default()
 # };
@@ -67,7 +67,7 @@ use std::sync::Arc;
 # tokio::spawn(server.run(std::future::pending()));
 // FLUX_BACKEND=http://host:port and FLUX_API_KEY=... do the same through `Backend::from_env()`.
 let backend: Backend = format!("http://{address}").parse()?;
-let generator = backend.with_api_key(Some("sk-demo".to_owned())).start()?;
+let generator = backend.with_api_key(Some("sk-demo-0123456789".to_owned())).start()?;
 
 let request = GenerateRequest {
     image_size: ImageSize::Custom { width: 96, height: 64 },
