@@ -10,6 +10,7 @@ mod logging;
 mod model;
 mod schema;
 mod serve;
+mod serve_defaults;
 
 use std::process::ExitCode;
 
@@ -158,5 +159,34 @@ mod tests {
         let error = anyhow::Error::new(BadInput("nope".into())).context("while generating");
         assert_eq!(exit_code(&error), 2);
         assert_eq!(exit_code(&anyhow::anyhow!("disk full")), 1);
+    }
+
+    #[test]
+    fn serve_without_flags_configures_the_library_defaults() -> anyhow::Result<()> {
+        // Environment variables would be read as flags: the test parses an explicit command line
+        // only where none of serve's variables is set.
+        if std::env::vars().any(|(name, _)| {
+            name.starts_with("FLUX_") && name != "FLUX_RS_CACHE_DIR" && name != "FLUX_RS_TEST_CHILD"
+        }) {
+            anyhow::bail!("unset the FLUX_* variables to run this test");
+        }
+        let cli = Cli::try_parse_from(["flux", "serve", "--allow-unauthenticated"])?;
+        let Command::Serve(args) = cli.command else {
+            anyhow::bail!("not serve");
+        };
+        let parsed = serve::server_config(&args)?;
+        let defaults = flux_remote::ServerConfig::default();
+        assert_eq!(parsed.listen, defaults.listen);
+        assert_eq!(parsed.rate_limit, defaults.rate_limit);
+        assert_eq!(parsed.queue_depth, defaults.queue_depth);
+        assert_eq!(parsed.files_quota, defaults.files_quota);
+        assert_eq!(parsed.files_dir, defaults.files_dir);
+        assert_eq!(parsed.retention, defaults.retention);
+        assert_eq!(parsed.request_timeout, defaults.request_timeout);
+        assert_eq!(parsed.read_timeout, defaults.read_timeout);
+        assert_eq!(parsed.drain_timeout, defaults.drain_timeout);
+        assert_eq!(parsed.file_durability, defaults.file_durability);
+        assert_eq!(parsed.trust_forwarded_for, defaults.trust_forwarded_for);
+        Ok(())
     }
 }

@@ -15,6 +15,7 @@ use flux_remote::{FileDurability, RateLimit, Server, ServerConfig, ShutdownSigna
 
 use crate::BadInput;
 use crate::generate::BackendArgs;
+use crate::serve_defaults;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -37,7 +38,7 @@ pub struct ServeArgs {
         long,
         env = "FLUX_LISTEN",
         value_name = "ADDR",
-        default_value = "127.0.0.1:8080"
+        default_value_t = serve_defaults::listen()
     )]
     pub listen: SocketAddr,
 
@@ -58,12 +59,12 @@ pub struct ServeArgs {
         long,
         env = "FLUX_RATE_LIMIT",
         value_name = "RATE",
-        default_value = "60/min,burst=10"
+        default_value_t = serve_defaults::rate_limit()
     )]
     pub rate_limit: String,
 
     /// Generations admitted at once (running and queued); beyond it requests get 429 overloaded.
-    #[arg(long, env = "FLUX_QUEUE_DEPTH", value_name = "N", default_value_t = 16)]
+    #[arg(long, env = "FLUX_QUEUE_DEPTH", value_name = "N", default_value_t = serve_defaults::queue_depth())]
     pub queue_depth: usize,
 
     /// Folder for generated images (recreated if deleted). [default: <user data dir>/flux-rs/files,
@@ -77,7 +78,7 @@ pub struct ServeArgs {
         long,
         env = "FLUX_FILES_QUOTA",
         value_name = "SIZE",
-        default_value = "10GiB"
+        default_value_t = serve_defaults::files_quota()
     )]
     pub files_quota: String,
 
@@ -95,7 +96,7 @@ pub struct ServeArgs {
         long,
         env = "FLUX_RETENTION",
         value_name = "DURATION",
-        default_value = "24h"
+        default_value_t = serve_defaults::retention()
     )]
     pub retention: String,
 
@@ -104,7 +105,7 @@ pub struct ServeArgs {
         long,
         env = "FLUX_REQUEST_TIMEOUT",
         value_name = "DURATION",
-        default_value = "10m"
+        default_value_t = serve_defaults::request_timeout()
     )]
     pub request_timeout: String,
 
@@ -114,7 +115,7 @@ pub struct ServeArgs {
         long,
         env = "FLUX_READ_TIMEOUT",
         value_name = "DURATION",
-        default_value = "60s"
+        default_value_t = serve_defaults::read_timeout()
     )]
     pub read_timeout: String,
 
@@ -124,7 +125,7 @@ pub struct ServeArgs {
         long,
         env = "FLUX_DRAIN_TIMEOUT",
         value_name = "DURATION",
-        default_value = "10s"
+        default_value_t = serve_defaults::drain_timeout()
     )]
     pub drain_timeout: String,
 
@@ -251,7 +252,7 @@ fn print_line(line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+pub(crate) fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     let keys_env = std::env::var("FLUX_API_KEYS").ok();
     let api_keys = flux_remote::load_api_keys(args.api_key_file.as_deref(), keys_env.as_deref())
         .map_err(|error| BadInput(error.to_string()))?;
