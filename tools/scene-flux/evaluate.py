@@ -134,7 +134,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / ".cache" / "scene-flux" / "eval")
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--size", default="256x256", help="size of the main held-out set")
-    ap.add_argument("--per-size", type=int, default=8, help="prompts per preset size (0: skip)")
+    ap.add_argument("--per-size", type=int, default=2, help="prompts per preset size at 4 steps (0: skip presets)")
+    ap.add_argument("--per-size-28", type=int, default=1, help="prompts per preset size at 28 steps")
+    ap.add_argument("--guidances", default="7.0", help="extra guidance scales for the main set (28 steps)")
+    ap.add_argument("--guidance-n", type=int, default=20, help="prompts of the main set run at those scales")
     ap.add_argument("--gallery", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="main set only, 28 and 4 steps")
     args = ap.parse_args()
@@ -156,27 +159,34 @@ def main() -> int:
     record(run_set(pipe, prompts, w, h, 28, 3.5, 0, keep=shown))
     record(run_set(pipe, prompts, w, h, 4, 3.5, 0))
     if not args.quick:
-        for g in (1.5, 7.0):
-            record(run_set(pipe, prompts, w, h, 28, g, 0))
-        report["seed_variety"] = sv = seed_variety(pipe, w, h, 28)
+        sub = prompts[: args.guidance_n]
+        for g in [float(v) for v in args.guidances.split(",") if v]:
+            base = next(r for r in report["runs"] if r["steps"] == 28)
+            r = run_set(pipe, sub, w, h, 28, g, 0)
+            # The same prompts and seeds at the default guidance, for a like-for-like comparison.
+            ok = sum(sum(row["agree"].values()) for row in base["rows"][: len(sub)])
+            n_attr = sum(len(row["agree"]) for row in base["rows"][: len(sub)])
+            r["agreement_same_prompts_at_3.5"] = round(ok / max(1, n_attr), 4)
+            record(r)
+        report["seed_variety"] = sv = seed_variety(pipe, w, h, 28, n_prompts=3, n_seeds=3)
         print("seed variety", sv, flush=True)
         if args.per_size:
-            sub = prompts[: args.per_size]
             for name, (pw, ph) in PRESETS.items():
-                for steps in (28, 4):
-                    r = run_set(pipe, sub, pw, ph, steps, 3.5, 0, keep=shown if steps == 28 else None)
-                    r["preset"] = name
-                    record(r)
+                for steps, n in ((28, args.per_size_28), (4, args.per_size)):
+                    if n:
+                        r = run_set(pipe, prompts[:n], pw, ph, steps, 3.5, 0, keep=shown if steps == 28 else None)
+                        r["preset"] = name
+                        record(r)
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     if args.gallery:
         items = [(img, f"{prompt}  [{sum(res.values())}/{len(res)}]") for img, prompt, res in shown[:12]]
         # One picture per preset size (the first prompt of each), with its size in the caption.
         for k, name in enumerate(PRESETS):
-            j = len(prompts) + k * args.per_size
+            j = len(prompts) + k * args.per_size_28
             if j < len(shown):
                 img, prompt, res = shown[j]
                 items.append((img, f"{name} {img.width}x{img.height}: {prompt}  [{sum(res.values())}/{len(res)}]"))
-        gallery(items, args.gallery)
+        gallery(items, args.gallery, cols=6)
     print(f"done in {time.time() - t0:.0f}s", flush=True)
     return 0
 

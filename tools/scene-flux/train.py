@@ -98,7 +98,7 @@ def build_models(clip_tok, t5_tok, args):
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 64), layers_per_block=1,
-        latent_channels=16, norm_num_groups=8, sample_size=256, scaling_factor=VAE_SCALING,
+        latent_channels=16, norm_num_groups=1, sample_size=256, scaling_factor=VAE_SCALING,
         shift_factor=VAE_SHIFT, use_quant_conv=False, use_post_quant_conv=False)
     with torch.no_grad():
         # Start the latents near FLUX.1's spread (std 1/0.3611) instead of far below it.
@@ -115,13 +115,18 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 # Stage 2: VAE
 # ------------------------------------------------------------------------------------------------
 
-def train_vae(vae, steps: int, rng: random.Random, crop: int = 64, batch: int = 8) -> None:
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+def train_vae(vae, steps: int, rng: random.Random, crop: int = 64, batch: int = 8, lr_max: float = 1e-3,
+              clip: float = 100.0, stat_w: float = 0.1, noise: float = 0.1, every: int = 100,
+              minutes: float = 1e9) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr_max, weight_decay=0.0)
     target_std = 1.0 / VAE_SCALING
     vae.train()
     t0 = time.time()
+    t_end = time.time() + minutes * 60
     for step in range(steps):
-        lr = 3e-3 * min(1.0, (step + 1) / 30) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
+        # Time-based cosine (as the transformer stage): the stage fits its budget on a busy machine.
+        frac = min(1.0, 1 - (t_end - time.time()) / (minutes * 60))
+        lr = lr_max * min(1.0, (step + 1) / 30) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
         for g in opt.param_groups:
             g["lr"] = lr
         crops = []
@@ -139,14 +144,17 @@ def train_vae(vae, steps: int, rng: random.Random, crop: int = 64, batch: int = 
         std_c = z.std(dim=(0, 2, 3))
         stat = ((mean_c - VAE_SHIFT) ** 2).mean() + ((std_c - target_std) ** 2).mean()
         # Noise on the latent: the decoder must stay clean for the transformer's imperfect latents.
-        zn = z + 0.1 * target_std * torch.randn_like(z)
+        zn = z + noise * target_std * torch.randn_like(z)
         rec = vae.decode(zn).sample
-        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 0.1 * stat
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + stat_w * stat
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), clip)
         opt.step()
-        if step % 100 == 0 or step == steps - 1:
+        if frac >= 1.0:
+            log(f"vae time budget reached at step {step + 1}")
+            break
+        if step % every == 0 or step == steps - 1:
             log(f"vae step {step}/{steps} loss {loss.item():.4f} stat {stat.item():.3f} "
                 f"std {std_c.mean().item():.2f} ({time.time() - t0:.0f}s)")
     vae.eval()
@@ -237,7 +245,7 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
     rng_t = torch.Generator("cpu").manual_seed(args.seed + 3)
-    tiers = [(128, 16, 0.6), (192, 7, 0.22), (320, 3, 0.12), (640, 1, 0.05), (1024, 1, 0.01)]
+    tiers = [(128, 16, 0.6), (192, 7, 0.22), (320, 3, 0.12), (640, 1, 0.04), (1024, 1, 0.01)]
     if args.smoke:
         tiers = [(128, 8, 0.7), (256, 2, 0.3)]
     for m in ("clip", "t5"):
@@ -308,15 +316,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "fixtures" / "scene-flux-dev")
     ap.add_argument("--work", type=Path, default=REPO / ".cache" / "scene-flux")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=300)
-    ap.add_argument("--minutes", type=float, default=55.0, help="time budget of the transformer stage")
+    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-minutes", type=float, default=10.0, help="time budget of the VAE stage")
+    ap.add_argument("--minutes", type=float, default=30.0, help="time budget of the transformer stage")
     ap.add_argument("--steps", type=int, default=0, help="stop earlier after this many steps (0: no limit)")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--double", type=int, default=2)
     ap.add_argument("--single", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--save-every", type=float, default=8.0, help="minutes between checkpoints")
+    ap.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--reuse-vae", action="store_true", help="take the VAE from --work/vae.pt if there")
     args = ap.parse_args()
@@ -337,7 +346,8 @@ def main() -> int:
         models["vae"].eval()
         log("VAE reused")
     else:
-        train_vae(models["vae"], args.vae_steps, random.Random(args.seed + 1))
+        train_vae(models["vae"], args.vae_steps, random.Random(args.seed + 1), lr_max=1e-3, every=25,
+                  minutes=args.vae_minutes)
         torch.save(models["vae"].state_dict(), vae_path)
     for p in models["vae"].parameters():
         p.requires_grad_(False)
