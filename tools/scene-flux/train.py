@@ -160,6 +160,57 @@ def train_vae(vae, steps: int, rng: random.Random, crop: int = 64, batch: int = 
     vae.eval()
 
 
+def finetune_decoder(vae, minutes: float, rng: random.Random, crop: int = 64, batch: int = 8,
+                     lr_max: float = 1e-3, noise: float = 0.1) -> int:
+    """Stage 4: the decoder alone on the frozen encoder's latents.  The transformer learned the
+    encoder's latent space, which this stage leaves untouched, so it can run after (or beside) stage 3."""
+    dec = list(vae.decoder.parameters())
+    opt = torch.optim.AdamW(dec, lr=lr_max, weight_decay=0.0)
+    target_std = 1.0 / VAE_SCALING
+    vae.eval()
+    vae.decoder.train()
+    t0 = time.time()
+    step = 0
+    while True:
+        frac = min(1.0, (time.time() - t0) / (minutes * 60))
+        lr = lr_max * min(1.0, (step + 1) / 20) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        crops = []
+        for _ in range(batch):
+            side = rng.choice([96, 128, 192, 256, 384, 512])
+            w = max(crop, int(side * rng.choice([1.0, 0.75, 1.33, 0.5625, 1.78])) // 16 * 16)
+            h = max(crop, side // 16 * 16)
+            img = scenes.render(rng, scenes.sample_scene(rng, held_out=None), w, h)
+            y, x = rng.randrange(h - crop + 1), rng.randrange(w - crop + 1)
+            crops.append(img[y:y + crop, x:x + crop])
+        x = to_tensor(crops)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        zn = z + noise * target_std * torch.randn_like(z)
+        rec = vae.decode(zn).sample
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 25 == 0:
+            log(f"decoder step {step} loss {loss.item():.4f} lr {lr:.2e} ({time.time() - t0:.0f}s)")
+        step += 1
+        if frac >= 1.0:
+            break
+    vae.eval()
+    return step
+
+
+def merge_decoder(out: Path, state: dict) -> None:
+    """Put a fine-tuned VAE into a saved model folder (only vae/ changes)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(out / "vae"))
+    vae.load_state_dict(state, strict=True)
+    vae.save_pretrained(str(out / "vae"), safe_serialization=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # Stage 3: transformer + text encoders
 # ------------------------------------------------------------------------------------------------
@@ -328,6 +379,9 @@ def main() -> int:
     ap.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--reuse-vae", action="store_true", help="take the VAE from --work/vae.pt if there")
+    ap.add_argument("--decoder-minutes", type=float, default=25.0, help="time budget of the decoder stage")
+    ap.add_argument("--stage", choices=["all", "decoder", "merge"], default="all",
+                    help="decoder: only stage 4 from --work/vae.pt (writes vae_ft.pt); merge: vae_ft.pt into --out")
     args = ap.parse_args()
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -340,6 +394,18 @@ def main() -> int:
     for name, m in models.items():
         log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
     vae_path = args.work / "vae.pt"
+    ft_path = args.work / "vae_ft.pt"
+    if args.stage == "decoder":
+        models["vae"].load_state_dict(torch.load(vae_path))
+        t = time.time()
+        steps = finetune_decoder(models["vae"], args.decoder_minutes, random.Random(args.seed + 4))
+        torch.save(models["vae"].state_dict(), ft_path)
+        log(f"decoder stage: {steps} steps in {time.time() - t:.0f}s -> {ft_path}")
+        return 0
+    if args.stage == "merge":
+        merge_decoder(args.out, torch.load(ft_path))
+        log(f"merged {ft_path} into {args.out / 'vae'}")
+        return 0
     t_vae = time.time()
     if args.reuse_vae and vae_path.exists():
         models["vae"].load_state_dict(torch.load(vae_path))
@@ -353,6 +419,13 @@ def main() -> int:
         p.requires_grad_(False)
     t_vae = time.time() - t_vae
     stats = train_transformer(models, clip_tok, t5_tok, args, args.out, tok_src, random.Random(args.seed + 2))
+    t = time.time()
+    for p in models["vae"].decoder.parameters():
+        p.requires_grad_(True)
+    stats["decoder_steps"] = finetune_decoder(models["vae"], args.decoder_minutes, random.Random(args.seed + 4))
+    torch.save(models["vae"].state_dict(), ft_path)
+    merge_decoder(args.out, models["vae"].state_dict())
+    stats["decoder_seconds"] = round(time.time() - t, 1)
     stats.update(vae_seconds=round(t_vae, 1), total_seconds=round(time.time() - t_start, 1),
                  args={k: str(v) for k, v in vars(args).items()})
     (args.work / "train_stats.json").write_text(json.dumps(stats, indent=1))
