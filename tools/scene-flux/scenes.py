@@ -26,7 +26,7 @@ COLOURS = {
 }
 COLOUR_NAMES = list(COLOURS)
 SHAPES = ["circle", "square", "triangle", "star", "ring", "cross"]
-PLURAL = {s: s + "s" for s in SHAPES}
+PLURAL = {s: s + ("es" if s.endswith("s") else "s") for s in SHAPES}  # "crosses"
 SIZES = ["small", "large"]
 COUNTS = {1: "one", 2: "two", 3: "three"}
 # Relative anchor of each named position (x, y), y down.
