@@ -1,0 +1,437 @@
+"""Train a small FLUX.1-dev-architecture model on the scene world (CPU, fixed seeds, one command).
+
+Stages: (1) tokenizers from scene prompts (built exactly as tools/tiny-flux builds them);
+(2) the AutoencoderKL (16 latent channels, 8x), trained on crops of rendered scenes, its latents
+pushed to FLUX.1's statistics so that scaling_factor 0.3611 / shift_factor 0.1159 stay right;
+(3) the FluxTransformer2DModel (guidance-embedded, dev) together with the CLIP and T5 text encoders,
+by rectified flow on latents of scenes rendered on the fly at many sizes and aspect ratios, with the
+scheduler's resolution-dependent sigma shift.  A diffusers folder is saved every few minutes, so a
+partial run still leaves a usable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "tools" / "tiny-flux"))
+import generate as tiny  # noqa: E402  (tokenizer builders, scheduler config; sets offline env)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import scenes  # noqa: E402
+
+torch.set_num_threads(2)
+torch.use_deterministic_algorithms(False)
+
+T5_LEN = 32
+VAE_SCALING, VAE_SHIFT = tiny.VAE_SCALING, tiny.VAE_SHIFT
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenizers and models
+# ------------------------------------------------------------------------------------------------
+
+def corpus() -> list[str]:
+    rng = random.Random(11)
+    lines = []
+    for _ in range(3000):
+        s = scenes.sample_scene(rng, held_out=None)
+        lines.append(scenes.make_prompt(rng, s, fillers=0.5))
+    return lines + tiny.corpus_lines()
+
+
+def build_tokenizers(folder: Path):
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    lines = corpus()
+    tiny.corpus_lines = lambda: lines  # the builders read their training text from this function
+    tiny.build_clip_tokenizer(folder / "tokenizer")
+    tiny.build_t5_tokenizer(folder / "tokenizer_2")
+    tiny.write_json(
+        folder / "tokenizer_2" / "special_tokens_map.json",
+        {
+            "additional_special_tokens": [f"<extra_id_{i}>" for i in range(tiny.T5_EXTRA_IDS)],
+            "eos_token": {"content": "</s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
+            "pad_token": {"content": "<pad>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
+            "unk_token": {"content": "<unk>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
+        },
+    )
+    clip_tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    t5_tok = T5TokenizerFast.from_pretrained(str(folder / "tokenizer_2"))
+    return clip_tok, t5_tok
+
+
+def build_models(clip_tok, t5_tok, args):
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(args.seed)
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(clip_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=64,
+        bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.eos_token_id,
+        attn_implementation="eager"))
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tok), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, is_encoder_decoder=False,
+        use_cache=False, attn_implementation="eager"))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=args.double, num_single_layers=args.single,
+        attention_head_dim=32, num_attention_heads=args.heads, joint_attention_dim=64, pooled_projection_dim=64,
+        guidance_embeds=True, axes_dims_rope=(8, 12, 12) if args.heads * 32 == 128 else (4, 14, 14))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 64), layers_per_block=1,
+        latent_channels=16, norm_num_groups=1, sample_size=256, scaling_factor=VAE_SCALING,
+        shift_factor=VAE_SHIFT, use_quant_conv=False, use_post_quant_conv=False)
+    with torch.no_grad():
+        # Start the latents near FLUX.1's spread (std 1/0.3611) instead of far below it.
+        vae.encoder.conv_out.weight[:16].mul_(8.0)
+    return {"clip": clip, "t5": t5, "transformer": transformer, "vae": vae}
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 2: VAE
+# ------------------------------------------------------------------------------------------------
+
+def train_vae(vae, steps: int, rng: random.Random, crop: int = 64, batch: int = 8, lr_max: float = 1e-3,
+              clip: float = 100.0, stat_w: float = 0.1, noise: float = 0.1, every: int = 100,
+              minutes: float = 1e9) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr_max, weight_decay=0.0)
+    target_std = 1.0 / VAE_SCALING
+    vae.train()
+    t0 = time.time()
+    t_end = time.time() + minutes * 60
+    for step in range(steps):
+        # Time-based cosine (as the transformer stage): the stage fits its budget on a busy machine.
+        frac = min(1.0, 1 - (t_end - time.time()) / (minutes * 60))
+        lr = lr_max * min(1.0, (step + 1) / 30) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        crops = []
+        for _ in range(batch):
+            side = rng.choice([96, 128, 192, 256, 384, 512])
+            w = max(crop, int(side * rng.choice([1.0, 0.75, 1.33, 0.5625, 1.78])) // 16 * 16)
+            h = max(crop, side // 16 * 16)
+            img = scenes.render(rng, scenes.sample_scene(rng, held_out=None), w, h)
+            y, x = rng.randrange(h - crop + 1), rng.randrange(w - crop + 1)
+            crops.append(img[y:y + crop, x:x + crop])
+        x = to_tensor(crops)
+        z = vae.encode(x).latent_dist.mean
+        # Latent statistics as FLUX.1's VAE has them (the pipeline applies 0.3611 / 0.1159).
+        mean_c = z.mean(dim=(0, 2, 3))
+        std_c = z.std(dim=(0, 2, 3))
+        stat = ((mean_c - VAE_SHIFT) ** 2).mean() + ((std_c - target_std) ** 2).mean()
+        # Noise on the latent: the decoder must stay clean for the transformer's imperfect latents.
+        zn = z + noise * target_std * torch.randn_like(z)
+        rec = vae.decode(zn).sample
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + stat_w * stat
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), clip)
+        opt.step()
+        if frac >= 1.0:
+            log(f"vae time budget reached at step {step + 1}")
+            break
+        if step % every == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {loss.item():.4f} stat {stat.item():.3f} "
+                f"std {std_c.mean().item():.2f} ({time.time() - t0:.0f}s)")
+    vae.eval()
+
+
+def finetune_decoder(vae, minutes: float, rng: random.Random, crop: int = 64, batch: int = 8,
+                     lr_max: float = 1e-3, noise: float = 0.1) -> int:
+    """Stage 4: the decoder alone on the frozen encoder's latents.  The transformer learned the
+    encoder's latent space, which this stage leaves untouched, so it can run after (or beside) stage 3."""
+    dec = list(vae.decoder.parameters())
+    opt = torch.optim.AdamW(dec, lr=lr_max, weight_decay=0.0)
+    target_std = 1.0 / VAE_SCALING
+    vae.eval()
+    vae.decoder.train()
+    t0 = time.time()
+    step = 0
+    while True:
+        frac = min(1.0, (time.time() - t0) / (minutes * 60))
+        lr = lr_max * min(1.0, (step + 1) / 20) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        crops = []
+        for _ in range(batch):
+            side = rng.choice([96, 128, 192, 256, 384, 512])
+            w = max(crop, int(side * rng.choice([1.0, 0.75, 1.33, 0.5625, 1.78])) // 16 * 16)
+            h = max(crop, side // 16 * 16)
+            img = scenes.render(rng, scenes.sample_scene(rng, held_out=None), w, h)
+            y, x = rng.randrange(h - crop + 1), rng.randrange(w - crop + 1)
+            crops.append(img[y:y + crop, x:x + crop])
+        x = to_tensor(crops)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        zn = z + noise * target_std * torch.randn_like(z)
+        rec = vae.decode(zn).sample
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 25 == 0:
+            log(f"decoder step {step} loss {loss.item():.4f} lr {lr:.2e} ({time.time() - t0:.0f}s)")
+        step += 1
+        if frac >= 1.0:
+            break
+    vae.eval()
+    return step
+
+
+def merge_decoder(out: Path, state: dict) -> None:
+    """Put a fine-tuned VAE into a saved model folder (only vae/ changes)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(out / "vae"))
+    vae.load_state_dict(state, strict=True)
+    vae.save_pretrained(str(out / "vae"), safe_serialization=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 3: transformer + text encoders
+# ------------------------------------------------------------------------------------------------
+
+ASPECTS = [1.0, 0.75, 0.5625, 1.3333, 1.7778]  # W/H of the presets
+
+
+def sample_bucket(rng: random.Random, tiers) -> tuple[int, int, int]:
+    """(width, height, batch) for one step: mostly small images, sometimes preset-like large ones."""
+    short, batch = rng.choices([t[:2] for t in tiers], weights=[t[2] for t in tiers])[0]
+    aspect = rng.choice(ASPECTS) if rng.random() < 0.8 else rng.uniform(0.5, 2.0)
+    if aspect >= 1:
+        h, w = short, short * aspect
+    else:
+        w, h = short, short / aspect
+    w, h = max(64, int(round(w / 16)) * 16), max(64, int(round(h / 16)) * 16)
+    scale = (short * short) / (w * h)
+    return w, h, max(1, int(round(batch * scale))) if batch > 1 else 1
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def img_ids(h2: int, w2: int) -> torch.Tensor:
+    ids = torch.zeros(h2, w2, 3)
+    ids[..., 1] = torch.arange(h2)[:, None]
+    ids[..., 2] = torch.arange(w2)[None, :]
+    return ids.reshape(h2 * w2, 3)
+
+
+def encode_text(models, clip_tok, t5_tok, prompts: list[str]):
+    ci = clip_tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ti = t5_tok(prompts, padding="max_length", max_length=T5_LEN, truncation=True, return_tensors="pt").input_ids
+    pooled = models["clip"](ci, output_hidden_states=False).pooler_output
+    text = models["t5"](ti, output_hidden_states=False)[0]
+    return pooled, text
+
+
+def sample_sigmas(rng_t: torch.Generator, b: int, seq_len: int) -> torch.Tensor:
+    u = torch.sigmoid(torch.randn(b, generator=rng_t))
+    uni = torch.rand(b, generator=rng_t)
+    u = torch.where(torch.rand(b, generator=rng_t) < 0.1, uni, u).clamp(1e-4, 1 - 1e-4)
+    m = (1.15 - 0.5) / (4096 - 256)
+    mu = seq_len * m + (0.5 - 256 * m)
+    e = math.exp(mu)
+    return e / (e + (1 / u - 1))
+
+
+def save_folder(models, out: Path, clip_tok, t5_tok, tok_src: Path, ema=None) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    transformer = models["transformer"]
+    backup = None
+    if ema is not None:
+        backup = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+        transformer.load_state_dict(ema, strict=True)
+    tiny.write_json(tmp / "scheduler" / "scheduler_config.json", tiny.scheduler_config(True))
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(tmp / "scheduler")),
+        vae=models["vae"], text_encoder=models["clip"], tokenizer=clip_tok, text_encoder_2=models["t5"],
+        tokenizer_2=t5_tok, transformer=transformer)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    if backup is not None:
+        transformer.load_state_dict(backup, strict=True)
+    # The tokenizer folders exactly as built (FLUX.1-dev's file set), not transformers' re-save.
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(tmp / name)
+        shutil.copytree(tok_src / name, tmp / name)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, rng: random.Random) -> dict:
+    transformer, vae = models["transformer"], models["vae"]
+    params = list(transformer.parameters()) + list(models["clip"].parameters()) + list(models["t5"].parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+    rng_t = torch.Generator("cpu").manual_seed(args.seed + 3)
+    tiers = [(128, 16, 0.6), (192, 7, 0.22), (320, 3, 0.12), (640, 1, 0.04), (1024, 1, 0.01)]
+    if args.smoke:
+        tiers = [(128, 8, 0.7), (256, 2, 0.3)]
+    for m in ("clip", "t5"):
+        models[m].train()
+    transformer.train()
+    t0 = last_save = time.time()
+    losses = []
+    stats = {"steps": 0, "samples": 0}
+    budget = args.minutes * 60
+    for step in range(10**9):
+        # Time-based schedule: the run fits its budget whatever else the machine is doing.
+        frac = min(1.0, (time.time() - t0) / budget)
+        lr = args.lr * min(1.0, (step + 1) / 200) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.95 + 0.05)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        w, h, b = sample_bucket(rng, tiers)
+        imgs, prompts = [], []
+        for _ in range(b):
+            sc = scenes.sample_scene(rng, held_out=False)
+            prompts.append(scenes.make_prompt(rng, sc))
+            imgs.append(scenes.render(rng, sc, w, h))
+        with torch.no_grad():
+            z = vae.encode(to_tensor(imgs)).latent_dist.mean
+            x0 = pack((z - VAE_SHIFT) * VAE_SCALING)
+        seq = x0.shape[1]
+        sigma = sample_sigmas(rng_t, b, seq)
+        noise = torch.randn(x0.shape, generator=rng_t)
+        xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+        guidance = 1.0 + 9.0 * torch.rand(b, generator=rng_t)
+        pooled, text = encode_text(models, clip_tok, t5_tok, prompts)
+        pred = transformer(
+            hidden_states=xt, timestep=sigma, guidance=guidance, pooled_projections=pooled,
+            encoder_hidden_states=text, txt_ids=torch.zeros(T5_LEN, 3), img_ids=img_ids(h // 16, w // 16),
+            return_dict=False)[0]
+        loss = ((pred - (noise - x0)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in transformer.state_dict().items():
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        losses.append(loss.item())
+        stats["steps"] = step + 1
+        stats["samples"] += b
+        if step % 50 == 0:
+            log(f"step {step} {w}x{h}x{b} loss {np.mean(losses[-50:]):.4f} lr {lr:.2e} "
+                f"({time.time() - t0:.0f}s)")
+        done = frac >= 1.0 or (args.steps and step + 1 >= args.steps)
+        if time.time() - last_save > args.save_every * 60 or done:
+            for m in ("clip", "t5"):
+                models[m].eval()
+            save_folder(models, out, clip_tok, t5_tok, tok_src, ema)
+            for m in ("clip", "t5"):
+                models[m].train()
+            last_save = time.time()
+            log(f"saved {out} at step {step + 1}")
+        if done:
+            break
+    stats["seconds"] = round(time.time() - t0, 1)
+    stats["final_loss"] = float(np.mean(losses[-100:]))
+    return stats
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=REPO / "fixtures" / "scene-flux-dev")
+    ap.add_argument("--work", type=Path, default=REPO / ".cache" / "scene-flux")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-minutes", type=float, default=10.0, help="time budget of the VAE stage")
+    ap.add_argument("--minutes", type=float, default=30.0, help="time budget of the transformer stage")
+    ap.add_argument("--steps", type=int, default=0, help="stop earlier after this many steps (0: no limit)")
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--double", type=int, default=2)
+    ap.add_argument("--single", type=int, default=3)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--reuse-vae", action="store_true", help="take the VAE from --work/vae.pt if there")
+    ap.add_argument("--decoder-minutes", type=float, default=25.0, help="time budget of the decoder stage")
+    ap.add_argument("--stage", choices=["all", "decoder", "merge"], default="all",
+                    help="decoder: only stage 4 from --work/vae.pt (writes vae_ft.pt); merge: vae_ft.pt into --out")
+    args = ap.parse_args()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    rng = random.Random(args.seed)
+    t_start = time.time()
+    args.work.mkdir(parents=True, exist_ok=True)
+    tok_src = args.work / "tokenizers"
+    clip_tok, t5_tok = build_tokenizers(tok_src)
+    models = build_models(clip_tok, t5_tok, args)
+    for name, m in models.items():
+        log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
+    vae_path = args.work / "vae.pt"
+    ft_path = args.work / "vae_ft.pt"
+    if args.stage == "decoder":
+        models["vae"].load_state_dict(torch.load(vae_path))
+        t = time.time()
+        steps = finetune_decoder(models["vae"], args.decoder_minutes, random.Random(args.seed + 4))
+        torch.save(models["vae"].state_dict(), ft_path)
+        log(f"decoder stage: {steps} steps in {time.time() - t:.0f}s -> {ft_path}")
+        return 0
+    if args.stage == "merge":
+        merge_decoder(args.out, torch.load(ft_path))
+        log(f"merged {ft_path} into {args.out / 'vae'}")
+        return 0
+    t_vae = time.time()
+    if args.reuse_vae and vae_path.exists():
+        models["vae"].load_state_dict(torch.load(vae_path))
+        models["vae"].eval()
+        log("VAE reused")
+    else:
+        train_vae(models["vae"], args.vae_steps, random.Random(args.seed + 1), lr_max=1e-3, every=25,
+                  minutes=args.vae_minutes)
+        torch.save(models["vae"].state_dict(), vae_path)
+    for p in models["vae"].parameters():
+        p.requires_grad_(False)
+    t_vae = time.time() - t_vae
+    stats = train_transformer(models, clip_tok, t5_tok, args, args.out, tok_src, random.Random(args.seed + 2))
+    t = time.time()
+    for p in models["vae"].decoder.parameters():
+        p.requires_grad_(True)
+    stats["decoder_steps"] = finetune_decoder(models["vae"], args.decoder_minutes, random.Random(args.seed + 4))
+    torch.save(models["vae"].state_dict(), ft_path)
+    merge_decoder(args.out, models["vae"].state_dict())
+    stats["decoder_seconds"] = round(time.time() - t, 1)
+    stats.update(vae_seconds=round(t_vae, 1), total_seconds=round(time.time() - t_start, 1),
+                 args={k: str(v) for k, v in vars(args).items()})
+    (args.work / "train_stats.json").write_text(json.dumps(stats, indent=1))
+    log(f"done: {json.dumps(stats)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
