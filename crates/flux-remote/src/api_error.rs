@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use flux_service::JobFailure;
 use flux_types::{ApiError, ErrorBody, ErrorCode, GeneratorError};
 
 tokio::task_local! {
@@ -35,7 +36,10 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidJson
         | ErrorCode::InvalidParameter
         | ErrorCode::UnknownField
-        | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
+        | ErrorCode::MalformedRequest
+        | ErrorCode::NotCompleted
+        | ErrorCode::AlreadyCompleted => StatusCode::BAD_REQUEST,
+        ErrorCode::Cancelled => StatusCode::GONE,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
@@ -160,6 +164,23 @@ impl ApiErrorResponse {
                 tracing::error!(error = %other, "generation failed");
                 Self::inference_failed()
             }
+        }
+    }
+
+    /// The answer for a job that failed.
+    pub fn from_job_failure(failure: &JobFailure, overload_hint: Duration) -> Self {
+        match failure {
+            JobFailure::Generator(error) => Self::from_generator_error(error, overload_hint),
+            JobFailure::TimedOut { limit_secs } => Self::new(
+                ErrorCode::InferenceFailed,
+                format!(
+                    "the generation did not finish within the server's request timeout of \
+                     {limit_secs} s"
+                ),
+                None,
+            ),
+            JobFailure::Storage => Self::storage_unavailable(),
+            _ => Self::inference_failed(),
         }
     }
 

@@ -20,8 +20,9 @@ mod idempotency;
 mod listener;
 mod metrics;
 mod preflight;
-mod queue_eta;
+mod queue_routes;
 mod rate_limit;
+mod results;
 mod server;
 
 pub use api_error::{ApiErrorResponse, status_for};
@@ -32,6 +33,7 @@ pub use config::{
 };
 pub use error::{ClientError, RemoteError};
 pub use files::FileDurability;
+pub use queue_routes::QUEUE_PATH;
 pub use server::{
     AppState, FILES_PATH, GENERATE_PATH, Server, ShutdownSignals, router, serve, shutdown_signal,
 };

@@ -21,6 +21,7 @@
 pub mod error;
 pub mod generator;
 pub mod openapi;
+pub mod queue;
 pub mod request;
 pub mod response;
 pub mod schema;
@@ -30,6 +31,9 @@ pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use generator::{
     BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, Progress,
     ProgressFn,
+};
+pub use queue::{
+    CancelAccepted, LogLine, Outcome, QueueProgress, QueueState, QueueStatus, QueueSubmitted,
 };
 pub use request::{
     GenerateRequest, ImageSize, ImageSizePreset, OutputFormat, ValidRequest, parse_request,
