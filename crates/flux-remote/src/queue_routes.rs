@@ -9,9 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use flux_service::{JobId, JobResult, JobState, JobStatus, Owner, ServiceError, Submission};
-use flux_types::{
-    CancelAccepted, ErrorCode, QueueProgress, QueueState, QueueStatus, QueueSubmitted,
-};
+use flux_types::{CancelAccepted, ErrorCode, QueueState, QueueStatus, QueueSubmitted};
 
 use crate::api_error::ApiErrorResponse;
 use crate::auth::sha256;
@@ -182,7 +180,9 @@ async fn submit_authorized(
     Ok(json_response(StatusCode::ACCEPTED, body))
 }
 
-/// Authentication, the model, and the id, for the routes that name a job.
+/// Authentication, the model, and the id, for the routes that name a job. The error is the
+/// answer, returned at once.
+#[allow(clippy::result_large_err)]
 fn job_route(
     state: &AppState,
     request: &Request,
@@ -230,8 +230,7 @@ fn wire_status(state: &AppState, model: &str, status: JobStatus, logs: bool) -> 
         request_id: status.id.to_string(),
         status: state_name,
         queue_position: status.queue_position,
-        progress: progress
-            .map(|QueueProgress { step, total_steps }| QueueProgress { step, total_steps }),
+        progress,
         logs: logs.then_some(status.logs),
         error,
         outcome,
