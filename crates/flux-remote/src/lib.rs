@@ -24,12 +24,14 @@ mod queue_routes;
 mod rate_limit;
 mod results;
 mod server;
+mod webhook_sig;
+mod webhooks;
 
 pub use api_error::{ApiErrorResponse, status_for};
 pub use client::{FluxClient, FluxClientBuilder};
 pub use config::{
     DEFAULT_FILES_QUOTA_BYTES, DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, MIN_API_KEY_CHARS,
-    RateLimit, ServerConfig, default_files_dir, load_api_keys,
+    RateLimit, ServerConfig, WebhookConfig, default_files_dir, load_api_keys, load_webhook_secret,
 };
 pub use error::{ClientError, RemoteError};
 pub use files::FileDurability;
@@ -37,6 +39,7 @@ pub use queue_routes::QUEUE_PATH;
 pub use server::{
     AppState, FILES_PATH, GENERATE_PATH, Server, ShutdownSignals, router, serve, shutdown_signal,
 };
+pub use webhook_sig::{WEBHOOK_TOLERANCE_SECS, WebhookSecret, WebhookVerifyError, verify_webhook};
 
 /// Installs the global `tracing` subscriber on stderr (stdout is left to what scripts read):
 /// JSON lines when `json` is true, readable text otherwise. The filter is `RUST_LOG` when it is

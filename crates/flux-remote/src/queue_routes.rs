@@ -86,20 +86,17 @@ async fn submit_authorized(
     idempotency_key: Option<String>,
     request: Request,
 ) -> Result<Response, ApiErrorResponse> {
-    let fal_webhook = request.uri().query().is_some_and(|query| {
-        query
-            .split('&')
-            .any(|pair| pair.starts_with("fal_webhook="))
-    });
+    let webhook_url = crate::webhooks::webhook_param(request.uri().query());
     served(model)?;
     let (body, valid) = read_valid_body(state, request).await?;
-    if fal_webhook {
-        return Err(ApiErrorResponse::with_param(
-            ErrorCode::InvalidParameter,
-            "fal_webhook",
-            "webhooks are not available on this server yet",
-        ));
-    }
+    let webhook = match &webhook_url {
+        Some(url) => Some(
+            crate::webhooks::check_target(url, &state.inner.webhooks.config)
+                .await?
+                .to_string(),
+        ),
+        None => None,
+    };
     let reservation = match idempotency_key {
         None => None,
         Some(key) => match state.inner.idempotency.begin(
@@ -154,6 +151,7 @@ async fn submit_authorized(
             deadline: Some(state.inner.request_timeout),
             on_finish: None,
             keep_record: true,
+            webhook,
         },
     )?;
     let url = job_url(state, model, &submitted.id);

@@ -35,6 +35,7 @@ use crate::preflight::preflight;
 use crate::queue_routes::{self, QUEUE_PATH};
 use crate::rate_limit::RateLimiterByKey;
 use crate::results::FileResults;
+use crate::webhooks::{Deliverer, webhook_body};
 
 /// The committed OpenAPI document, served as is.
 const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
@@ -70,6 +71,7 @@ pub(crate) struct Shared {
     pub(crate) drain_timeout: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) draining: AtomicBool,
+    pub(crate) webhooks: Arc<Deliverer>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -114,6 +116,25 @@ impl AppState {
                 retention: config.retention,
             },
         );
+        let webhooks = Deliverer::new(
+            Arc::new(flux_service::MemoryOutbox::default()),
+            config.webhooks.clone(),
+        );
+        {
+            let webhooks = Arc::clone(&webhooks);
+            let metrics = Arc::clone(&metrics);
+            service.set_completion_listener(Arc::new(move |record| {
+                if let Some(url) = &record.webhook
+                    && let Some(body) = webhook_body(record, metrics.mean_generation())
+                {
+                    webhooks.enqueue(flux_service::WebhookDelivery::new(
+                        record.id.to_string(),
+                        url.clone(),
+                        body,
+                    ));
+                }
+            }));
+        }
         Ok(AppState {
             inner: Arc::new(Shared {
                 generator,
@@ -132,6 +153,7 @@ impl AppState {
                 drain_timeout: config.drain_timeout,
                 max_body_bytes: config.max_body_bytes,
                 draining: AtomicBool::new(false),
+                webhooks,
             }),
         })
     }
@@ -568,6 +590,7 @@ async fn generate_authorized(
             deadline: None,
             on_finish,
             keep_record: false,
+            webhook: None,
         },
     )?;
     let _cancel = (!outlives_client).then(|| CancelOnDrop {
@@ -743,6 +766,7 @@ impl Server {
                 sweeper_state.sweep().await;
             }
         });
+        let deliverer = tokio::spawn(Arc::clone(&state.inner.webhooks).run());
         let draining_state = state.clone();
         let drain = async move {
             shutdown.await;
@@ -754,6 +778,7 @@ impl Server {
         };
         serve_connections(listener, router(state.clone()), state.clone(), drain).await;
         sweeper.abort();
+        deliverer.abort();
         tracing::info!("server stopped");
         Ok(())
     }

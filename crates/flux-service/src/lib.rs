@@ -10,6 +10,7 @@
 mod clock;
 mod error;
 mod job;
+mod outbox;
 mod queue_eta;
 mod service;
 mod store;
@@ -17,9 +18,10 @@ mod store;
 pub use clock::rfc3339_millis;
 pub use error::ServiceError;
 pub use job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
+pub use outbox::{MemoryOutbox, Outbox, WebhookDelivery};
 pub use queue_eta::{Place, QueueClock};
 pub use service::{
-    Cancelled, FinishHook, GenerationService, JobEvents, ResultStore, ServiceConfig, Submission,
+    Cancelled, CompletionListener, FinishHook, GenerationService, JobEvents, ResultStore, ServiceConfig, Submission,
     Submitted,
 };
 pub use store::{JobRecord, JobStore, MemoryJobStore};

@@ -39,6 +39,9 @@ pub trait ResultStore: Send + Sync + 'static {
 /// when the job is cancelled.
 pub type FinishHook = Box<dyn FnOnce(&JobResult) + Send>;
 
+/// Told of every job's end (after its record says so), e.g. to queue its webhook.
+pub type CompletionListener = Arc<dyn Fn(&JobRecord) + Send + Sync>;
+
 /// The service's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceConfig {
@@ -59,6 +62,8 @@ pub struct Submission {
     /// Whether the record outlives the job's end (for the queue API); a sync request's record
     /// is forgotten once its waiter has the result.
     pub keep_record: bool,
+    /// Where to POST the job's end.
+    pub webhook: Option<String>,
 }
 
 impl std::fmt::Debug for Submission {
@@ -107,6 +112,7 @@ struct Inner {
     clock: Arc<QueueClock>,
     config: ServiceConfig,
     live: Mutex<Live>,
+    listener: Mutex<Option<CompletionListener>>,
 }
 
 /// Jobs not yet completed: their event channels, abort handles and queue order.
@@ -163,8 +169,18 @@ impl GenerationService {
                 clock: Arc::default(),
                 config,
                 live: Mutex::default(),
+                listener: Mutex::default(),
             }),
         }
+    }
+
+    /// Sets the one completion listener.
+    pub fn set_completion_listener(&self, listener: CompletionListener) {
+        *self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
     }
 
     pub fn generator(&self) -> &Arc<dyn Generator> {
@@ -193,6 +209,7 @@ impl GenerationService {
             deadline,
             on_finish,
             keep_record,
+            webhook,
         } = submission;
         let request = match request.seed() {
             Some(_) => request,
@@ -209,6 +226,7 @@ impl GenerationService {
                 request: request.clone(),
                 state: JobState::Queued,
                 logs: vec![log_line("accepted")],
+                webhook,
                 submitted_at: SystemTime::now(),
                 completed_at: None,
             })?;
@@ -354,6 +372,15 @@ impl GenerationService {
             && changed
         {
             self.publish(&live, record);
+            let listener = self
+                .inner
+                .listener
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(listener) = listener {
+                listener(record);
+            }
         }
         if let Some(job) = live.jobs.remove(id)
             && !job.keep_record

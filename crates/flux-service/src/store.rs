@@ -21,6 +21,8 @@ pub struct JobRecord {
     pub request: ValidRequest,
     pub state: JobState,
     pub logs: Vec<LogLine>,
+    /// Where to POST the job's end (`?fal_webhook=`), when asked.
+    pub webhook: Option<String>,
     pub submitted_at: SystemTime,
     pub completed_at: Option<SystemTime>,
 }
