@@ -383,3 +383,27 @@ pub(crate) async fn cancel_job(
     };
     with_rate(response, rate_state)
 }
+
+/// `GET /api/v1/models`: what this server serves (one generator, on the dev routes).
+pub(crate) async fn list_models(
+    state: axum::extract::State<AppState>,
+    request: Request,
+) -> Response {
+    let state = state.0;
+    let (_caller, rate_state) = match authenticate(&state, &request) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response_now(),
+    };
+    let models = serde_json::json!({
+        "models": SERVED_MODELS
+            .iter()
+            .map(|variant| serde_json::json!({
+                "id": state.inner.generator.describe(),
+                "variant": variant,
+                "sync_path": format!("/api/v1/flux/{variant}"),
+                "queue_path": format!("{QUEUE_PATH}/{variant}"),
+            }))
+            .collect::<Vec<_>>()
+    });
+    with_rate(json_of(StatusCode::OK, &models), rate_state)
+}

@@ -224,6 +224,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(GENERATE_PATH, post(generate))
+        .route("/api/v1/models", get(queue_routes::list_models))
         .route(
             &format!("{QUEUE_PATH}/{{model}}"),
             post(queue_routes::submit_job),

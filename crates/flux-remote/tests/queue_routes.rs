@@ -622,3 +622,17 @@ async fn records_expire_after_the_retention_window() {
         expect_code(app.get(url).await, StatusCode::NOT_FOUND, "not_found").await;
     }
 }
+
+#[tokio::test]
+async fn the_model_list_names_the_served_variant_and_needs_a_key() {
+    let app = app_with(SteppingGenerator::new(Duration::from_millis(5)), |_| {});
+    let listed = app.get("/api/v1/models").await;
+    assert_eq!(listed.status(), StatusCode::OK);
+    let listed = json_body(listed).await;
+    assert_eq!(listed["models"][0]["variant"], "dev", "{listed}");
+    assert_eq!(listed["models"][0]["id"], "stepping generator");
+    let anonymous = app
+        .send(Request::get("/api/v1/models").body(Body::empty()).unwrap())
+        .await;
+    expect_code(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}

@@ -21,6 +21,7 @@
 pub mod error;
 pub mod generator;
 pub mod openapi;
+mod openapi_queue;
 pub mod queue;
 pub mod request;
 pub mod response;
@@ -34,6 +35,7 @@ pub use generator::{
 };
 pub use queue::{
     CancelAccepted, LogLine, Outcome, QueueProgress, QueueState, QueueStatus, QueueSubmitted,
+    WebhookBody, WebhookStatus,
 };
 pub use request::{
     GenerateRequest, ImageSize, ImageSizePreset, OutputFormat, ValidRequest, parse_request,

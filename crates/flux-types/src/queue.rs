@@ -4,7 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::response::GenerateResponse;
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -98,4 +99,24 @@ impl CancelAccepted {
             status: "CANCELLATION_REQUESTED".to_owned(),
         }
     }
+}
+
+/// Whether a webhook reports a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WebhookStatus {
+    Ok,
+    Error,
+}
+
+/// The body POSTed to `?fal_webhook=URL` when a job completes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WebhookBody {
+    pub request_id: String,
+    /// `OK` when the job succeeded; `ERROR` when it failed or was cancelled.
+    pub status: WebhookStatus,
+    /// The result route's 200 body, when `OK`; else `null`.
+    pub payload: Option<GenerateResponse>,
+    /// The job's error body (code `cancelled` for a cancelled job), when `ERROR`; else `null`.
+    pub error: Option<ErrorBody>,
 }
