@@ -9,6 +9,7 @@ mod auth;
 mod auth_throttle;
 mod client;
 mod client_addr;
+mod client_queue;
 mod config;
 mod conn_io;
 mod error;
