@@ -14,7 +14,7 @@ use flux_facade::{
 };
 use flux_remote::{FluxClient, Server, ServerConfig};
 
-const KEY: &str = "sk-facade-test";
+const KEY: &str = "sk-facade-test-key-01";
 
 struct TestServer {
     base_url: String,
