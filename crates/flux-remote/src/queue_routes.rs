@@ -215,7 +215,7 @@ fn wire_status(state: &AppState, model: &str, status: JobStatus, logs: bool) -> 
         JobState::Completed(result) => {
             let error = match result {
                 JobResult::Failed(failure) => Some(
-                    ApiErrorResponse::from_job_failure(failure, state.overload_hint())
+                    ApiErrorResponse::from_job_failure_quiet(failure, state.overload_hint())
                         .error()
                         .clone(),
                 ),
@@ -337,7 +337,8 @@ pub(crate) async fn job_result(
                 json_response(StatusCode::OK, stored.body)
             }
             JobState::Completed(JobResult::Failed(failure)) => {
-                ApiErrorResponse::from_job_failure(&failure, state.overload_hint()).into_response()
+                ApiErrorResponse::from_job_failure_quiet(&failure, state.overload_hint())
+                    .into_response()
             }
             JobState::Completed(JobResult::Cancelled) => ApiErrorResponse::new(
                 ErrorCode::Cancelled,

@@ -601,7 +601,7 @@ async fn generate_authorized(
     });
     match tokio::time::timeout(state.inner.request_timeout, submitted.events.wait()).await {
         Ok(Ok(JobResult::Succeeded(stored))) => Ok(json_response(StatusCode::OK, stored.body)),
-        Ok(Ok(JobResult::Failed(failure))) => Err(ApiErrorResponse::from_job_failure(
+        Ok(Ok(JobResult::Failed(failure))) => Err(ApiErrorResponse::from_job_failure_quiet(
             &failure,
             state.overload_hint(),
         )),

@@ -150,7 +150,10 @@ pub(crate) fn webhook_body(record: &JobRecord, overload_hint: Duration) -> Optio
             format!(r#"{{"request_id":{id},"status":"OK","payload":{payload},"error":null}}"#)
         }
         JobResult::Failed(failure) => {
-            let error = error_json(ApiErrorResponse::from_job_failure(failure, overload_hint))?;
+            let error = error_json(ApiErrorResponse::from_job_failure_quiet(
+                failure,
+                overload_hint,
+            ))?;
             format!(r#"{{"request_id":{id},"status":"ERROR","payload":null,"error":{error}}}"#)
         }
         JobResult::Cancelled => {

@@ -9,6 +9,7 @@
 
 mod clock;
 mod error;
+mod events;
 mod job;
 mod outbox;
 mod queue_eta;
@@ -17,11 +18,12 @@ mod store;
 
 pub use clock::rfc3339_millis;
 pub use error::ServiceError;
+pub use events::JobEvents;
 pub use job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
 pub use outbox::{MemoryOutbox, Outbox, WebhookDelivery};
 pub use queue_eta::{Place, QueueClock};
 pub use service::{
-    Cancelled, CompletionListener, FinishHook, GenerationService, JobEvents, ResultStore, ServiceConfig, Submission,
-    Submitted,
+    Cancelled, CompletionListener, FinishHook, GenerationService, ResultStore, ServiceConfig,
+    Submission, Submitted,
 };
 pub use store::{JobRecord, JobStore, MemoryJobStore};

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::clock::rfc3339_millis;
 use crate::error::ServiceError;
+use crate::events::JobEvents;
 use crate::job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
 use crate::queue_eta::{Place, QueueClock};
 use crate::store::{JobRecord, JobStore};
@@ -129,6 +130,8 @@ struct LiveJob {
     abort: Option<AbortHandle>,
     seq: u64,
     keep_record: bool,
+    /// The job's admission place: freed when the job completes, cancelled ones at once.
+    _place: Place,
 }
 
 impl Live {
@@ -241,6 +244,7 @@ impl GenerationService {
                     abort: None,
                     seq,
                     keep_record,
+                    _place: place,
                 },
             );
             let events = JobEvents {
@@ -255,7 +259,7 @@ impl GenerationService {
         };
         let task = tokio::spawn(
             self.clone()
-                .run(id.clone(), request, place, deadline, on_finish)
+                .run(id.clone(), request, deadline, on_finish)
                 .instrument(tracing::Span::current()),
         );
         if let Some(job) = self.live().jobs.get_mut(&id) {
@@ -273,11 +277,9 @@ impl GenerationService {
         self,
         id: JobId,
         request: ValidRequest,
-        place: Place,
         deadline: Option<Duration>,
         on_finish: Option<FinishHook>,
     ) {
-        let _place = place;
         let progress: ProgressFn = {
             let service = self.clone();
             let id = id.clone();
@@ -297,6 +299,14 @@ impl GenerationService {
                 }),
             },
         };
+        if let Err(JobFailure::Generator(
+            error @ (GeneratorError::Inference { .. } | GeneratorError::Remote { .. }),
+        )) = &generated
+        {
+            // Once, here: answers built from the record later (status reads, the result route,
+            // a webhook) carry no detail and log nothing.
+            tracing::error!(%error, job = %id, "generation failed");
+        }
         let result = match generated {
             Ok(generation) => match self
                 .inner
@@ -533,68 +543,5 @@ fn failure_summary(failure: &JobFailure) -> String {
         JobFailure::TimedOut { limit_secs } => format!("not finished within {limit_secs} s"),
         JobFailure::Storage => "the images could not be stored".to_owned(),
         JobFailure::BadGeneration => "the generator answered something unusable".to_owned(),
-    }
-}
-
-/// A job's status changes: the current status first, then each change, ending after the terminal
-/// one.
-pub struct JobEvents {
-    service: GenerationService,
-    owner: Owner,
-    id: JobId,
-    first: Option<JobStatus>,
-    receiver: Option<broadcast::Receiver<JobStatus>>,
-    done: bool,
-}
-
-impl std::fmt::Debug for JobEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobEvents")
-            .field("id", &self.id)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
-}
-
-impl JobEvents {
-    /// The next status; `None` after the terminal one.
-    pub async fn next(&mut self) -> Option<JobStatus> {
-        if self.done {
-            return None;
-        }
-        let status = match self.first.take() {
-            Some(first) => first,
-            None => self.next_change().await?,
-        };
-        self.done = status.state.is_terminal();
-        Some(status)
-    }
-
-    /// Waits for the job's end.
-    pub async fn wait(mut self) -> Result<JobResult, ServiceError> {
-        while let Some(status) = self.next().await {
-            if let JobState::Completed(result) = status.state {
-                return Ok(result);
-            }
-        }
-        Err(ServiceError::NotFound)
-    }
-
-    async fn next_change(&mut self) -> Option<JobStatus> {
-        let receiver = self.receiver.as_mut()?;
-        match receiver.recv().await {
-            Ok(status) => Some(status),
-            // Fell behind, or the job ended and its channel with it: what it is now.
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                self.service.status(&self.id, self.owner).ok()
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                self.receiver = None;
-                self.service
-                    .status(&self.id, self.owner)
-                    .ok()
-                    .filter(|status| status.state.is_terminal())
-            }
-        }
     }
 }
