@@ -233,3 +233,31 @@ async fn private_targets_are_refused_unless_allowed_and_webhooks_need_a_secret()
     let refused = submit(no_secret, "http://127.0.0.1:9/hook", SMALL).await;
     assert_eq!(refused.status(), 400);
 }
+
+#[tokio::test]
+async fn a_cancelled_job_reports_error_cancelled() {
+    let (receiver, url) = start_receiver(vec![StatusCode::OK]).await;
+    let (addr, _dir) = start_server(
+        FakeGenerator::with_delay(Duration::from_secs(5)),
+        true,
+        true,
+    )
+    .await;
+    let job: Value = submit(addr, &url, SMALL).await.json().await.unwrap();
+    let cancel_url = job["cancel_url"]
+        .as_str()
+        .unwrap()
+        .replace(PUBLIC_URL, &format!("http://{addr}"));
+    let cancelled = reqwest::Client::new()
+        .put(cancel_url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 202);
+    let attempts = until_attempts(&receiver, 1).await;
+    let body: Value = serde_json::from_slice(&attempts[0].body).unwrap();
+    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["error"]["error"]["code"], "cancelled");
+    assert_eq!(body["request_id"], job["request_id"]);
+}
