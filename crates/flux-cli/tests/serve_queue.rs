@@ -15,8 +15,11 @@ use flux_types::{GenerateRequest, ImageSize, QueueState};
 const KEY: &str = "serve-queue-test-key-01";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-/// One webhook POST: its headers (lower-cased names) and body; answered 200.
-fn receive_one(listener: &TcpListener) -> anyhow::Result<(Vec<(String, String)>, Vec<u8>)> {
+/// A request's headers, names lower-cased.
+type Headers = Vec<(String, String)>;
+
+/// One webhook POST: its headers and body; answered 200.
+fn receive_one(listener: &TcpListener) -> anyhow::Result<(Headers, Vec<u8>)> {
     let (mut stream, _) = listener.accept()?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
