@@ -33,8 +33,9 @@ pub(crate) async fn client_gone(watch: &TcpStream, conn: &ConnState) {
         changed.await;
     }
     if !conn.is_http11() {
-        // An HTTP/1.0 client must not get a 1xx answer; its request runs to its end.
-        return std::future::pending().await;
+        // An HTTP/1.0 client must not get a 1xx answer, and HTTP/1.0 has no half-close: the end
+        // of its stream means it went away.
+        return;
     }
     match watch.try_write(PROBE) {
         Ok(_) => {}

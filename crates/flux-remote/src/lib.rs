@@ -20,6 +20,7 @@ mod http_errors;
 mod idempotency;
 mod listener;
 mod metrics;
+mod observe;
 mod preflight;
 mod queue_routes;
 mod rate_limit;

@@ -82,13 +82,14 @@ async fn drain_body(request: Request, limit: usize, wait: Duration) -> bool {
 }
 
 /// Runs the header checks in the contract's order.
-// A refusal is answered at once by the caller: its size on the stack does not matter.
-#[allow(clippy::result_large_err)]
-pub(crate) fn preflight(state: &AppState, request: &Request) -> Result<Admitted, Refused> {
+/// A refusal is boxed: it is the rare path, and the answer it carries is large.
+pub(crate) fn preflight(state: &AppState, request: &Request) -> Result<Admitted, Box<Refused>> {
     let (caller, rate_state) = authenticate(state, request)?;
-    let with_rate = |response| Refused {
-        response,
-        rate_state,
+    let with_rate = |response| {
+        Box::new(Refused {
+            response,
+            rate_state,
+        })
     };
     check_json_content_type(request.headers()).map_err(with_rate)?;
     let idempotency_key = idempotency_key(request.headers()).map_err(with_rate)?;
@@ -101,16 +102,17 @@ pub(crate) fn preflight(state: &AppState, request: &Request) -> Result<Admitted,
 
 /// The checks of a request without a body (status, result, cancel): throttle, authentication,
 /// rate limit.
-#[allow(clippy::result_large_err)]
 pub(crate) fn authenticate(
     state: &AppState,
     request: &Request,
-) -> Result<(Caller, Option<RateLimitState>), Refused> {
+) -> Result<(Caller, Option<RateLimitState>), Box<Refused>> {
     let shared = &state.inner;
     let client = client_key(request, shared.trust_forwarded_for);
-    let refused = |response| Refused {
-        response,
-        rate_state: None,
+    let refused = |response| {
+        Box::new(Refused {
+            response,
+            rate_state: None,
+        })
     };
     shared.auth_throttle.check(client).map_err(refused)?;
     let caller = shared
@@ -130,10 +132,10 @@ pub(crate) fn authenticate(
             match limiter.check(&bucket) {
                 Ok(rate_state) => Some(rate_state),
                 Err(Limited { response, state }) => {
-                    return Err(Refused {
+                    return Err(Box::new(Refused {
                         response,
                         rate_state: Some(state),
-                    });
+                    }));
                 }
             }
         }

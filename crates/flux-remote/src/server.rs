@@ -5,13 +5,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use flux_service::{
@@ -20,17 +20,17 @@ use flux_service::{
 };
 use flux_types::{ErrorCode, Generator, ValidRequest, parse_request};
 use tokio::net::TcpListener;
-use tracing::Instrument;
 
-use crate::api_error::{ApiErrorResponse, REQUEST_ID};
+use crate::api_error::ApiErrorResponse;
 use crate::auth::{ApiKeys, Caller, sha256};
 use crate::auth_throttle::AuthThrottle;
 use crate::config::ServerConfig;
 use crate::error::RemoteError;
-use crate::files::{FileStore, random_hex};
+use crate::files::FileStore;
 use crate::idempotency::{Begin, FilesWrittenFrom, IdempotencyStore};
 use crate::listener::serve_connections;
 use crate::metrics::{Metrics, Snapshot};
+use crate::observe::observe;
 use crate::preflight::preflight;
 use crate::queue_routes::{self, QUEUE_PATH};
 use crate::rate_limit::RateLimiterByKey;
@@ -46,7 +46,6 @@ pub const GENERATE_PATH: &str = "/api/v1/flux/dev";
 pub const FILES_PATH: &str = "/api/v1/files";
 
 pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
-const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -257,97 +256,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Request id, tracing span, `X-Request-Id` on every answer, per-route metrics.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| is_well_formed_request_id(id))
-        .map(str::to_owned)
-        .unwrap_or_else(|| random_hex(16));
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        method = %request.method(),
-        route = %route,
-    );
-    let started = Instant::now();
-    let gone = ClientGone::watch(&state, &route, &span);
-    let mut response = REQUEST_ID
-        .scope(request_id.clone(), next.run(request))
-        .instrument(span.clone())
-        .await;
-    gone.answered();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    let status = response.status().as_u16();
-    state.inner.metrics.record_request(&route, status);
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        );
-    });
-    response
-}
-
-/// Logs and counts a request dropped before its answer was ready: its client went away (the
-/// connection closed, and with it the request's future).
-struct ClientGone<'a> {
-    state: &'a AppState,
-    route: &'a str,
-    span: &'a tracing::Span,
-    started: Instant,
-    answered: bool,
-}
-
-impl<'a> ClientGone<'a> {
-    fn watch(state: &'a AppState, route: &'a str, span: &'a tracing::Span) -> Self {
-        ClientGone {
-            state,
-            route,
-            span,
-            started: Instant::now(),
-            answered: false,
-        }
-    }
-
-    fn answered(mut self) {
-        self.answered = true;
-    }
-}
-
-impl Drop for ClientGone<'_> {
-    fn drop(&mut self) {
-        if self.answered {
-            return;
-        }
-        self.state.inner.metrics.record_client_gone(self.route);
-        self.span.in_scope(|| {
-            tracing::info!(
-                elapsed_ms = self.started.elapsed().as_millis() as u64,
-                "client went away before its answer"
-            );
-        });
-    }
-}
-
-/// An incoming id is kept when it is 1–128 characters of `[A-Za-z0-9._:-]`.
-fn is_well_formed_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
-}
-
 async fn not_found() -> ApiErrorResponse {
     ApiErrorResponse::new(ErrorCode::NotFound, "no such route", None)
 }
@@ -460,7 +368,7 @@ async fn serve_file(
 async fn generate(State(state): State<AppState>, request: Request) -> Response {
     let admitted = match preflight(&state, &request) {
         Ok(admitted) => admitted,
-        Err(refused) => return refused.answer(&state, request).await,
+        Err(refused) => return (*refused).answer(&state, request).await,
     };
     let mut response =
         match generate_authorized(&state, admitted.caller, admitted.idempotency_key, request).await

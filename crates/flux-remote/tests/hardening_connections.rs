@@ -124,6 +124,40 @@ async fn a_client_that_goes_away_still_cancels_its_generation_and_is_logged_and_
 }
 
 #[tokio::test]
+async fn an_http_1_0_client_that_closes_its_sending_side_has_gone_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let generator = FakeGenerator::with_delay(Duration::from_secs(10));
+    let server = start(dir.path(), generator.clone(), |_| {}).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = generation_head(
+        Some(&format!("Bearer {KEY}")),
+        "application/json",
+        SMALL.len(),
+    )
+    .replace("HTTP/1.1", "HTTP/1.0");
+    stream
+        .write_all(format!("{head}\r\n{SMALL}").as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if generator.calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stream.shutdown().await.unwrap();
+    let started = Instant::now();
+    while server.state.in_queue() > 0 && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        server.state.in_queue(),
+        0,
+        "the HTTP/1.0 request was not cancelled"
+    );
+}
+
+#[tokio::test]
 async fn the_drain_is_bounded_by_the_drain_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("{}.png", "cd".repeat(16));

@@ -56,6 +56,8 @@ async fn an_unusable_folder_is_reported_and_answered_503_storage_unavailable() {
     let files = root.path().join("files");
     let generator = FakeGenerator::new();
     let server = start(&files, generator.clone(), |_| {}).await;
+    // After the first retention sweep (at start), which would recreate the folder.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let url = server.url();
     assert_eq!(ready_status(&url).await.0, 200);
 
