@@ -5,6 +5,10 @@
 //! short, 1 anything else. Errors print as one line, causes
 //! joined by `: `; `-v` puts each cause on its own line and logs more.
 
+// The doc comments of the argument structs are the command's help text, written for a terminal
+// (`<user data dir>`, bare URLs), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
+
 mod generate;
 mod logging;
 mod model;

@@ -134,6 +134,16 @@ pub struct ServeArgs {
     #[arg(long, env = "FLUX_TRUST_FORWARDED_FOR", value_parser = BoolishValueParser::new())]
     pub trust_forwarded_for: bool,
 
+    /// File holding the webhook signing key (`whsec_<base64>`, Standard Webhooks). Without it,
+    /// submits with `?fal_webhook=` are refused.
+    #[arg(long, env = "FLUX_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<std::path::PathBuf>,
+
+    /// Let webhooks reach loopback, private, link-local and metadata addresses (tests, private
+    /// deployments). Default: refused with 400.
+    #[arg(long, env = "FLUX_WEBHOOK_ALLOW_PRIVATE", value_parser = BoolishValueParser::new())]
+    pub webhook_allow_private: bool,
+
     /// Log JSON lines instead of text (on stderr, like the text logs; RUST_LOG sets the filter).
     #[arg(long, env = "FLUX_JSON_LOGS", value_parser = BoolishValueParser::new())]
     pub json_logs: bool,
@@ -286,6 +296,12 @@ pub(crate) fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     };
     if let Some(dir) = &args.files_dir {
         config.files_dir = dir.clone();
+    }
+    config.webhooks.allow_private = args.webhook_allow_private;
+    if let Some(path) = &args.webhook_secret_file {
+        config.webhooks.secret = Some(
+            flux_remote::load_webhook_secret(path).map_err(|error| BadInput(error.to_string()))?,
+        );
     }
     Ok(config)
 }

@@ -3,8 +3,10 @@
 //!
 //! Requests go out with `sync_mode: true`, so the images come back inline as `data:` URIs: one
 //! round trip, and nothing is stored on the server for a caller that is about to hold the bytes
-//! anyway. The server reports no per-step progress over HTTP, so the progress callback hears only
-//! the final step, once the images have arrived.
+//! anyway. With a progress callback, the request goes through the queue API instead (submit, then
+//! the job's status stream), so the callback hears every denoising step as the server finishes
+//! it; a dropped call cancels the job on the server. A server without the queue API (404) is
+//! asked on the sync route, and the callback then hears only the final step.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +26,28 @@ const NOT_READY_HOLD: Duration = Duration::from_secs(5);
 
 /// Attempts per request on each server behind a failover, the first included.
 const FAILOVER_ATTEMPTS_PER_SERVER: u32 = 2;
+
+/// Cancels a submitted job on the server when the call that waits for it is dropped.
+struct CancelOnDrop {
+    client: FluxClient,
+    request_id: Option<String>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(request_id) = self.request_id.take() else {
+            return;
+        };
+        let client = self.client.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = client.cancel("dev", &request_id).await {
+                    tracing::debug!(%error, "cannot cancel a dropped remote job");
+                }
+            });
+        }
+    }
+}
 
 /// A flux server as a [`Generator`].
 #[derive(Debug)]
@@ -75,6 +99,42 @@ impl RemoteGenerator {
         self.client.base_url()
     }
 
+    /// Submit, then follow the job's status stream to its result; each step reaches `progress`.
+    /// The flag says whether any step was reported.
+    async fn run_queued(
+        &self,
+        wire: &flux_types::GenerateRequest,
+        progress: &ProgressFn,
+    ) -> (Result<flux_types::GenerateResponse, ClientError>, bool) {
+        let job = match self.client.submit("dev", wire).await {
+            Ok(job) => job,
+            // A server without the queue API.
+            Err(ClientError::Api { status: 404, .. }) => {
+                return (self.client.generate(wire).await, false);
+            }
+            Err(error) => return (Err(error), false),
+        };
+        let mut guard = CancelOnDrop {
+            client: self.client.clone(),
+            request_id: Some(job.request_id.clone()),
+        };
+        let mut reported = false;
+        let result = self
+            .client
+            .wait("dev", &job.request_id, |status| {
+                if let Some(step) = status.progress {
+                    reported = true;
+                    progress(Progress {
+                        step: step.step,
+                        total_steps: step.total_steps,
+                    });
+                }
+            })
+            .await;
+        guard.request_id = None;
+        (result, reported)
+    }
+
     async fn run(
         &self,
         request: ValidRequest,
@@ -83,7 +143,10 @@ impl RemoteGenerator {
         let started = Instant::now();
         let mut wire = request.into_request();
         wire.sync_mode = true;
-        let result = self.client.generate(&wire).await;
+        let (result, steps_reported) = match &progress {
+            Some(progress) => self.run_queued(&wire, progress).await,
+            None => (self.client.generate(&wire).await, false),
+        };
         let not_ready_until = match &result {
             Err(ClientError::Api {
                 status: 503,
@@ -115,7 +178,7 @@ impl RemoteGenerator {
                 content_type: image.content_type.clone(),
             });
         }
-        if let Some(progress) = progress {
+        if let Some(progress) = progress.filter(|_| !steps_reported) {
             let steps = wire.num_inference_steps;
             progress(Progress {
                 step: steps,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use flux_service::JobFailure;
 use flux_types::{ApiError, ErrorBody, ErrorCode, GeneratorError};
 
 tokio::task_local! {
@@ -35,7 +36,10 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidJson
         | ErrorCode::InvalidParameter
         | ErrorCode::UnknownField
-        | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
+        | ErrorCode::MalformedRequest
+        | ErrorCode::NotCompleted
+        | ErrorCode::AlreadyCompleted => StatusCode::BAD_REQUEST,
+        ErrorCode::Cancelled => StatusCode::GONE,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
@@ -125,6 +129,12 @@ impl ApiErrorResponse {
     /// Maps a backend failure. Details of internal failures are logged here, with the request id,
     /// and never sent.
     pub fn from_generator_error(error: &GeneratorError, overload_hint: Duration) -> Self {
+        Self::generator_answer(error, overload_hint, true)
+    }
+
+    /// The answer for a generator error; `log` says whether an inference failure's detail goes to
+    /// the log now (once per failure: a job's status read again and again does not repeat it).
+    fn generator_answer(error: &GeneratorError, overload_hint: Duration, log: bool) -> Self {
         match error {
             GeneratorError::Overloaded { retry_after } => Self::new(
                 ErrorCode::Overloaded,
@@ -157,9 +167,37 @@ impl ApiErrorResponse {
                 status: Some(503), ..
             } => Self::not_ready(),
             other => {
-                tracing::error!(error = %other, "generation failed");
+                if log {
+                    tracing::error!(error = %other, "generation failed");
+                }
                 Self::inference_failed()
             }
+        }
+    }
+
+    /// The answer for a job that failed.
+    pub fn from_job_failure(failure: &JobFailure, overload_hint: Duration) -> Self {
+        Self::job_failure_answer(failure, overload_hint, true)
+    }
+
+    /// As [`Self::from_job_failure`], without logging the failure again (status reads, webhooks).
+    pub(crate) fn from_job_failure_quiet(failure: &JobFailure, overload_hint: Duration) -> Self {
+        Self::job_failure_answer(failure, overload_hint, false)
+    }
+
+    fn job_failure_answer(failure: &JobFailure, overload_hint: Duration, log: bool) -> Self {
+        match failure {
+            JobFailure::Generator(error) => Self::generator_answer(error, overload_hint, log),
+            JobFailure::TimedOut { limit_secs } => Self::new(
+                ErrorCode::InferenceFailed,
+                format!(
+                    "the generation did not finish within the server's request timeout of \
+                     {limit_secs} s"
+                ),
+                None,
+            ),
+            JobFailure::Storage => Self::storage_unavailable(),
+            _ => Self::inference_failed(),
         }
     }
 

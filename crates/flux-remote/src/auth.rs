@@ -14,6 +14,11 @@ use crate::api_error::ApiErrorResponse;
 pub(crate) struct Caller([u8; 32]);
 
 impl Caller {
+    /// The owner of the jobs this caller submits.
+    pub(crate) fn owner(self) -> flux_service::Owner {
+        flux_service::Owner(self.0)
+    }
+
     /// All-zero: no key hashes to it in practice.
     pub(crate) const ANONYMOUS: Caller = Caller([0; 32]);
 

@@ -125,15 +125,15 @@ impl FluxClientBuilder {
 /// A client of one flux server. Cheap to clone (the connection pool is shared).
 #[derive(Clone)]
 pub struct FluxClient {
-    http: reqwest::Client,
-    base: String,
-    api_key: Option<String>,
-    total_timeout: Duration,
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) api_key: Option<String>,
+    pub(crate) total_timeout: Duration,
     max_attempts: u32,
     backoff_base: Duration,
     backoff_cap: Duration,
     max_retry_after: Duration,
-    auto_idempotency_key: bool,
+    pub(crate) auto_idempotency_key: bool,
 }
 
 impl std::fmt::Debug for FluxClient {
@@ -261,7 +261,7 @@ impl FluxClient {
     /// Sends a request built by `build(remaining_time)` and reads its body (at most `limit`
     /// bytes) until that succeeds, a non-retryable answer comes, the attempts are spent, or the
     /// deadline would pass. A body cut off half-way is a failed attempt like a failed send.
-    async fn send_with_retries(
+    pub(crate) async fn send_with_retries(
         &self,
         repeat_is_safe: bool,
         limit: usize,
@@ -396,7 +396,7 @@ fn is_retryable(error: &RemoteError, repeat_is_safe: bool) -> bool {
     }
 }
 
-async fn api_error(response: reqwest::Response) -> RemoteError {
+pub(crate) async fn api_error(response: reqwest::Response) -> RemoteError {
     let status = response.status();
     let retry_after = retry_after(status, response.headers());
     // An oversized error body is cut rather than refused: the status must survive.
@@ -476,7 +476,7 @@ fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
 
 /// The JSON body, without `null` members: the API refuses `null`, and an omitted optional
 /// field (`seed`) means "use the default".
-fn request_body(request: &GenerateRequest) -> Result<Vec<u8>, RemoteError> {
+pub(crate) fn request_body(request: &GenerateRequest) -> Result<Vec<u8>, RemoteError> {
     let mut value = serde_json::to_value(request)
         .map_err(|error| RemoteError::Config(format!("cannot serialise the request: {error}")))?;
     if let serde_json::Value::Object(members) = &mut value {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::error::RemoteError;
 use crate::files::FileDurability;
+use crate::webhook_sig::WebhookSecret;
+pub use crate::webhooks::WebhookConfig;
 
 /// The contract's body limit: 64 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -75,6 +77,8 @@ pub struct ServerConfig {
     /// Log as JSON lines instead of human-readable text (the binary installs the logger).
     /// Default `false`.
     pub json_logs: bool,
+    /// Webhook signing key, SSRF guard and retry bounds.
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +100,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             trust_forwarded_for: false,
             json_logs: false,
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -370,4 +375,21 @@ fn check_key_syntax(key: &str) -> Result<(), &'static str> {
         return Err("has characters other than visible ASCII");
     }
     Ok(())
+}
+
+/// Reads a webhook signing key file (`whsec_<base64>`, as the Standard Webhooks specification
+/// writes it).
+pub fn load_webhook_secret(path: &std::path::Path) -> Result<WebhookSecret, RemoteError> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        RemoteError::Config(format!(
+            "cannot read the webhook secret file {}: {source}",
+            path.display()
+        ))
+    })?;
+    WebhookSecret::parse(&text).map_err(|_| {
+        RemoteError::Config(format!(
+            "the webhook secret file {} does not hold `whsec_` followed by base64",
+            path.display()
+        ))
+    })
 }

@@ -33,6 +33,12 @@ pub(crate) struct FilesWrittenFrom {
 }
 
 impl FilesWrittenFrom {
+    /// The moment taken by whoever wrote the files.
+    pub(crate) fn at(monotonic: Instant, wall: SystemTime) -> Self {
+        FilesWrittenFrom { monotonic, wall }
+    }
+
+    #[cfg(test)]
     pub(crate) fn now() -> Self {
         FilesWrittenFrom {
             monotonic: Instant::now(),

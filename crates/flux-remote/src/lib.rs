@@ -16,6 +16,8 @@ mod auth_throttle;
 mod client;
 #[cfg(feature = "server")]
 mod client_addr;
+#[cfg(feature = "client")]
+mod client_queue;
 #[cfg(feature = "server")]
 mod config;
 #[cfg(feature = "server")]
@@ -41,12 +43,17 @@ mod observe;
 #[cfg(feature = "server")]
 mod preflight;
 #[cfg(feature = "server")]
-mod queue_eta;
+mod queue_routes;
 #[cfg(feature = "server")]
 mod rate_limit;
+#[cfg(feature = "server")]
+mod results;
 mod routes;
 #[cfg(feature = "server")]
 mod server;
+mod webhook_sig;
+#[cfg(feature = "server")]
+mod webhooks;
 
 #[cfg(feature = "server")]
 pub use api_error::{ApiErrorResponse, status_for};
@@ -55,11 +62,12 @@ pub use client::{FluxClient, FluxClientBuilder};
 #[cfg(feature = "server")]
 pub use config::{
     DEFAULT_FILES_QUOTA_BYTES, DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, MIN_API_KEY_CHARS,
-    RateLimit, ServerConfig, default_files_dir, load_api_keys,
+    RateLimit, ServerConfig, WebhookConfig, default_files_dir, load_api_keys, load_webhook_secret,
 };
 pub use error::{ClientError, RemoteError};
 #[cfg(feature = "server")]
 pub use files::FileDurability;
-pub use routes::{FILES_PATH, GENERATE_PATH};
+pub use routes::{FILES_PATH, GENERATE_PATH, QUEUE_PATH};
 #[cfg(feature = "server")]
 pub use server::{AppState, Server, ShutdownSignals, router, serve, shutdown_signal};
+pub use webhook_sig::{WEBHOOK_TOLERANCE_SECS, WebhookSecret, WebhookVerifyError, verify_webhook};

@@ -37,6 +37,15 @@ pub(crate) struct Refused {
 }
 
 impl Refused {
+    /// The answer of a request without a body: nothing to drain.
+    pub(crate) fn into_response_now(self) -> Response {
+        let mut response = self.response.into_response();
+        if let Some(rate_state) = self.rate_state {
+            rate_state.write_headers(response.headers_mut());
+        }
+        response
+    }
+
     /// The answer, after draining the request's body.
     pub(crate) async fn answer(self, state: &AppState, request: Request) -> Response {
         let mut response = self.response.into_response();
@@ -75,6 +84,28 @@ async fn drain_body(request: Request, limit: usize, wait: Duration) -> bool {
 /// Runs the header checks in the contract's order.
 /// A refusal is boxed: it is the rare path, and the answer it carries is large.
 pub(crate) fn preflight(state: &AppState, request: &Request) -> Result<Admitted, Box<Refused>> {
+    let (caller, rate_state) = authenticate(state, request)?;
+    let with_rate = |response| {
+        Box::new(Refused {
+            response,
+            rate_state,
+        })
+    };
+    check_json_content_type(request.headers()).map_err(with_rate)?;
+    let idempotency_key = idempotency_key(request.headers()).map_err(with_rate)?;
+    Ok(Admitted {
+        caller,
+        rate_state,
+        idempotency_key,
+    })
+}
+
+/// The checks of a request without a body (status, result, cancel): throttle, authentication,
+/// rate limit.
+pub(crate) fn authenticate(
+    state: &AppState,
+    request: &Request,
+) -> Result<(Caller, Option<RateLimitState>), Box<Refused>> {
     let shared = &state.inner;
     let client = client_key(request, shared.trust_forwarded_for);
     let refused = |response| {
@@ -109,19 +140,7 @@ pub(crate) fn preflight(state: &AppState, request: &Request) -> Result<Admitted,
             }
         }
     };
-    let with_rate = |response| {
-        Box::new(Refused {
-            response,
-            rate_state,
-        })
-    };
-    check_json_content_type(request.headers()).map_err(with_rate)?;
-    let idempotency_key = idempotency_key(request.headers()).map_err(with_rate)?;
-    Ok(Admitted {
-        caller,
-        rate_state,
-        idempotency_key,
-    })
+    Ok((caller, rate_state))
 }
 
 /// `application/json`, parameters (`; charset=utf-8`) allowed, case-insensitive.

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -13,35 +13,36 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use base64::Engine as _;
-use flux_types::{
-    ErrorCode, GenerateResponse, Generation, Generator, ImageRef, Timings, ValidRequest,
-    parse_request,
+use axum::routing::{get, post, put};
+use flux_service::{
+    FinishHook, GenerationService, JobId, JobResult, MemoryJobStore, Owner, ServiceConfig,
+    ServiceError, Submission,
 };
+use flux_types::{ErrorCode, Generator, ValidRequest, parse_request};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::Instrument;
 
-use crate::api_error::{ApiErrorResponse, REQUEST_ID, current_request_id};
+use crate::api_error::ApiErrorResponse;
 use crate::auth::{ApiKeys, Caller, sha256};
 use crate::auth_throttle::AuthThrottle;
 use crate::config::ServerConfig;
 use crate::error::RemoteError;
-use crate::files::{FileKind, FileStore};
-use crate::idempotency::{Begin, FilesWrittenFrom, IdempotencyStore, Reservation};
+use crate::files::FileStore;
+use crate::idempotency::{Begin, FilesWrittenFrom, IdempotencyStore};
 use crate::listener::serve_connections;
 use crate::metrics::{Metrics, Snapshot};
 use crate::observe::observe;
 use crate::preflight::preflight;
-use crate::queue_eta::{Place, QueueClock};
+use crate::queue_routes;
 use crate::rate_limit::RateLimiterByKey;
+use crate::results::FileResults;
+use crate::routes::QUEUE_PATH;
 use crate::routes::{FILES_PATH, GENERATE_PATH};
+use crate::webhooks::{Deliverer, webhook_body};
 
 /// The committed OpenAPI document, served as is.
 const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 
-const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -55,18 +56,18 @@ pub(crate) struct Shared {
     pub(crate) auth_throttle: AuthThrottle,
     pub(crate) trust_forwarded_for: bool,
     pub(crate) rate_limiter: Option<RateLimiterByKey>,
-    pub(crate) queue: Arc<Semaphore>,
-    pub(crate) queue_clock: Arc<QueueClock>,
+    pub(crate) service: GenerationService,
     pub(crate) queue_depth: usize,
-    pub(crate) files: FileStore,
+    pub(crate) files: Arc<FileStore>,
     pub(crate) idempotency: Arc<IdempotencyStore>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) public_base_url: String,
     pub(crate) request_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) draining: AtomicBool,
+    pub(crate) webhooks: Arc<Deliverer>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -89,6 +90,47 @@ impl AppState {
         public_base_url: String,
     ) -> Result<Self, RemoteError> {
         config.validate()?;
+        let files = Arc::new(FileStore::with_quota(
+            &config.files_dir,
+            config.retention,
+            config.file_durability,
+            config.files_quota,
+        )?);
+        let metrics = Arc::new(Metrics::default());
+        let public_base_url = public_base_url.trim_end_matches('/').to_owned();
+        let results = Arc::new(FileResults {
+            files: Arc::clone(&files),
+            metrics: Arc::clone(&metrics),
+            public_base_url: public_base_url.clone(),
+        });
+        let service = GenerationService::new(
+            Arc::clone(&generator),
+            results,
+            Arc::new(MemoryJobStore::default()),
+            ServiceConfig {
+                capacity: config.queue_depth,
+                retention: config.retention,
+            },
+        );
+        let webhooks = Deliverer::new(
+            Arc::new(flux_service::MemoryOutbox::default()),
+            config.webhooks.clone(),
+        );
+        {
+            let webhooks = Arc::clone(&webhooks);
+            let metrics = Arc::clone(&metrics);
+            service.set_completion_listener(Arc::new(move |record| {
+                if let Some(url) = &record.webhook
+                    && let Some(body) = webhook_body(record, metrics.mean_generation())
+                {
+                    webhooks.enqueue(flux_service::WebhookDelivery::new(
+                        record.id.to_string(),
+                        url.clone(),
+                        body,
+                    ));
+                }
+            }));
+        }
         Ok(AppState {
             inner: Arc::new(Shared {
                 generator,
@@ -96,23 +138,18 @@ impl AppState {
                 auth_throttle: AuthThrottle::default(),
                 trust_forwarded_for: config.trust_forwarded_for,
                 rate_limiter: config.rate_limit.map(RateLimiterByKey::new),
-                queue: Arc::new(Semaphore::new(config.queue_depth)),
-                queue_clock: Arc::default(),
+                service,
                 queue_depth: config.queue_depth,
-                files: FileStore::with_quota(
-                    &config.files_dir,
-                    config.retention,
-                    config.file_durability,
-                    config.files_quota,
-                )?,
+                files,
                 idempotency: IdempotencyStore::new(config.retention),
-                metrics: Metrics::default(),
-                public_base_url: public_base_url.trim_end_matches('/').to_owned(),
+                metrics,
+                public_base_url,
                 request_timeout: config.request_timeout,
                 read_timeout: config.read_timeout,
                 drain_timeout: config.drain_timeout,
                 max_body_bytes: config.max_body_bytes,
                 draining: AtomicBool::new(false),
+                webhooks,
             }),
         })
     }
@@ -128,23 +165,19 @@ impl AppState {
 
     /// Generations admitted now (queued and running).
     pub fn in_queue(&self) -> usize {
-        self.inner.queue_depth - self.inner.queue.available_permits()
+        self.inner.service.in_flight()
     }
 
     /// Waits until every admitted generation has finished, including those that outlived their
     /// client because they carried an `Idempotency-Key`.
     pub async fn wait_idle(&self) {
-        let all = u32::try_from(self.inner.queue_depth).unwrap_or(u32::MAX);
-        // The semaphore is never closed, so this only returns once every permit is back.
-        if let Ok(permits) = self.inner.queue.acquire_many(all).await {
-            drop(permits);
-        }
+        self.inner.service.wait_idle().await;
     }
 
     /// One retention pass: expired images, idempotency records and idle rate-limit buckets.
     pub async fn sweep(&self) {
         let files = self.inner.files.sweep().await;
-        let records = self.inner.idempotency.sweep();
+        let records = self.inner.idempotency.sweep() + self.inner.service.sweep();
         if let Some(limiter) = &self.inner.rate_limiter {
             limiter.forget_idle();
         }
@@ -155,14 +188,14 @@ impl AppState {
     }
 
     /// The mean generation time: about how long a generation that starts now takes.
-    fn overload_hint(&self) -> Duration {
+    pub(crate) fn overload_hint(&self) -> Duration {
         self.inner.metrics.mean_generation()
     }
 
     /// About when the generation queue frees its next place.
-    fn next_place_hint(&self) -> Duration {
+    pub(crate) fn next_place_hint(&self) -> Duration {
         self.inner
-            .queue_clock
+            .service
             .next_place_in(self.inner.metrics.mean_generation())
     }
 
@@ -187,6 +220,27 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(GENERATE_PATH, post(generate))
+        .route("/api/v1/models", get(queue_routes::list_models))
+        .route(
+            &format!("{QUEUE_PATH}/{{model}}"),
+            post(queue_routes::submit_job),
+        )
+        .route(
+            &format!("{QUEUE_PATH}/{{model}}/requests/{{id}}"),
+            get(queue_routes::job_result),
+        )
+        .route(
+            &format!("{QUEUE_PATH}/{{model}}/requests/{{id}}/status"),
+            get(queue_routes::job_status),
+        )
+        .route(
+            &format!("{QUEUE_PATH}/{{model}}/requests/{{id}}/status/stream"),
+            get(queue_routes::job_status_stream),
+        )
+        .route(
+            &format!("{QUEUE_PATH}/{{model}}/requests/{{id}}/cancel"),
+            put(queue_routes::cancel_job),
+        )
         .route(&format!("{FILES_PATH}/{{file}}"), get(serve_file))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -207,6 +261,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiErrorResponse {
     let path = uri.path();
     let allow = if path == GENERATE_PATH {
         Some("POST")
+    } else if let Some(rest) = path.strip_prefix(QUEUE_PATH) {
+        let segments = rest.split('/').count();
+        if rest.ends_with("/cancel") {
+            Some("PUT")
+        } else if segments == 2 {
+            Some("POST")
+        } else {
+            Some("GET, HEAD")
+        }
     } else if path.starts_with(FILES_PATH)
         || ["/health", "/ready", "/metrics", "/openapi.json"].contains(&path)
     {
@@ -258,7 +321,7 @@ async fn openapi() -> Response {
     json_response(StatusCode::OK, OPENAPI_JSON.as_bytes().to_vec())
 }
 
-fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut response = (status, body.into()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -316,12 +379,11 @@ async fn generate(State(state): State<AppState>, request: Request) -> Response {
     response
 }
 
-async fn generate_authorized(
+/// Reads the body within the read timeout and validates it as a generation request.
+pub(crate) async fn read_valid_body(
     state: &AppState,
-    caller: Caller,
-    idempotency_key: Option<String>,
     request: Request,
-) -> Result<Response, ApiErrorResponse> {
+) -> Result<(Bytes, ValidRequest), ApiErrorResponse> {
     let read_timeout = state.inner.read_timeout;
     let body = tokio::time::timeout(read_timeout, Bytes::from_request(request, &()))
         .await
@@ -350,7 +412,16 @@ async fn generate_authorized(
         let error = refusal.to_api_error();
         ApiErrorResponse::new(error.code, error.message, error.param)
     })?;
+    Ok((body, valid))
+}
 
+async fn generate_authorized(
+    state: &AppState,
+    caller: Caller,
+    idempotency_key: Option<String>,
+    request: Request,
+) -> Result<Response, ApiErrorResponse> {
+    let (body, valid) = read_valid_body(state, request).await?;
     let reservation = match idempotency_key {
         None => None,
         Some(key) => match state.inner.idempotency.begin(caller, key, sha256(&body)) {
@@ -401,38 +472,46 @@ async fn generate_authorized(
     if !valid.sync_mode() && !state.inner.files.is_healthy().await {
         return Err(ApiErrorResponse::storage_unavailable());
     }
-    let permit = Arc::clone(&state.inner.queue)
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiErrorResponse::new(
-                ErrorCode::Overloaded,
-                "the generation queue is full; nothing was queued, retry later",
-                None,
-            )
-            .retry_after(state.next_place_hint())
-        })?;
-    let place = state.inner.queue_clock.admit(permit);
-
-    let valid = valid.with_drawn_seed();
+    let owner = caller.owner();
     // A request with an Idempotency-Key runs to the end even if its client goes away or the
     // request times out, so that the client's retry gets the stored answer; without one, the
     // work is cancelled with the request.
-    let outlives_client = reservation.is_some();
-    let job = tokio::spawn(
-        run_generation(
-            state.clone(),
-            valid,
-            place,
-            reservation,
-            current_request_id(),
-        )
-        .instrument(tracing::Span::current()),
-    );
-    let _abort = (!outlives_client).then(|| AbortOnDrop(job.abort_handle()));
-    match tokio::time::timeout(state.inner.request_timeout, job).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(join_error)) => {
-            tracing::error!(error = %join_error, "generation task failed");
+    let on_finish = reservation.map(|reservation| {
+        Box::new(move |result: &JobResult| {
+            if let JobResult::Succeeded(stored) = result {
+                reservation.complete(
+                    stored.body.clone(),
+                    FilesWrittenFrom::at(stored.written_from, stored.written_from_wall),
+                );
+            }
+        }) as FinishHook
+    });
+    let outlives_client = on_finish.is_some();
+    let submitted = submit(
+        state,
+        Submission {
+            request: valid,
+            owner,
+            model: "dev".to_owned(),
+            deadline: None,
+            on_finish,
+            keep_record: false,
+            webhook: None,
+        },
+    )?;
+    let _cancel = (!outlives_client).then(|| CancelOnDrop {
+        service: state.inner.service.clone(),
+        id: submitted.id.clone(),
+        owner,
+    });
+    match tokio::time::timeout(state.inner.request_timeout, submitted.events.wait()).await {
+        Ok(Ok(JobResult::Succeeded(stored))) => Ok(json_response(StatusCode::OK, stored.body)),
+        Ok(Ok(JobResult::Failed(failure))) => Err(ApiErrorResponse::from_job_failure_quiet(
+            &failure,
+            state.overload_hint(),
+        )),
+        Ok(Ok(JobResult::Cancelled) | Err(_)) => {
+            tracing::error!("a sync job ended without its result");
             Err(ApiErrorResponse::inference_failed())
         }
         Err(_elapsed) => {
@@ -453,11 +532,40 @@ async fn generate_authorized(
     }
 }
 
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// Admits a job, or answers 429 `overloaded` with when the queue frees its next place.
+pub(crate) fn submit(
+    state: &AppState,
+    submission: Submission,
+) -> Result<flux_service::Submitted, ApiErrorResponse> {
+    state
+        .inner
+        .service
+        .submit(submission)
+        .map_err(|error| match error {
+            ServiceError::Overloaded => ApiErrorResponse::new(
+                ErrorCode::Overloaded,
+                "the generation queue is full; nothing was queued, retry later",
+                None,
+            )
+            .retry_after(state.next_place_hint()),
+            other => {
+                tracing::error!(error = %other, "cannot submit a job");
+                ApiErrorResponse::inference_failed()
+            }
+        })
+}
 
-impl Drop for AbortOnDrop {
+/// Cancels a sync job whose client went away (its handler was dropped) or timed out.
+struct CancelOnDrop {
+    service: GenerationService,
+    id: JobId,
+    owner: Owner,
+}
+
+impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        // Already completed is the usual case: nothing to do then.
+        let _ = self.service.cancel(&self.id, self.owner);
     }
 }
 
@@ -467,139 +575,6 @@ fn payload_too_large(limit: usize) -> ApiErrorResponse {
         format!("the request body is larger than {limit} bytes"),
         None,
     )
-}
-
-/// Runs one admitted generation to its answer. Holds the queue permit until the answer is built;
-/// stores the answer under the idempotency reservation when there is one.
-async fn run_generation(
-    state: AppState,
-    request: ValidRequest,
-    place: Place,
-    reservation: Option<Reservation>,
-    request_id: String,
-) -> Result<Response, ApiErrorResponse> {
-    let _place = place;
-    REQUEST_ID
-        .scope(request_id, async move {
-            let expected_images = request.num_images() as usize;
-            let sync_mode = request.sync_mode();
-            let started = Instant::now();
-            let generation = state
-                .inner
-                .generator
-                .generate(request, None)
-                .await
-                .map_err(|error| {
-                    ApiErrorResponse::from_generator_error(&error, state.overload_hint())
-                })?;
-            // The backend's own measure excludes time spent waiting in its queue, so the
-            // histogram and the `Retry-After` hints built on it reflect one generation; a backend
-            // that reports nothing is timed from here.
-            let generation_time = match generation.timings.inference {
-                Duration::ZERO => started.elapsed(),
-                inference => inference,
-            };
-            state
-                .inner
-                .metrics
-                .record_generation(generation_time, generation.images.len());
-            // Before the first image file is written: the idempotency record must not outlive it.
-            let files_written_from = FilesWrittenFrom::now();
-            let body = build_response(&state, generation, expected_images, sync_mode).await?;
-            let json = if sync_mode {
-                // Images inline make a body of up to tens of megabytes: too much CPU for an
-                // async worker.
-                off_the_runtime(move || serialize_response(&body)).await?
-            } else {
-                serialize_response(&body)?
-            };
-            if let Some(reservation) = reservation {
-                reservation.complete(json.clone(), files_written_from);
-            }
-            Ok(json_response(StatusCode::OK, json))
-        })
-        .await
-}
-
-fn serialize_response(body: &GenerateResponse) -> Result<Bytes, ApiErrorResponse> {
-    serde_json::to_vec(body).map(Bytes::from).map_err(|error| {
-        tracing::error!(%error, "cannot serialise the response");
-        ApiErrorResponse::inference_failed()
-    })
-}
-
-/// Runs CPU-heavy work (encoding megabytes) on the blocking pool, keeping the request's tracing
-/// span.
-async fn off_the_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiErrorResponse> + Send + 'static,
-) -> Result<T, ApiErrorResponse> {
-    let span = tracing::Span::current();
-    match tokio::task::spawn_blocking(move || span.in_scope(work)).await {
-        Ok(result) => result,
-        Err(error) => {
-            tracing::error!(%error, "encoding task failed");
-            Err(ApiErrorResponse::inference_failed())
-        }
-    }
-}
-
-async fn build_response(
-    state: &AppState,
-    generation: Generation,
-    expected_images: usize,
-    sync_mode: bool,
-) -> Result<GenerateResponse, ApiErrorResponse> {
-    if generation.images.len() != expected_images
-        || generation.has_nsfw_concepts.len() != expected_images
-    {
-        tracing::error!(
-            expected_images,
-            images = generation.images.len(),
-            nsfw_flags = generation.has_nsfw_concepts.len(),
-            "the generator returned the wrong number of images"
-        );
-        return Err(ApiErrorResponse::inference_failed());
-    }
-    let mut images = Vec::with_capacity(expected_images);
-    for image in generation.images {
-        let Some(kind) = FileKind::from_content_type(&image.content_type) else {
-            tracing::error!(content_type = %image.content_type, "the generator returned an unknown image type");
-            return Err(ApiErrorResponse::inference_failed());
-        };
-        let url = if sync_mode {
-            let bytes = image.bytes;
-            off_the_runtime(move || {
-                let payload = base64::engine::general_purpose::STANDARD.encode(&bytes);
-                Ok(format!("data:{};base64,{payload}", kind.content_type()))
-            })
-            .await?
-        } else {
-            let name = state
-                .inner
-                .files
-                .store(image.bytes, kind)
-                .await
-                .map_err(|error| {
-                    tracing::error!(%error, "cannot store a generated image");
-                    ApiErrorResponse::storage_unavailable()
-                })?;
-            format!("{}{FILES_PATH}/{name}", state.inner.public_base_url)
-        };
-        images.push(ImageRef {
-            url,
-            width: image.width,
-            height: image.height,
-            content_type: kind.content_type().to_owned(),
-        });
-    }
-    Ok(GenerateResponse {
-        images,
-        seed: generation.seed,
-        has_nsfw_concepts: generation.has_nsfw_concepts,
-        timings: Timings {
-            inference: generation.timings.inference.as_secs_f64(),
-        },
-    })
 }
 
 /// A bound, not yet running server. Bind first to learn the address (port 0), then `run`.
@@ -697,6 +672,7 @@ impl Server {
                 sweeper_state.sweep().await;
             }
         });
+        let deliverer = tokio::spawn(Arc::clone(&state.inner.webhooks).run());
         let draining_state = state.clone();
         let drain = async move {
             shutdown.await;
@@ -708,6 +684,7 @@ impl Server {
         };
         serve_connections(listener, router(state.clone()), state.clone(), drain).await;
         sweeper.abort();
+        deliverer.abort();
         tracing::info!("server stopped");
         Ok(())
     }

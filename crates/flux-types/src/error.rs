@@ -44,6 +44,12 @@ pub enum ErrorCode {
     /// 400, 414 or 431: the HTTP request itself could not be parsed (a malformed request line or
     /// header, a URI or headers too long), or it has two `Authorization` headers.
     MalformedRequest,
+    /// 400: the queued job's result was asked for before the job completed.
+    NotCompleted,
+    /// 400: a cancel of a job that has already completed.
+    AlreadyCompleted,
+    /// 410: the queued job's result was asked for, but the job was cancelled.
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -66,6 +72,9 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::NotCompleted => "not_completed",
+            ErrorCode::AlreadyCompleted => "already_completed",
+            ErrorCode::Cancelled => "cancelled",
         }
     }
 }

@@ -21,6 +21,8 @@
 pub mod error;
 pub mod generator;
 pub mod openapi;
+mod openapi_queue;
+pub mod queue;
 pub mod request;
 pub mod response;
 pub mod schema;
@@ -32,6 +34,10 @@ pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use generator::{
     BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, Progress,
     ProgressFn,
+};
+pub use queue::{
+    CancelAccepted, LogLine, Outcome, QueueProgress, QueueState, QueueStatus, QueueSubmitted,
+    WebhookBody, WebhookStatus,
 };
 pub use request::{
     GenerateRequest, ImageSize, ImageSizePreset, OutputFormat, ValidRequest, parse_request,

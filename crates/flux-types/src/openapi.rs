@@ -26,6 +26,7 @@ pub fn openapi_document() -> Value {
     let request_schema = generator.subschema_for::<GenerateRequest>().to_value();
     let response_schema = generator.subschema_for::<GenerateResponse>().to_value();
     let error_schema = generator.subschema_for::<ErrorBody>().to_value();
+    let queue = crate::openapi_queue::QueueSchemas::new(&mut generator);
     let schemas = generator.take_definitions(true);
 
     json!({
@@ -43,6 +44,16 @@ pub fn openapi_document() -> Value {
             "/ready": {"get": ready_operation(&error_schema)},
             "/metrics": {"get": metrics_operation()},
             "/openapi.json": {"get": openapi_operation()},
+            "/api/v1/flux/schnell": {"post": crate::openapi_queue::schnell_operation(&request_schema, &response_schema, &error_schema)},
+            "/api/v1/models": {"get": crate::openapi_queue::models_operation(&error_schema)},
+            "/api/v1/queue/flux/{model}": {"post": queue.submit(&request_schema, &error_schema)},
+            "/api/v1/queue/flux/{model}/requests/{request_id}/status": {"get": queue.status(&error_schema)},
+            "/api/v1/queue/flux/{model}/requests/{request_id}/status/stream": {"get": queue.stream(&error_schema)},
+            "/api/v1/queue/flux/{model}/requests/{request_id}": {"get": queue.result(&response_schema, &error_schema)},
+            "/api/v1/queue/flux/{model}/requests/{request_id}/cancel": {"put": queue.cancel(&error_schema)},
+        },
+        "webhooks": {
+            "jobCompleted": {"post": queue.webhook()},
         },
         "components": {
             "schemas": Value::Object(schemas),
@@ -58,7 +69,7 @@ pub fn openapi_document() -> Value {
     })
 }
 
-fn header_ref(name: &str) -> Value {
+pub(crate) fn header_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/headers/{name}")})
 }
 
@@ -103,12 +114,12 @@ fn headers_components() -> Value {
     })
 }
 
-fn json_content(schema: &Value) -> Value {
+pub(crate) fn json_content(schema: &Value) -> Value {
     json!({"application/json": {"schema": schema}})
 }
 
 /// An error answer: `ErrorBody`, the codes it can carry, and the headers it sends.
-fn error_response(
+pub(crate) fn error_response(
     error_schema: &Value,
     description: &str,
     codes: &[ErrorCode],
@@ -131,7 +142,7 @@ fn error_response(
     })
 }
 
-const RATE_LIMIT_HEADERS: [&str; 3] = [
+pub(crate) const RATE_LIMIT_HEADERS: [&str; 3] = [
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",

@@ -37,5 +37,21 @@ pub fn exported_schemas() -> Vec<ExportedSchema> {
             name: "ErrorBody",
             schema: schema_of::<ErrorBody>(),
         },
+        ExportedSchema {
+            name: "QueueSubmitted",
+            schema: schema_of::<crate::QueueSubmitted>(),
+        },
+        ExportedSchema {
+            name: "QueueStatus",
+            schema: schema_of::<crate::QueueStatus>(),
+        },
+        ExportedSchema {
+            name: "CancelAccepted",
+            schema: schema_of::<crate::CancelAccepted>(),
+        },
+        ExportedSchema {
+            name: "WebhookBody",
+            schema: schema_of::<crate::WebhookBody>(),
+        },
     ]
 }

@@ -3,3 +3,4 @@
 mod cli;
 mod json_logs;
 mod model_build;
+mod serve_queue;

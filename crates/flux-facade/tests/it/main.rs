@@ -6,3 +6,5 @@
 mod local;
 #[cfg(all(feature = "local", feature = "remote"))]
 mod remote;
+#[cfg(all(feature = "local", feature = "remote"))]
+mod remote_progress;

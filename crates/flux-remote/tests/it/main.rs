@@ -13,5 +13,8 @@ mod hardening_auth;
 mod hardening_connections;
 mod hardening_storage;
 mod loopback;
+mod queue_client;
+mod queue_routes;
 mod router;
 mod sigterm;
+mod webhooks;

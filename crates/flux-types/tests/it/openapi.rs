@@ -76,11 +76,18 @@ fn every_route_of_the_contract_is_documented() {
         routes,
         [
             "GET /api/v1/files/{file}",
+            "GET /api/v1/models",
+            "GET /api/v1/queue/flux/{model}/requests/{request_id}",
+            "GET /api/v1/queue/flux/{model}/requests/{request_id}/status",
+            "GET /api/v1/queue/flux/{model}/requests/{request_id}/status/stream",
             "GET /health",
             "GET /metrics",
             "GET /openapi.json",
             "GET /ready",
             "POST /api/v1/flux/dev",
+            "POST /api/v1/flux/schnell",
+            "POST /api/v1/queue/flux/{model}",
+            "PUT /api/v1/queue/flux/{model}/requests/{request_id}/cancel",
         ]
     );
     for (path, item) in paths {
@@ -221,7 +228,18 @@ fn components_are_the_exported_schemas() {
     let components = &document["components"]["schemas"];
     let exported = exported_schemas();
     let names: Vec<&str> = exported.iter().map(|e| e.name).collect();
-    assert_eq!(names, ["GenerateRequest", "GenerateResponse", "ErrorBody"]);
+    assert_eq!(
+        names,
+        [
+            "GenerateRequest",
+            "GenerateResponse",
+            "ErrorBody",
+            "QueueSubmitted",
+            "QueueStatus",
+            "CancelAccepted",
+            "WebhookBody"
+        ]
+    );
     for export in exported {
         // A root schema carries a `title`; a component is named by its key instead.
         let mut root = as_component_refs(&export.schema);

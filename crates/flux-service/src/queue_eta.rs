@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Debug, Default)]
-pub(crate) struct QueueClock {
+pub struct QueueClock {
     inner: Mutex<Admitted>,
 }
 
@@ -24,7 +24,7 @@ struct Admitted {
 
 /// An admitted generation's queue place: the semaphore permit, and its entry in the clock.
 #[derive(Debug)]
-pub(crate) struct Place {
+pub struct Place {
     clock: Arc<QueueClock>,
     id: u64,
     _permit: OwnedSemaphorePermit,
@@ -45,7 +45,7 @@ impl QueueClock {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn admit(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Place {
+    pub fn admit(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Place {
         let mut admitted = self.lock();
         let id = admitted.next_id;
         admitted.next_id += 1;
@@ -59,7 +59,7 @@ impl QueueClock {
 
     /// How long until the running generation should be done, given the mean generation time;
     /// zero when it is already overdue or nothing runs.
-    pub(crate) fn next_place_in(&self, mean_generation: Duration) -> Duration {
+    pub fn next_place_in(&self, mean_generation: Duration) -> Duration {
         let admitted = self.lock();
         let Some((_, oldest)) = admitted.since.first_key_value() else {
             return Duration::ZERO;

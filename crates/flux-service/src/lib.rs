@@ -1,0 +1,29 @@
+//! The flux-rs generation service, with no transport: admission (one bound for queued + running
+//! jobs), seeds drawn at submit, job records and their state machine (`IN_QUEUE` → `IN_PROGRESS`
+//! → `COMPLETED` succeeded / failed / cancelled), live status events, cancel, and results.
+//!
+//! HTTP (flux-remote) is a thin layer over [`GenerationService`]: the sync route is a submit and
+//! a wait, the queue routes are submit, status, events, result and cancel. Job records live
+//! behind [`JobStore`] and results are made durable by a [`ResultStore`], so another deployment
+//! (NATS, S3) can replace the one-machine implementations without touching the handlers.
+
+mod clock;
+mod error;
+mod events;
+mod job;
+mod outbox;
+mod queue_eta;
+mod service;
+mod store;
+
+pub use clock::rfc3339_millis;
+pub use error::ServiceError;
+pub use events::JobEvents;
+pub use job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
+pub use outbox::{MemoryOutbox, Outbox, WebhookDelivery};
+pub use queue_eta::{Place, QueueClock};
+pub use service::{
+    Cancelled, CompletionListener, FinishHook, GenerationService, ResultStore, ServiceConfig,
+    Submission, Submitted,
+};
+pub use store::{JobRecord, JobStore, MemoryJobStore};
