@@ -171,7 +171,7 @@ mod tests {
         let root = tempfile::tempdir().expect("temp dir");
         let root = root.path();
         let files = generated_files(root).expect("generate");
-        assert_eq!(files.len(), 4);
+        assert_eq!(files.len(), 8);
         assert!(
             problems(root, &files).contains("run `cargo xtask schema`"),
             "missing files"

@@ -158,6 +158,7 @@ impl FluxModel {
                 other => other,
             })?;
         model.description.built_from = prepared.built_from;
+        tracing::info!(description = ?model.description, "model loaded");
         Ok(model)
     }
 
@@ -245,7 +246,6 @@ impl FluxModel {
             scheduler_config_path: files.scheduler_config,
             execution_provider: config.execution_provider,
         };
-        tracing::info!(?description, "model loaded");
         Ok(Self {
             config: *config,
             description,
