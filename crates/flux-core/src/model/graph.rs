@@ -33,6 +33,9 @@ impl std::fmt::Debug for Graph {
     }
 }
 
+/// The label of the VAE decoder's graph.
+pub(crate) const VAE_LABEL: &str = "VAE";
+
 impl Graph {
     /// Opens a graph file as a session and records its inputs' element types.
     pub(super) fn open(
@@ -42,7 +45,7 @@ impl Graph {
         path: &Path,
     ) -> Result<Self> {
         let session =
-            build_session(environment, config, path).map_err(|source| FluxError::Ort {
+            build_session(environment, config, label, path).map_err(|source| FluxError::Ort {
                 stage: label,
                 source,
             })?;
@@ -156,6 +159,16 @@ pub(crate) fn session_builder(
     environment: &SessionEnvironment,
     config: &SessionConfig,
 ) -> ort::Result<SessionBuilder> {
+    session_builder_with(environment, config, true)
+}
+
+/// As [`session_builder`]; `cpu_arena: false` gives the CPU session no memory arena, so what a
+/// run allocates goes back to the system when the run ends (see [`build_session`]).
+fn session_builder_with(
+    environment: &SessionEnvironment,
+    config: &SessionConfig,
+    cpu_arena: bool,
+) -> ort::Result<SessionBuilder> {
     let mut builder = Session::builder(&environment.environment)?
         .with_optimization_level(config.optimization_level.to_ort())?;
     if !environment.shared_pool {
@@ -174,7 +187,7 @@ pub(crate) fn session_builder(
             // `ort`'s CPU provider defaults to *disabling* ONNX Runtime's memory arena, unlike
             // ONNX Runtime itself (and its Python package): without it every run re-allocates
             // the large VAE and attention activations, which measured about 2x slower on the VAE.
-            let cpu = ort::ep::CPU::default().with_arena_allocator(true);
+            let cpu = ort::ep::CPU::default().with_arena_allocator(cpu_arena);
             builder = builder.with_execution_providers([cpu.build().error_on_failure()])?;
         }
         #[cfg(feature = "cuda")]
@@ -197,9 +210,14 @@ pub(crate) fn session_builder(
 fn build_session(
     environment: &SessionEnvironment,
     config: &SessionConfig,
+    label: &str,
     path: &Path,
 ) -> ort::Result<Session> {
-    session_builder(environment, config)?.commit_from_file(path)
+    // The VAE's activations grow with the image (gigabytes at 2048²) and an arena keeps its
+    // peak for ever: after one large request the process would stay gigabytes larger. Without
+    // the arena they are freed after each run (malloc returns such large blocks at once).
+    let cpu_arena = std::env::var_os("FLUX_RS_VAE_ARENA").is_some() || label != VAE_LABEL;
+    session_builder_with(environment, config, cpu_arena)?.commit_from_file(path)
 }
 
 fn tensor_dims(outlet: &Outlet) -> Option<Vec<i64>> {
