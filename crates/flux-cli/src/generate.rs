@@ -60,6 +60,13 @@ pub struct BackendArgs {
     #[arg(long, value_name = "auto|fp32|fp16|bf16")]
     pub precision: Option<String>,
 
+    /// The memory a local model may use: bytes, or with a suffix K, M, G (powers of 1024), e.g.
+    /// `8G`. A request whose estimated peak memory is over it is refused at once
+    /// (`exceeds_memory_limit`) instead of risking an out-of-memory kill. [default: the cgroup's
+    /// memory limit, else the machine's memory]
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<String>,
+
     /// Which of the above came from an environment variable rather than the command line (see
     /// [`BackendArgs::note_sources`]).
     #[arg(skip)]
@@ -165,10 +172,11 @@ impl BackendArgs {
                 || self.threads.is_some()
                 || self.compute_priority.is_some()
                 || self.precision.is_some()
+                || self.memory_limit.is_some()
                 || !self.loras.is_empty())
         {
             return Err(BadInput(format!(
-                "--device, --threads, --compute-priority, --precision and --lora configure a local model; backend {backend} is remote"
+                "--device, --threads, --compute-priority, --precision, --memory-limit and --lora configure a local model; backend {backend} is remote"
             ))
             .into());
         }
@@ -207,11 +215,61 @@ impl BackendArgs {
                     .map_err(|error| BadInput(format!("--lora: {error}")))?,
             );
         }
+        let memory_limit = match &self.memory_limit {
+            Some(text) => Some(parse_bytes(text).ok_or_else(|| {
+                BadInput(format!(
+                    "--memory-limit: {text:?} is not a size in bytes (e.g. 8G, 512M, 1073741824)"
+                ))
+            })?),
+            None => None,
+        };
         Ok(LocalOptions {
             queue_capacity,
             session,
             build,
+            memory_limit,
         })
+    }
+}
+
+/// A size in bytes: digits, optionally followed by K, M, G or T (powers of 1024; `B`, `iB` and
+/// lower case accepted). Zero is refused.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit
+        .to_ascii_lowercase()
+        .trim_end_matches('b')
+        .trim_end_matches('i')
+    {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1 << shift).filter(|&bytes| bytes > 0)
+}
+
+#[cfg(test)]
+mod memory_limit_tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_bytes("1073741824"), Some(1 << 30));
+        assert_eq!(parse_bytes("8G"), Some(8 << 30));
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("64k"), Some(64 << 10));
+        assert_eq!(parse_bytes("0"), None);
+        assert_eq!(parse_bytes("8X"), None);
+        assert_eq!(parse_bytes("G"), None);
+        assert_eq!(parse_bytes("99999999999T"), None);
     }
 }
 

@@ -124,7 +124,10 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 .is_some_and(flux_facade::FacadeError::is_bad_input)
             || matches!(
                 cause.downcast_ref::<flux_types::GeneratorError>(),
-                Some(flux_types::GeneratorError::InvalidRequest { .. })
+                Some(
+                    flux_types::GeneratorError::InvalidRequest { .. }
+                        | flux_types::GeneratorError::ExceedsMemoryLimit { .. }
+                )
             )
     });
     if bad_input { 2 } else { 1 }

@@ -136,6 +136,11 @@ impl FluxPipeline {
         &self.model.description
     }
 
+    /// The VAE decoder's graph file (for the memory estimate).
+    pub fn vae_path(&self) -> &Path {
+        &self.model.vae.path
+    }
+
     /// Whether the folder has a safety checker.
     pub fn has_safety_checker(&self) -> bool {
         self.model.safety_checker.is_some()

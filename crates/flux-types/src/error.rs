@@ -44,6 +44,10 @@ pub enum ErrorCode {
     /// 400, 414 or 431: the HTTP request itself could not be parsed (a malformed request line or
     /// header, a URI or headers too long), or it has two `Authorization` headers.
     MalformedRequest,
+    /// 422: the request's estimated peak memory (model, image size, number of images) is over
+    /// the server's memory limit, so it can never run there; nothing was queued. Ask for a
+    /// smaller image or fewer images (retrying the same request cannot succeed).
+    ExceedsMemoryLimit,
 }
 
 impl ErrorCode {
@@ -66,6 +70,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::ExceedsMemoryLimit => "exceeds_memory_limit",
         }
     }
 }
