@@ -216,7 +216,7 @@ impl BackendArgs {
             );
         }
         let memory_limit = match &self.memory_limit {
-            Some(text) => Some(parse_bytes(text).ok_or_else(|| {
+            Some(text) => Some(crate::bytes::parse_bytes(text).ok_or_else(|| {
                 BadInput(format!(
                     "--memory-limit: {text:?} is not a size in bytes (e.g. 8G, 512M, 1073741824)"
                 ))
@@ -229,47 +229,6 @@ impl BackendArgs {
             build,
             memory_limit,
         })
-    }
-}
-
-/// A size in bytes: digits, optionally followed by K, M, G or T (powers of 1024; `B`, `iB` and
-/// lower case accepted). Zero is refused.
-fn parse_bytes(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number.parse().ok()?;
-    let shift = match unit
-        .to_ascii_lowercase()
-        .trim_end_matches('b')
-        .trim_end_matches('i')
-    {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        _ => return None,
-    };
-    number.checked_mul(1 << shift).filter(|&bytes| bytes > 0)
-}
-
-#[cfg(test)]
-mod memory_limit_tests {
-    use super::parse_bytes;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_bytes("1073741824"), Some(1 << 30));
-        assert_eq!(parse_bytes("8G"), Some(8 << 30));
-        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
-        assert_eq!(parse_bytes("64k"), Some(64 << 10));
-        assert_eq!(parse_bytes("0"), None);
-        assert_eq!(parse_bytes("8X"), None);
-        assert_eq!(parse_bytes("G"), None);
-        assert_eq!(parse_bytes("99999999999T"), None);
     }
 }
 

@@ -5,6 +5,7 @@
 //! short, 1 anything else. Errors print as one line, causes
 //! joined by `: `; `-v` puts each cause on its own line and logs more.
 
+mod bytes;
 mod generate;
 mod logging;
 mod model;

@@ -500,20 +500,6 @@ fn is_flagged(nsfw_probability: f32, threshold: f32) -> bool {
     nsfw_probability >= threshold
 }
 
-#[cfg(test)]
-mod safety_flag_tests {
-    use super::is_flagged;
-
-    #[test]
-    fn an_image_at_the_threshold_is_flagged_like_the_reference() {
-        assert!(is_flagged(0.85, 0.85));
-        assert!(is_flagged(0.9, 0.85));
-        assert!(!is_flagged(0.849_999, 0.85));
-        assert!(!is_flagged(0.0, 0.85));
-        assert!(is_flagged(1.0, 1.0));
-    }
-}
-
 /// The VAE's output must be `[batch, 3, height, width]`.
 fn check_decoded(images: &Array4<f32>, batch: usize, height: u32, width: u32) -> Result<()> {
     let expected = [batch, 3, height as usize, width as usize];
@@ -525,5 +511,19 @@ fn check_decoded(images: &Array4<f32>, batch: usize, height: u32, width: u32) ->
             expected: format!("{expected:?}"),
             got: images.shape().to_vec(),
         })
+    }
+}
+
+#[cfg(test)]
+mod safety_flag_tests {
+    use super::is_flagged;
+
+    #[test]
+    fn an_image_at_the_threshold_is_flagged_like_the_reference() {
+        assert!(is_flagged(0.85, 0.85));
+        assert!(is_flagged(0.9, 0.85));
+        assert!(!is_flagged(0.849_999, 0.85));
+        assert!(!is_flagged(0.0, 0.85));
+        assert!(is_flagged(1.0, 1.0));
     }
 }
