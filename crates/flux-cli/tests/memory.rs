@@ -20,13 +20,39 @@ struct Server {
 
 impl Server {
     fn start(cwd: &std::path::Path, memory_limit: &str) -> anyhow::Result<Self> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flux"));
+        Self::start_in(cwd, Some(memory_limit), None)
+    }
+
+    /// Starts the server, with `--memory-limit` when given, inside the cgroup whose
+    /// `cgroup.procs` file is `cgroup_procs` when given (the shell joins it, then execs flux).
+    fn start_in(
+        cwd: &std::path::Path,
+        memory_limit: Option<&str>,
+        cgroup_procs: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let flux = env!("CARGO_BIN_EXE_flux");
+        let mut command = match cgroup_procs {
+            Some(procs) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg("echo $$ > \"$0\" && exec \"$@\"")
+                    .arg(procs)
+                    .arg(flux);
+                shell
+            }
+            None => Command::new(flux),
+        };
         for name in ["FLUX_BACKEND", "FLUX_MODEL", "FLUX_API_KEYS", "FLUX_LISTEN"] {
             command.env_remove(name);
         }
-        let mut child = command
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--files-dir", "files"])
-            .args(["--allow-unauthenticated", "--memory-limit", memory_limit])
+            .arg("--allow-unauthenticated");
+        if let Some(limit) = memory_limit {
+            command.args(["--memory-limit", limit]);
+        }
+        let mut child = command
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -179,5 +205,69 @@ async fn the_largest_request_runs_within_its_estimate_and_memory_comes_back() ->
         "RSS reached {highest} MiB during the soak (after the 2048² × 4 request: \
          {after_largest} MiB, peak {peak} MiB)"
     );
+    Ok(())
+}
+
+/// A memory cgroup this process may create (v2 under /sys/fs/cgroup, v1 under its memory
+/// hierarchy, as root), limited to `limit` bytes: the folder and its `cgroup.procs`.
+fn make_memory_cgroup(limit: u64) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let name = format!("flux-memory-test-{}", std::process::id());
+    let candidates = [
+        (
+            std::path::PathBuf::from("/sys/fs/cgroup").join(&name),
+            "memory.max",
+        ),
+        (
+            std::path::PathBuf::from("/sys/fs/cgroup/memory").join(&name),
+            "memory.limit_in_bytes",
+        ),
+    ];
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").is_file();
+    for (dir, limit_file) in candidates {
+        // Only a real cgroup hierarchy: there the kernel fills a new folder with its files.
+        let hierarchy = dir.parent().map(|parent| parent.join("cgroup.procs"));
+        if (limit_file == "memory.max") != v2 || !hierarchy.is_some_and(|procs| procs.is_file()) {
+            continue;
+        }
+        if std::fs::create_dir(&dir).is_ok() {
+            if std::fs::write(dir.join(limit_file), limit.to_string()).is_ok() {
+                let procs = dir.join("cgroup.procs");
+                return Some((dir, procs));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    None
+}
+
+/// Under a real 1.5 GiB memory cgroup and no `--memory-limit`, the server takes its limit from the
+/// cgroup: the 2048² × 4 request (estimated ~3 GiB) is refused with 422, never an OOM kill, and
+/// a request that fits is served. Where no cgroup can be made (not root, no writable
+/// hierarchy), the same holds with the limit given by `--memory-limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_memory_cgroup_the_limit_comes_from_the_cgroup() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let limit = 1536u64 << 20;
+    let cgroup = make_memory_cgroup(limit);
+    let server = match &cgroup {
+        Some((_, procs)) => Server::start_in(cwd.path(), None, Some(procs))?,
+        None => {
+            eprintln!("no memory cgroup can be made here: using --memory-limit 1536M instead");
+            Server::start_in(cwd.path(), Some("1536M"), None)?
+        }
+    };
+    let http = reqwest::Client::new();
+    let (status, body) = server.generate(&http, 2048, 4).await?;
+    ensure!(status == 422, "{status} {body}");
+    assert_eq!(body["error"]["code"], "exceeds_memory_limit", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("1536 MiB"), "{message}");
+    let (status, body) = server.generate(&http, 768, 1).await?;
+    ensure!(status == 200, "{status} {body}");
+    drop(server);
+    if let Some((dir, _)) = cgroup {
+        // The server has exited (killed and waited on in drop): the cgroup is empty.
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(())
 }

@@ -105,17 +105,34 @@ fn cgroup_limit() -> Option<u64> {
         } else {
             continue;
         };
-        if let Some(limit) = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok())
-        {
-            // v1 writes "no limit" as a huge page-aligned number; v2 as "max" (not a number).
-            if limit < (1 << 60) {
-                return Some(limit);
-            }
+        // The tightest limit of the cgroup and its ancestors (each bounds its descendants).
+        let name = file.file_name().map(ToOwned::to_owned).unwrap_or_default();
+        let root = if controllers.is_empty() {
+            Path::new("/sys/fs/cgroup")
+        } else {
+            Path::new("/sys/fs/cgroup/memory")
+        };
+        let tightest = file
+            .ancestors()
+            .skip(1)
+            .take_while(|dir| dir.starts_with(root))
+            .filter_map(|dir| read_limit(&dir.join(&name)))
+            .min();
+        if tightest.is_some() {
+            return tightest;
         }
     }
     None
+}
+
+/// A cgroup limit file's value; `None` for "no limit" (v2 writes "max", v1 a huge number).
+fn read_limit(file: &Path) -> Option<u64> {
+    let limit = std::fs::read_to_string(file)
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    (limit < (1 << 60)).then_some(limit)
 }
 
 fn file_bytes(path: &Path) -> u64 {
