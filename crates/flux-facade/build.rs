@@ -1,5 +1,11 @@
-//! Embeds the tiny dev model (`fixtures/tiny-flux-dev`) into the crate when the `local` feature is
-//! on, so a binary built from this crate can generate with no model path at all.
+//! Embeds the tiny dev model into the crate when the `local` feature is on, so a binary built
+//! from this crate can generate with no model path at all.
+//!
+//! The bundled model is a diffusers folder ([`MODEL_DIR`], or `FLUX_RS_BUNDLED_MODEL` at build
+//! time: any diffusers FLUX folder), which flux-core builds into ONNX graphs with flux-builder on
+//! first use (fused VAE attention). The builder makes no safety checker, so the tiny ONNX one is
+//! added as `safety_checker/model.onnx` ([`EXTRA_FILES`]), which flux-core uses from the
+//! checkpoint folder.
 //!
 //! Writes `$OUT_DIR/bundled_model.rs` with the list of files (relative path, `include_bytes!`) and a
 //! content hash that names the folder the files are extracted to at run time.
@@ -8,9 +14,21 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
+/// The bundled diffusers folder, relative to the workspace root.
+const MODEL_DIR: &str = "fixtures/tiny-flux-dev-diffusers";
+/// Files added to it: (path in the bundled folder, file relative to the workspace root).
+const EXTRA_FILES: &[(&str, &str)] = &[(
+    "safety_checker/model.onnx",
+    "fixtures/tiny-flux-dev/safety_checker/model.onnx",
+)];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let model_dir = manifest_dir.join("../../fixtures/tiny-flux-dev");
+    let workspace = manifest_dir.join("../..");
+    println!("cargo:rerun-if-env-changed=FLUX_RS_BUNDLED_MODEL");
+    let model_dir = env::var_os("FLUX_RS_BUNDLED_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join(MODEL_DIR));
     let out_file =
         PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("bundled_model.rs");
     println!("cargo:rerun-if-changed={}", model_dir.display());
@@ -19,6 +37,15 @@ fn main() {
     let mut files = Vec::new();
     if env::var_os("CARGO_FEATURE_LOCAL").is_some() && model_dir.is_dir() {
         collect_files(&model_dir, &model_dir, &mut files);
+        for (relative, source) in EXTRA_FILES {
+            let source = workspace.join(source);
+            println!("cargo:rerun-if-changed={}", source.display());
+            let present = files.iter().any(|(existing, _)| existing == relative);
+            if !present && source.is_file() {
+                let absolute = fs::canonicalize(&source).unwrap_or(source);
+                files.push(((*relative).to_owned(), absolute));
+            }
+        }
     }
     files.sort();
 

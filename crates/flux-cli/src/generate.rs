@@ -60,6 +60,13 @@ pub struct BackendArgs {
     #[arg(long, value_name = "auto|fp32|fp16|bf16")]
     pub precision: Option<String>,
 
+    /// The memory a local model may use: bytes, or with a suffix K, M, G (powers of 1024), e.g.
+    /// `8G`. A request whose estimated peak memory is over it is refused at once
+    /// (`exceeds_memory_limit`) instead of risking an out-of-memory kill. [default: the cgroup's
+    /// memory limit, else the machine's memory]
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<String>,
+
     /// Which of the above came from an environment variable rather than the command line (see
     /// [`BackendArgs::note_sources`]).
     #[arg(skip)]
@@ -165,10 +172,11 @@ impl BackendArgs {
                 || self.threads.is_some()
                 || self.compute_priority.is_some()
                 || self.precision.is_some()
+                || self.memory_limit.is_some()
                 || !self.loras.is_empty())
         {
             return Err(BadInput(format!(
-                "--device, --threads, --compute-priority, --precision and --lora configure a local model; backend {backend} is remote"
+                "--device, --threads, --compute-priority, --precision, --memory-limit and --lora configure a local model; backend {backend} is remote"
             ))
             .into());
         }
@@ -207,10 +215,19 @@ impl BackendArgs {
                     .map_err(|error| BadInput(format!("--lora: {error}")))?,
             );
         }
+        let memory_limit = match &self.memory_limit {
+            Some(text) => Some(crate::bytes::parse_bytes(text).ok_or_else(|| {
+                BadInput(format!(
+                    "--memory-limit: {text:?} is not a size in bytes (e.g. 8G, 512M, 1073741824)"
+                ))
+            })?),
+            None => None,
+        };
         Ok(LocalOptions {
             queue_capacity,
             session,
             build,
+            memory_limit,
         })
     }
 }

@@ -9,6 +9,7 @@
 // (`<user data dir>`, bare URLs), not rustdoc markup.
 #![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
+mod bytes;
 mod generate;
 mod logging;
 mod model;
@@ -129,7 +130,10 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 .is_some_and(flux_facade::FacadeError::is_bad_input)
             || matches!(
                 cause.downcast_ref::<flux_types::GeneratorError>(),
-                Some(flux_types::GeneratorError::InvalidRequest { .. })
+                Some(
+                    flux_types::GeneratorError::InvalidRequest { .. }
+                        | flux_types::GeneratorError::ExceedsMemoryLimit { .. }
+                )
             )
     });
     if bad_input { 2 } else { 1 }

@@ -29,6 +29,7 @@ use std::time::Instant;
 use crate::config::SessionConfig;
 use crate::denoise::StepControl;
 use crate::error::{FluxError, Result};
+use crate::memory::{MemoryModel, default_memory_limit};
 use crate::model::ModelDescription;
 use crate::model::source::BuildOptions;
 use crate::pipeline::{FluxPipeline, GenerationParams, PipelineOutput};
@@ -198,6 +199,8 @@ pub struct Engine {
     worker: Mutex<Option<JoinHandle<()>>>,
     capacity: usize,
     description: Option<ModelDescription>,
+    /// The loaded model's memory figures and the limit jobs are admitted under.
+    memory: Option<(MemoryModel, u64)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -232,12 +235,17 @@ impl Engine {
                 config.compute_priority.apply_to_current_thread()?;
                 let pipeline = FluxPipeline::load_with(&model_dir, &config, &build)?;
                 // The description leaves the thread once; the pipeline never does.
-                let _ = loaded_sender.send(pipeline.description().clone());
+                let description = pipeline.description().clone();
+                let memory = MemoryModel::of_folder(&description.root, pipeline.vae_path());
+                let _ = loaded_sender.send((description, memory));
                 Ok(pipeline)
             },
             queue_capacity,
         )?;
-        engine.description = loaded.recv().ok();
+        if let Ok((description, memory)) = loaded.recv() {
+            engine.description = Some(description);
+            engine.memory = default_memory_limit().map(|limit| (memory, limit));
+        }
         Ok(engine)
     }
 
@@ -289,6 +297,7 @@ impl Engine {
                 worker: Mutex::new(Some(worker)),
                 capacity: queue_capacity,
                 description: None,
+                memory: None,
             }),
             Ok(Err(error)) => {
                 let _ = worker.join();
@@ -311,6 +320,11 @@ impl Engine {
     /// already wait (HTTP 429), [`FluxError::EngineClosed`] after [`Engine::close`] or when the
     /// thread is gone (HTTP 503).
     pub fn try_submit(&self, job: Job, reply: Reply) -> Result<JobHandle> {
+        // Jobs run one at a time, so a job fits when its own peak fits: one that fits waits its
+        // turn, one that never can is refused before it takes a place.
+        if let Some((memory, limit)) = &self.memory {
+            memory.check(&job.params, *limit)?;
+        }
         let mut waiting = self.queue.lock();
         if !waiting.open {
             return Err(FluxError::EngineClosed);
@@ -335,6 +349,20 @@ impl Engine {
         drop(waiting);
         self.queue.work.notify_one();
         Ok(JobHandle { cancelled })
+    }
+
+    /// Sets the memory limit jobs are admitted under (bytes); the default is the cgroup's limit or
+    /// the machine's memory ([`crate::memory::default_memory_limit`]). No effect on an engine
+    /// started with [`Engine::start_with`] (its runner's memory is unknown).
+    pub fn set_memory_limit(&mut self, limit: u64) {
+        if let Some((_, current)) = self.memory.as_mut() {
+            *current = limit;
+        }
+    }
+
+    /// The memory limit jobs are admitted under and the loaded model's memory figures.
+    pub fn memory(&self) -> Option<(MemoryModel, u64)> {
+        self.memory
     }
 
     /// Whether the engine thread is waiting for work (nothing runs, nothing waits).

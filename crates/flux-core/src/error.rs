@@ -82,6 +82,15 @@ pub enum FluxError {
     #[error("the generation queue is full ({capacity} waiting)")]
     QueueFull { capacity: usize },
 
+    /// The job's estimated peak memory is over the memory limit: it can never run here, so
+    /// nothing was queued (HTTP 422 `exceeds_memory_limit`).
+    #[error(
+        "this request needs about {needed_mib} MiB of memory (model, image size and number of \
+         images), over the memory limit of {limit_mib} MiB; ask for a smaller image \
+         or fewer images"
+    )]
+    ExceedsMemoryLimit { needed_mib: u64, limit_mib: u64 },
+
     /// The engine is shutting down or its thread is gone: nothing was queued (HTTP 503).
     #[error("the engine is shut down")]
     EngineClosed,

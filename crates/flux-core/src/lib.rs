@@ -6,6 +6,7 @@ pub mod denoise;
 mod device_stepper;
 pub mod engine;
 pub mod error;
+pub mod memory;
 pub mod model;
 mod params;
 pub mod pipeline;

@@ -136,6 +136,11 @@ impl FluxPipeline {
         &self.model.description
     }
 
+    /// The VAE decoder's graph file (for the memory estimate).
+    pub fn vae_path(&self) -> &Path {
+        &self.model.vae.path
+    }
+
     /// Whether the folder has a safety checker.
     pub fn has_safety_checker(&self) -> bool {
         self.model.safety_checker.is_some()
@@ -397,7 +402,7 @@ impl FluxPipeline {
         timings: &mut StageTimings,
     ) -> Result<Array4<f32>> {
         let mut latents = sampling::unpack_latents(packed, height as usize, width as usize)?;
-        let shape = latents.shape();
+        let shape = latents.shape().to_vec();
         self.model.check_vae_serves(shape[0], shape[2], shape[3])?;
         let description = &self.model.description;
         sampling::unscale_latents(
@@ -405,26 +410,46 @@ impl FluxPipeline {
             description.vae_scaling_factor,
             description.vae_shift_factor,
         );
+        // Image by image when the graph allows it: the VAE's activations (its up-blocks at
+        // full resolution) scale with the batch, and decoding is independent per image, so
+        // this is exact and cuts the peak by the batch size.
+        let batch = shape[0];
+        let per_image = batch > 1 && self.model.check_vae_serves(1, shape[2], shape[3]).is_ok();
+        if per_image {
+            let mut images = Array4::<f32>::zeros((batch, 3, height as usize, width as usize));
+            for index in 0..batch {
+                let one = latents.slice(ndarray::s![index..index + 1, .., .., ..]);
+                let decoded = self.run_vae(one, timings)?;
+                check_decoded(&decoded, 1, height, width)?;
+                images
+                    .slice_mut(ndarray::s![index..index + 1, .., .., ..])
+                    .assign(&decoded);
+            }
+            Ok(images)
+        } else {
+            let decoded = self.run_vae(latents.view(), timings)?;
+            check_decoded(&decoded, batch, height, width)?;
+            Ok(decoded)
+        }
+    }
+
+    /// One run of the VAE decoder on (unscaled) latents `[B,16,h,w]`.
+    fn run_vae(
+        &mut self,
+        latents: ArrayView4<'_, f32>,
+        timings: &mut StageTimings,
+    ) -> Result<Array4<f32>> {
         let graph = &mut self.model.vae;
         let element = graph.float_type("latent");
         let inputs: Vec<NamedInput<'_>> = vec![(
             "latent".into(),
-            tensors::float_input(latents.view().into_dyn(), element, "VAE")?,
+            tensors::float_input(latents.into_dyn(), element, "VAE")?,
         )];
         let outputs = graph.run(inputs, &mut timings.ort_session_total)?;
-        let images = outputs
+        outputs
             .f32("images")?
             .into_dimensionality::<Ix4>()
-            .map_err(|_| shape_error("VAE images", "[B, 3, H, W]"))?;
-        let expected = [packed.shape()[0], 3, height as usize, width as usize];
-        if images.shape() != expected {
-            return Err(FluxError::Shape {
-                op: "VAE images",
-                expected: format!("{expected:?}"),
-                got: images.shape().to_vec(),
-            });
-        }
-        Ok(images)
+            .map_err(|_| shape_error("VAE images", "[B, 3, H, W]"))
     }
 
     fn check_safety(
@@ -473,6 +498,20 @@ fn run_encoder(
 /// is below `NSFW_THRESHOLD`).
 fn is_flagged(nsfw_probability: f32, threshold: f32) -> bool {
     nsfw_probability >= threshold
+}
+
+/// The VAE's output must be `[batch, 3, height, width]`.
+fn check_decoded(images: &Array4<f32>, batch: usize, height: u32, width: u32) -> Result<()> {
+    let expected = [batch, 3, height as usize, width as usize];
+    if images.shape() == expected {
+        Ok(())
+    } else {
+        Err(FluxError::Shape {
+            op: "VAE images",
+            expected: format!("{expected:?}"),
+            got: images.shape().to_vec(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! The tiny dev model compiled into the binary, and its extraction into the flux-rs cache folder.
 //!
-//! ONNX Runtime loads models from files, so the embedded bytes are written out once, to
+//! The bundled model is a diffusers folder (`fixtures/tiny-flux-dev-diffusers` plus the tiny ONNX
+//! safety checker, see `build.rs`); flux-core builds its ONNX graphs through flux-builder on first
+//! load (a tenth of a second, cached), so its VAE has fused attention.
+//!
+//! The embedded bytes are written out once, to
 //! `<cache>/models/tiny-flux-dev-<content hash>/`. The folder is filled under a temporary name and
 //! renamed into place, so a reader never sees a half-written model, and concurrent first runs
 //! (several processes or threads) all end up using the one complete copy.
@@ -124,7 +128,9 @@ mod tests {
     #[test]
     fn extraction_writes_every_file_once_and_reuses_it() -> anyhow::Result<()> {
         if !has_bundled_model() {
-            anyhow::bail!("this build has no bundled model: fixtures/tiny-flux-dev is missing");
+            anyhow::bail!(
+                "this build has no bundled model: fixtures/tiny-flux-dev-diffusers is missing"
+            );
         }
         let cache = tempfile::tempdir()?;
         let dir = extract_bundled_model(cache.path())?;
@@ -145,7 +151,9 @@ mod tests {
     #[test]
     fn concurrent_first_runs_agree_on_one_complete_copy() -> anyhow::Result<()> {
         if !has_bundled_model() {
-            anyhow::bail!("this build has no bundled model: fixtures/tiny-flux-dev is missing");
+            anyhow::bail!(
+                "this build has no bundled model: fixtures/tiny-flux-dev-diffusers is missing"
+            );
         }
         let cache = tempfile::tempdir()?;
         let root = cache.path().to_path_buf();
@@ -171,7 +179,9 @@ mod tests {
     #[test]
     fn a_damaged_copy_is_replaced() -> anyhow::Result<()> {
         if !has_bundled_model() {
-            anyhow::bail!("this build has no bundled model: fixtures/tiny-flux-dev is missing");
+            anyhow::bail!(
+                "this build has no bundled model: fixtures/tiny-flux-dev-diffusers is missing"
+            );
         }
         let cache = tempfile::tempdir()?;
         let dir = extract_bundled_model(cache.path())?;

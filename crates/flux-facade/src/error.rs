@@ -20,7 +20,7 @@ pub enum FacadeError {
 
     /// This build carries no bundled model (built without the fixture folder).
     #[error(
-        "this build has no bundled model (fixtures/tiny-flux-dev was missing at build time); \
+        "this build has no bundled model (fixtures/tiny-flux-dev-diffusers was missing at build time); \
          pass a model folder (--model DIR or local:/path/to/model)"
     )]
     NoBundledModel,

@@ -32,6 +32,9 @@ pub struct LocalOptions {
     pub session: SessionConfig,
     /// How a checkpoint folder (diffusers or BFL files) is built into graphs: precision, LoRAs.
     pub build: BuildOptions,
+    /// The memory jobs are admitted under, in bytes: a job whose estimated peak is over it is
+    /// refused at once (`ExceedsMemoryLimit`). `None`: the cgroup's limit, else the machine's.
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for LocalOptions {
@@ -40,6 +43,7 @@ impl Default for LocalOptions {
             queue_capacity: 16,
             session: SessionConfig::default(),
             build: BuildOptions::default(),
+            memory_limit: None,
         }
     }
 }
@@ -55,12 +59,15 @@ impl LocalGenerator {
     /// Provisions ONNX Runtime if needed, loads the model in `model_dir` on a new engine thread,
     /// and returns once it is ready. Blocking: seconds for a real model.
     pub fn start(model_dir: &Path, options: &LocalOptions) -> Result<Self, FacadeError> {
-        let engine = Engine::start_model(
+        let mut engine = Engine::start_model(
             model_dir.to_path_buf(),
             options.session,
             options.build.clone(),
             options.queue_capacity,
         )?;
+        if let Some(limit) = options.memory_limit {
+            engine.set_memory_limit(limit);
+        }
         Ok(Self {
             engine,
             model_dir: model_dir.to_path_buf(),
@@ -210,6 +217,9 @@ fn map_core_error(error: FluxError) -> GeneratorError {
         },
         FluxError::Cancelled => GeneratorError::Cancelled,
         FluxError::QueueFull { .. } => GeneratorError::Overloaded { retry_after: None },
+        error @ FluxError::ExceedsMemoryLimit { .. } => GeneratorError::ExceedsMemoryLimit {
+            message: error.to_string(),
+        },
         FluxError::EngineClosed => GeneratorError::ShuttingDown,
         other => GeneratorError::Inference {
             detail: other.to_string(),

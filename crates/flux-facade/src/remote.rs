@@ -249,6 +249,15 @@ pub fn map_client_error(error: ClientError) -> GeneratorError {
             param: body.error.param,
             message: body.error.message,
         },
+        ClientError::Api {
+            status: 422,
+            body: Some(body),
+            ..
+        } if body.error.code == ErrorCode::ExceedsMemoryLimit => {
+            GeneratorError::ExceedsMemoryLimit {
+                message: body.error.message,
+            }
+        }
         ClientError::Api { status, .. } => GeneratorError::Remote {
             status: Some(status),
             detail,

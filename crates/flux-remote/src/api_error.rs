@@ -43,7 +43,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
-        ErrorCode::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::IdempotencyMismatch | ErrorCode::ExceedsMemoryLimit => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -154,6 +156,9 @@ impl ApiErrorResponse {
             GeneratorError::ShuttingDown => Self::shutting_down(),
             GeneratorError::InvalidRequest { param, message } => {
                 Self::new(ErrorCode::InvalidParameter, message.clone(), param.clone())
+            }
+            GeneratorError::ExceedsMemoryLimit { message } => {
+                Self::new(ErrorCode::ExceedsMemoryLimit, message.clone(), None)
             }
             GeneratorError::Remote {
                 status: Some(429), ..

@@ -50,6 +50,10 @@ pub enum ErrorCode {
     AlreadyCompleted,
     /// 410: the queued job's result was asked for, but the job was cancelled.
     Cancelled,
+    /// 422: the request's estimated peak memory (model, image size, number of images) is over
+    /// the server's memory limit, so it can never run there; nothing was queued. Ask for a
+    /// smaller image or fewer images (retrying the same request cannot succeed).
+    ExceedsMemoryLimit,
 }
 
 impl ErrorCode {
@@ -75,6 +79,7 @@ impl ErrorCode {
             ErrorCode::NotCompleted => "not_completed",
             ErrorCode::AlreadyCompleted => "already_completed",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::ExceedsMemoryLimit => "exceeds_memory_limit",
         }
     }
 }

@@ -94,6 +94,10 @@ pub enum GeneratorError {
         param: Option<String>,
         message: String,
     },
+    /// The request's estimated peak memory is over the backend's memory limit: it can never run
+    /// there, and nothing was queued.
+    #[error("{message}")]
+    ExceedsMemoryLimit { message: String },
     /// The generation was cancelled (the caller went away).
     #[error("the generation was cancelled")]
     Cancelled,

@@ -226,7 +226,7 @@ fn generate_operation(
             "409": error_response(error_schema, "A request with this Idempotency-Key and body is still running; retry after `Retry-After` (when it should be done) to get its stored answer", &[ErrorCode::IdempotencyConflict], &with_rate_limit),
             "413": error_response(error_schema, "The body is over 64 KiB (also when sent without Content-Length)", &[ErrorCode::PayloadTooLarge], rate),
             "415": error_response(error_schema, "The body is not application/json (parameters such as `; charset=utf-8` are accepted)", &[ErrorCode::UnsupportedMediaType], rate),
-            "422": error_response(error_schema, "This Idempotency-Key was used with a different body", &[ErrorCode::IdempotencyMismatch], rate),
+            "422": error_response(error_schema, "This Idempotency-Key was used with a different body (`idempotency_mismatch`), or the request's estimated peak memory (model, image size, number of images) is over the server's memory limit, so it can never run there and nothing was queued (`exceeds_memory_limit`; ask for a smaller image or fewer images)", &[ErrorCode::IdempotencyMismatch, ErrorCode::ExceedsMemoryLimit], rate),
             "429": error_response(error_schema, "This API key is over its request rate, or the generation queue is full and nothing was queued", &[ErrorCode::RateLimited, ErrorCode::Overloaded], &with_rate_limit),
             "500": error_response(error_schema, "Generation failed or did not finish within the server's request timeout; the message carries no internals. Safe to retry with the same Idempotency-Key", &[ErrorCode::InferenceFailed], rate),
             "503": unavailable,

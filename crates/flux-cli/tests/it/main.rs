@@ -2,5 +2,6 @@
 
 mod cli;
 mod json_logs;
+mod memory;
 mod model_build;
 mod serve_queue;

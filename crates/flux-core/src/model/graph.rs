@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ort::session::builder::SessionBuilder;
-use ort::session::{Session, SessionInputs, SessionOutputs};
+use ort::session::{RunOptions, Session, SessionInputs, SessionOutputs};
 use ort::value::{Outlet, ValueType};
 
 use crate::config::{ExecutionProvider, SessionConfig};
@@ -22,6 +22,8 @@ pub(crate) struct Graph {
     pub(crate) session: Session,
     float_inputs: HashMap<String, FloatType>,
     id_inputs: HashMap<String, IdType>,
+    /// Run options asking ONNX Runtime to shrink the CPU arena after each run (the VAE's).
+    shrink_arena: Option<RunOptions>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -32,6 +34,9 @@ impl std::fmt::Debug for Graph {
             .finish_non_exhaustive()
     }
 }
+
+/// The label of the VAE decoder's graph.
+pub(crate) const VAE_LABEL: &str = "VAE";
 
 impl Graph {
     /// Opens a graph file as a session and records its inputs' element types.
@@ -57,12 +62,34 @@ impl Graph {
                 }
             }
         }
+        // The VAE's activations grow with the image (about 1 GB at 2048² for the tiny model,
+        // far more at real widths) and the CPU arena keeps its peak for ever, so after one
+        // large request the process stayed that much larger. Shrinking the arena after each VAE
+        // run returns it (measured: same decode time, 228 MiB idle after a 2048² request
+        // instead of 1113 MiB); without an arena at all the VAE ran about 2x slower.
+        let shrink_arena =
+            if label == VAE_LABEL && config.execution_provider == ExecutionProvider::Cpu {
+                let mut options = RunOptions::new().map_err(|source| FluxError::Ort {
+                    stage: label,
+                    source,
+                })?;
+                options
+                    .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+                    .map_err(|source| FluxError::Ort {
+                        stage: label,
+                        source,
+                    })?;
+                Some(options)
+            } else {
+                None
+            };
         Ok(Self {
             label,
             path: path.to_owned(),
             session,
             float_inputs,
             id_inputs,
+            shrink_arena,
         })
     }
 
@@ -75,10 +102,11 @@ impl Graph {
     ) -> Result<RunOutputs<'s>> {
         let stage = self.label;
         let started = Instant::now();
-        let outputs = self
-            .session
-            .run(inputs)
-            .map_err(|source| FluxError::Ort { stage, source });
+        let outputs = match &self.shrink_arena {
+            Some(options) => self.session.run_with_options(inputs, options),
+            None => self.session.run(inputs),
+        }
+        .map_err(|source| FluxError::Ort { stage, source });
         *session_time += started.elapsed();
         Ok(RunOutputs {
             outputs: outputs?,

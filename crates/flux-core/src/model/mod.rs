@@ -149,8 +149,15 @@ impl FluxModel {
         build: &source::BuildOptions,
     ) -> Result<Self> {
         let prepared = source::prepare(path, config, build)?;
-        let mut model =
-            Self::load_onnx(&prepared.onnx_folder, config).map_err(|error| match error {
+        // A checkpoint folder may carry an ONNX safety checker (`safety_checker/model.onnx`,
+        // e.g. the bundled model's); the builder does not copy it, so it is used from there.
+        let extra_safety = prepared
+            .built_from
+            .as_ref()
+            .map(|source| source.join("safety_checker/model.onnx"))
+            .filter(|path| path.is_file());
+        let mut model = Self::load_onnx(&prepared.onnx_folder, config, extra_safety.as_deref())
+            .map_err(|error| match error {
                 FluxError::InvalidModel { path, mut problems } => {
                     problems.extend(source::what_was_looked_for(&path));
                     FluxError::InvalidModel { path, problems }
@@ -165,7 +172,7 @@ impl FluxModel {
     /// Loads and checks an ONNX folder (see the module docs). Every problem found is reported at
     /// once as [`FluxError::InvalidModel`]; a runtime or execution-provider failure is reported
     /// as itself.
-    fn load_onnx(root: &Path, config: &SessionConfig) -> Result<Self> {
+    fn load_onnx(root: &Path, config: &SessionConfig, extra_safety: Option<&Path>) -> Result<Self> {
         if !root.is_dir() {
             return Err(FluxError::InvalidModel {
                 path: root.to_owned(),
@@ -176,7 +183,11 @@ impl FluxModel {
         let mut problems = Vec::new();
 
         let manifest = read_manifest(root, &mut problems);
-        let files = ModelFiles::resolve(root, &manifest, &mut problems);
+        let mut files = ModelFiles::resolve(root, &manifest, &mut problems);
+        let safety_enabled = manifest.safety_checker.as_ref().is_none_or(|s| s.enabled);
+        if files.safety_checker.is_none() && safety_enabled {
+            files.safety_checker = extra_safety.map(Path::to_owned);
+        }
         let (scheduler, dynamic_shifting) =
             layout::check_scheduler_config(root, &files.scheduler_config, &mut problems);
         let graphs = open_graphs(root, config, &files, &mut problems)?;
@@ -339,7 +350,7 @@ fn open_graphs(
         clip: open("CLIP", &files.clip, interface::CLIP),
         t5: open("T5", &files.t5, interface::T5),
         transformer: open("transformer", &files.transformer, interface::TRANSFORMER),
-        vae: open("VAE", &files.vae, interface::VAE),
+        vae: open(graph::VAE_LABEL, &files.vae, interface::VAE),
         safety_checker: open("safety checker", &files.safety_checker, interface::SAFETY),
     })
 }
