@@ -51,6 +51,8 @@ mod results;
 mod routes;
 #[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
+mod serving;
 mod webhook_sig;
 #[cfg(feature = "server")]
 mod webhooks;
@@ -69,5 +71,7 @@ pub use error::{ClientError, RemoteError};
 pub use files::FileDurability;
 pub use routes::{FILES_PATH, GENERATE_PATH, QUEUE_PATH};
 #[cfg(feature = "server")]
-pub use server::{AppState, Server, ShutdownSignals, router, serve, shutdown_signal};
+pub use server::{AppState, router};
+#[cfg(feature = "server")]
+pub use serving::{Server, ShutdownSignals, serve, shutdown_signal};
 pub use webhook_sig::{WEBHOOK_TOLERANCE_SECS, WebhookSecret, WebhookVerifyError, verify_webhook};
