@@ -212,7 +212,7 @@ impl AppState {
 }
 
 /// The API's routes on `state`, with request ids, logging and metrics. Use with
-/// `tower::ServiceExt::oneshot` in tests, or serve it with [`Server`].
+/// `tower::ServiceExt::oneshot` in tests, or serve it with [`Server`](crate::Server).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(GENERATE_PATH, post(generate))
