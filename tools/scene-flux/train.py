@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 import scenes  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("SCENE_FLUX_THREADS", "2")))
 torch.use_deterministic_algorithms(False)
 
 T5_LEN = 32
@@ -292,8 +292,12 @@ def save_folder(models, out: Path, clip_tok, t5_tok, tok_src: Path, ema=None) ->
 
 def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, rng: random.Random) -> dict:
     transformer, vae = models["transformer"], models["vae"]
-    params = list(transformer.parameters()) + list(models["clip"].parameters()) + list(models["t5"].parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    text_params = list(models["clip"].parameters()) + list(models["t5"].parameters())
+    params = list(transformer.parameters()) + text_params
+    # The text encoders start from nothing and must learn to tell prompts apart: a larger step.
+    opt = torch.optim.AdamW([{"params": list(transformer.parameters()), "scale": 1.0},
+                             {"params": text_params, "scale": args.text_lr_scale}],
+                            lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
     rng_t = torch.Generator("cpu").manual_seed(args.seed + 3)
     tiers = [(128, 16, 0.6), (192, 7, 0.22), (320, 3, 0.12), (640, 1, 0.04), (1024, 1, 0.01)]
@@ -311,7 +315,7 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
         frac = min(1.0, (time.time() - t0) / budget)
         lr = args.lr * min(1.0, (step + 1) / 200) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.95 + 0.05)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         w, h, b = sample_bucket(rng, tiers)
         imgs, prompts = [], []
         for _ in range(b):
@@ -323,6 +327,11 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
             x0 = pack((z - VAE_SHIFT) * VAE_SCALING)
         seq = x0.shape[1]
         sigma = sample_sigmas(rng_t, b, seq)
+        if args.high_noise > 0:
+            # The prompt decides the picture at high noise only (below ~0.7 the layout is already in
+            # x_t), and logit-normal sampling rarely goes there: without this the text is learnt late.
+            high = torch.rand(b, generator=rng_t) < args.high_noise
+            sigma = torch.where(high, 0.7 + 0.3 * torch.rand(b, generator=rng_t), sigma)
         noise = torch.randn(x0.shape, generator=rng_t)
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         guidance = 1.0 + 9.0 * torch.rand(b, generator=rng_t)
@@ -378,6 +387,12 @@ def main() -> int:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--high-noise", type=float, default=0.4,
+                    help="fraction of samples whose sigma is drawn uniform in [0.7, 1] (text conditioning)")
+    ap.add_argument("--text-lr-scale", type=float, default=2.0, help="text encoders' learning rate / --lr")
+    ap.add_argument("--resume", action="store_true",
+                    help="start the transformer stage from the model in --out (its VAE, text encoders and "
+                         "transformer), skipping the VAE stage")
     ap.add_argument("--reuse-vae", action="store_true", help="take the VAE from --work/vae.pt if there")
     ap.add_argument("--decoder-minutes", type=float, default=25.0, help="time budget of the decoder stage")
     ap.add_argument("--stage", choices=["all", "decoder", "merge"], default="all",
@@ -388,8 +403,19 @@ def main() -> int:
     rng = random.Random(args.seed)
     t_start = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
-    tok_src = args.work / "tokenizers"
-    clip_tok, t5_tok = build_tokenizers(tok_src)
+    if args.resume:
+        # The tokenizers the model was trained with, copied out of the folder that is rewritten.
+        from transformers import CLIPTokenizer, T5TokenizerFast
+
+        tok_src = args.work / "tokenizers-resumed"
+        for name in ("tokenizer", "tokenizer_2"):
+            shutil.rmtree(tok_src / name, ignore_errors=True)
+            shutil.copytree(args.out / name, tok_src / name)
+        clip_tok = CLIPTokenizer.from_pretrained(str(tok_src / "tokenizer"))
+        t5_tok = T5TokenizerFast.from_pretrained(str(tok_src / "tokenizer_2"))
+    else:
+        tok_src = args.work / "tokenizers"
+        clip_tok, t5_tok = build_tokenizers(tok_src)
     models = build_models(clip_tok, t5_tok, args)
     for name, m in models.items():
         log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
@@ -407,7 +433,16 @@ def main() -> int:
         log(f"merged {ft_path} into {args.out / 'vae'}")
         return 0
     t_vae = time.time()
-    if args.reuse_vae and vae_path.exists():
+    if args.resume:
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import CLIPTextModel, T5EncoderModel
+
+        models["vae"] = AutoencoderKL.from_pretrained(str(args.out / "vae")).eval()
+        models["transformer"] = FluxTransformer2DModel.from_pretrained(str(args.out / "transformer"))
+        models["clip"] = CLIPTextModel.from_pretrained(str(args.out / "text_encoder"), attn_implementation="eager")
+        models["t5"] = T5EncoderModel.from_pretrained(str(args.out / "text_encoder_2"), attn_implementation="eager")
+        log(f"resumed from {args.out}")
+    elif args.reuse_vae and vae_path.exists():
         models["vae"].load_state_dict(torch.load(vae_path))
         models["vae"].eval()
         log("VAE reused")
@@ -422,9 +457,10 @@ def main() -> int:
     t = time.time()
     for p in models["vae"].decoder.parameters():
         p.requires_grad_(True)
-    stats["decoder_steps"] = finetune_decoder(models["vae"], args.decoder_minutes, random.Random(args.seed + 4))
-    torch.save(models["vae"].state_dict(), ft_path)
-    merge_decoder(args.out, models["vae"].state_dict())
+    if args.decoder_minutes > 0:
+        stats["decoder_steps"] = finetune_decoder(models["vae"], args.decoder_minutes, random.Random(args.seed + 4))
+        torch.save(models["vae"].state_dict(), ft_path)
+        merge_decoder(args.out, models["vae"].state_dict())
     stats["decoder_seconds"] = round(time.time() - t, 1)
     stats.update(vae_seconds=round(t_vae, 1), total_seconds=round(time.time() - t_start, 1),
                  args={k: str(v) for k, v in vars(args).items()})

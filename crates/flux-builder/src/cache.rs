@@ -113,9 +113,12 @@ fn hash_small_tree(hasher: &mut Sha256, root: &Path, dir: &Path) -> Result<()> {
 
 /// The small files of a source that the build reads or copies.
 fn hash_folders(hasher: &mut Sha256, source: &Path) -> Result<()> {
-    let index = source.join("model_index.json");
-    if index.is_file() {
-        hash_file(hasher, &index)?;
+    for file in ["model_index.json", crate::source_defaults::FILE_NAME] {
+        let path = source.join(file);
+        if path.is_file() {
+            hasher.update(file.as_bytes());
+            hash_file(hasher, &path)?;
+        }
     }
     for folder in [
         "text_encoder",

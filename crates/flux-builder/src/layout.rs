@@ -14,7 +14,7 @@ use crate::onnx::{Elem, WeightsReport};
 use crate::options::{BuildOptions, Component};
 use crate::source::{SourceKind, detect};
 use crate::weights::Checkpoint;
-use crate::{bfl, cache, lora};
+use crate::{bfl, cache, lora, source_defaults};
 
 /// T5 text length of FLUX.1-dev's pipeline (and of its ONNX export).
 pub const DEV_TEXT_LENGTH: usize = 512;
@@ -138,11 +138,14 @@ pub(crate) fn build_into(source: &Path, opts: &BuildOptions, out: &Path) -> Resu
     let (t_json, t_path) = (&parts.transformer.1, parts.transformer.2.clone());
     let dims = transformer::TransformerDims::from_config(&Config::new(t_json, &t_path))?;
     let variant = if dims.guidance { "dev" } else { "schnell" };
-    let text_length = opts.text_length.unwrap_or(if dims.guidance {
-        DEV_TEXT_LENGTH
-    } else {
-        SCHNELL_TEXT_LENGTH
-    });
+    let text_length = opts
+        .text_length
+        .or(source_defaults::read(source)?.text_length)
+        .unwrap_or(if dims.guidance {
+            DEV_TEXT_LENGTH
+        } else {
+            SCHNELL_TEXT_LENGTH
+        });
     // Every component's precision first, so that a refusal comes before any work.
     let floats = [
         Component::Clip,

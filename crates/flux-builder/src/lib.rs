@@ -11,6 +11,9 @@
 //! - [`build_cached`] returns the folder to load: the source itself for the ONNX layout, else a
 //!   cache entry keyed by [`cache_key`], built once and published atomically.
 //!
+//! A folder may carry `flux-rs-model.json` with its own defaults ([`source_defaults`]: the T5
+//! text length it was trained with).
+//!
 //! Weights whose dtype is the graph's point into the checkpoint (hard-linked into the graph
 //! folder: ONNX Runtime 1.31 refuses absolute, `..` and symlinked external-data locations);
 //! others are converted once, tensor by tensor, into `model.onnx.data`.
@@ -24,6 +27,7 @@ pub mod lora;
 pub mod onnx;
 pub mod options;
 pub mod source;
+pub mod source_defaults;
 pub mod weights;
 
 pub use onnx::proto;

@@ -396,3 +396,41 @@ fn lora_builds_match_diffusers_load_lora_weights() -> Result<()> {
     assert!(!out.exists());
     Ok(())
 }
+
+#[test]
+fn a_folder_s_own_text_length_is_used_unless_the_options_set_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let source = dir.path().join("diffusers");
+    copy_tree(&fixture("tiny-flux-dev-diffusers"), &source)?;
+    std::fs::write(
+        source.join(flux_builder::source_defaults::FILE_NAME),
+        r#"{"text_length": 48, "comment": "trained with 48 T5 tokens"}"#,
+    )?;
+    let plain = BuildOptions::default();
+    let report = flux_builder::build(&source, &plain, &dir.path().join("own"))?;
+    assert_eq!(report.text_length, 48);
+    let report = flux_builder::build(&source, &tiny_options(), &dir.path().join("explicit"))?;
+    assert_eq!(report.text_length, 32, "an explicit text length wins");
+    // The file is part of the cache key: changing it builds anew.
+    let before = flux_builder::cache_key(&source, &plain)?;
+    std::fs::write(
+        source.join(flux_builder::source_defaults::FILE_NAME),
+        r#"{"text_length": 64}"#,
+    )?;
+    assert_ne!(before, flux_builder::cache_key(&source, &plain)?);
+    // A typo is an error that names the file, before any work.
+    std::fs::write(
+        source.join(flux_builder::source_defaults::FILE_NAME),
+        r#"{"text_lenght": 64}"#,
+    )?;
+    let out = dir.path().join("typo");
+    let err = flux_builder::build(&source, &plain, &out)
+        .expect_err("typo")
+        .to_string();
+    assert!(
+        err.contains("flux-rs-model.json") && err.contains("text_lenght"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    Ok(())
+}

@@ -16,6 +16,7 @@ mod pipeline_inputs;
 mod rng_parity;
 mod runtime;
 mod sampling_parity;
+mod scene_detector;
 mod thread_pools;
 mod tokenizer_edge_cases;
 mod tokenizer_parity;
