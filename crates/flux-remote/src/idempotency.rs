@@ -380,6 +380,50 @@ mod tests {
     }
 
     #[test]
+    fn finished_records_survive_a_reopen_of_their_durable_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Duration::from_secs(60);
+        {
+            let log = flux_service::RedbStore::open(dir.path()).unwrap();
+            let store = IdempotencyStore::durable(retention, log);
+            let Begin::Fresh(kept) = store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) else {
+                panic!("fresh");
+            };
+            kept.complete(Bytes::from_static(b"{\"a\":1}"), FilesWrittenFrom::now());
+            let Begin::Fresh(old) = store.begin(Caller::ANONYMOUS, "old".into(), [2; 32]) else {
+                panic!("fresh");
+            };
+            // Its files are older than the retention by the wall clock: gone after the reopen.
+            old.complete(
+                Bytes::from_static(b"{}"),
+                FilesWrittenFrom {
+                    monotonic: Instant::now(),
+                    wall: SystemTime::now() - 2 * retention,
+                },
+            );
+            let Begin::Fresh(_running) = store.begin(Caller::ANONYMOUS, "run".into(), [3; 32])
+            else {
+                panic!("fresh");
+            };
+        }
+        let log = flux_service::RedbStore::open(dir.path()).unwrap();
+        let store = IdempotencyStore::durable(retention, log.clone());
+        match store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) {
+            Begin::Replay(body) => assert_eq!(&body[..], b"{\"a\":1}"),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        assert!(matches!(
+            store.begin(Caller::ANONYMOUS, "k".into(), [9; 32]),
+            Begin::Mismatch
+        ));
+        assert!(matches!(
+            store.begin(Caller::ANONYMOUS, "old".into(), [2; 32]),
+            Begin::Fresh(_)
+        ));
+        assert_eq!(flux_service::IdempotencyLog::all(&*log).unwrap().len(), 1);
+    }
+
+    #[test]
     fn stored_answers_are_capped_oldest_first() {
         let body = Bytes::from(vec![b'x'; 1000]);
         let cost = record_cost(&(Caller::ANONYMOUS, "k0".to_owned()), &body);
