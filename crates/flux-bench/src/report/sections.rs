@@ -339,6 +339,34 @@ pub(super) fn server_section(out: &mut String, results: &BenchResults) {
     let _ = writeln!(out);
 }
 
+pub(super) fn queue_section(out: &mut String, results: &BenchResults) {
+    let Some(queue) = &results.queue else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "## Queue API\n\nThe {} model behind flux-remote's server on loopback, {} jobs one at a time \
+         ({}×{}, {} steps, JPEG files), after a warm-up. Submit → 202: from sending `POST \
+         /api/v1/queue/flux/dev` to having the whole 202 answer, the queue idle (validation, admission, the \
+         job record, the answer). Step → SSE event: from the generator's progress callback for a finished \
+         denoising step to the client (flux-remote's `FluxClient::stream`) having that step's event; \
+         each job waits at the generator until its stream is open, so every step's event is live.\n\n\
+         | measure | samples | p50 ms | p99 ms | mean ms | max ms |\n|---|---:|---:|---:|---:|---:|",
+        queue.model, queue.jobs, queue.width, queue.height, queue.steps
+    );
+    for (label, stats) in [
+        ("submit → 202", &queue.submit_to_accepted),
+        ("step → SSE event", &queue.step_to_event),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            stats.count, stats.p50_ms, stats.p99_ms, stats.mean_ms, stats.max_ms
+        );
+    }
+    let _ = writeln!(out);
+}
+
 pub(super) fn soak_section(out: &mut String, results: &BenchResults) {
     let Some(soak) = &results.soak else {
         return;
