@@ -88,8 +88,37 @@ async fn measure_async(spec: &ServerSpec) -> Result<QueueResults> {
         .strip_suffix(GENERATE_PATH)
         .context("the server URL")?
         .to_owned();
+    // Whatever happens, the server's runtime is shut down outside async drop glue.
+    let measured = run_jobs(spec, &base, &gate, &finished).await;
+    server.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&files_dir);
+    let (jobs, submits, delays) = measured?;
+    let results = QueueResults {
+        model: "tiny".to_owned(),
+        width: spec.size[0],
+        height: spec.size[1],
+        steps: STEPS,
+        jobs,
+        submit_to_accepted: LatencyStats::from_seconds(&submits).context("no submits")?,
+        step_to_event: LatencyStats::from_seconds(&delays).context("no step events")?,
+    };
+    eprintln!(
+        "bench:   queue p50: submit → 202 {:.3} ms, step → SSE event {:.3} ms",
+        results.submit_to_accepted.p50_ms, results.step_to_event.p50_ms
+    );
+    Ok(results)
+}
+
+/// Submits and watches `spec.sequential_requests` jobs (after a warm-up): the submit times and
+/// every step's delay, in seconds.
+async fn run_jobs(
+    spec: &ServerSpec,
+    base: &str,
+    gate: &Semaphore,
+    finished: &Mutex<Vec<(u32, Instant)>>,
+) -> Result<(usize, Vec<f64>, Vec<f64>)> {
     let http = bench_client()?;
-    let client = FluxClient::new(&base, API_KEY)?;
+    let client = FluxClient::new(base, API_KEY)?;
     let submit_url = format!("{base}{QUEUE_PATH}/dev");
 
     let warm_up = 3;
@@ -153,20 +182,5 @@ async fn measure_async(spec: &ServerSpec) -> Result<QueueResults> {
             delays.push(at.saturating_duration_since(*done).as_secs_f64());
         }
     }
-    server.shutdown().await?;
-    let _ = std::fs::remove_dir_all(&files_dir);
-    let results = QueueResults {
-        model: "tiny".to_owned(),
-        width: spec.size[0],
-        height: spec.size[1],
-        steps: STEPS,
-        jobs,
-        submit_to_accepted: LatencyStats::from_seconds(&submits).context("no submits")?,
-        step_to_event: LatencyStats::from_seconds(&delays).context("no step events")?,
-    };
-    eprintln!(
-        "bench:   queue p50: submit → 202 {:.3} ms, step → SSE event {:.3} ms",
-        results.submit_to_accepted.p50_ms, results.step_to_event.p50_ms
-    );
-    Ok(results)
+    Ok((jobs, submits, delays))
 }

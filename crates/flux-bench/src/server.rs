@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::pipeline::session_config;
 use super::results::{ConcurrencyLevel, LatencyStats, OverloadResults, ServerResults};
 
-pub(super) const API_KEY: &str = "flux-bench-key";
+/// At least `MIN_API_KEY_CHARS` (16) long, or the server refuses to start.
+pub(super) const API_KEY: &str = "flux-bench-key-0123456789";
 
 /// What the server benchmark sends and how much of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,11 +185,19 @@ pub(super) async fn start_server(
         .enable_all()
         .build()
         .context("starting the server's runtime")?;
-    let server = runtime
-        .spawn(Server::bind(config, generator))
-        .await
-        .context("binding task")?
-        .context("binding the benchmark server")?;
+    let bound = runtime.spawn(Server::bind(config, generator)).await;
+    let server = match bound {
+        Ok(Ok(server)) => server,
+        failed => {
+            // Dropping a runtime blocks, which async code must not do: the error is reported.
+            runtime.shutdown_background();
+            return Err(match failed {
+                Ok(Err(error)) => anyhow::Error::new(error).context("binding the benchmark server"),
+                Err(error) => anyhow::Error::new(error).context("binding task"),
+                Ok(Ok(_)) => anyhow::anyhow!("unreachable"),
+            });
+        }
+    };
     let url = format!("http://{}{GENERATE_PATH}", server.local_addr()?);
     let state = server.state().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
