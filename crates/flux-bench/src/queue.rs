@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use super::results::{LatencyStats, QueueResults};
 use super::server::{
     API_KEY, ServerSpec, bench_client, bench_files_dir, body, client_runtime, start_generator,
-    start_server,
+    start_server_with,
 };
 
 /// Steps per job: enough events per job, short generations.
@@ -82,17 +82,26 @@ async fn measure_async(spec: &ServerSpec) -> Result<QueueResults> {
         gate: Arc::clone(&gate),
         finished: Arc::clone(&finished),
     });
-    let server = start_server(generator, 64, files_dir.join("queue")).await?;
-    let base = server
-        .url
-        .strip_suffix(GENERATE_PATH)
-        .context("the server URL")?
-        .to_owned();
-    // Whatever happens, the server's runtime is shut down outside async drop glue.
-    let measured = run_jobs(spec, &base, &gate, &finished).await;
-    server.shutdown().await?;
+    // In memory (the library's default), then with the job database (`flux serve`'s default).
+    let (jobs, submits, delays) = one_server(
+        spec,
+        &generator,
+        &gate,
+        &finished,
+        files_dir.join("memory"),
+        None,
+    )
+    .await?;
+    let (_, durable_submits, durable_delays) = one_server(
+        spec,
+        &generator,
+        &gate,
+        &finished,
+        files_dir.join("durable"),
+        Some(files_dir.join("data")),
+    )
+    .await?;
     let _ = std::fs::remove_dir_all(&files_dir);
-    let (jobs, submits, delays) = measured?;
     let results = QueueResults {
         model: "tiny".to_owned(),
         width: spec.size[0],
@@ -101,12 +110,47 @@ async fn measure_async(spec: &ServerSpec) -> Result<QueueResults> {
         jobs,
         submit_to_accepted: LatencyStats::from_seconds(&submits).context("no submits")?,
         step_to_event: LatencyStats::from_seconds(&delays).context("no step events")?,
+        submit_to_accepted_durable: LatencyStats::from_seconds(&durable_submits),
+        step_to_event_durable: LatencyStats::from_seconds(&durable_delays),
     };
     eprintln!(
-        "bench:   queue p50: submit → 202 {:.3} ms, step → SSE event {:.3} ms",
-        results.submit_to_accepted.p50_ms, results.step_to_event.p50_ms
+        "bench:   queue p50: submit → 202 {:.3} ms, step → SSE event {:.3} ms (in memory); {:.3} ms, {:.3} ms (--data-dir)",
+        results.submit_to_accepted.p50_ms,
+        results.step_to_event.p50_ms,
+        results
+            .submit_to_accepted_durable
+            .as_ref()
+            .map_or(f64::NAN, |s| s.p50_ms),
+        results
+            .step_to_event_durable
+            .as_ref()
+            .map_or(f64::NAN, |s| s.p50_ms),
     );
     Ok(results)
+}
+
+/// One server (in memory, or on a job database in `data_dir`) through [`run_jobs`].
+async fn one_server(
+    spec: &ServerSpec,
+    generator: &Arc<dyn Generator>,
+    gate: &Semaphore,
+    finished: &Mutex<Vec<(u32, Instant)>>,
+    files_dir: std::path::PathBuf,
+    data_dir: Option<std::path::PathBuf>,
+) -> Result<(usize, Vec<f64>, Vec<f64>)> {
+    let server = start_server_with(Arc::clone(generator), 64, files_dir, data_dir).await?;
+    let base = server
+        .url
+        .strip_suffix(GENERATE_PATH)
+        .map(str::to_owned)
+        .context("the server URL");
+    // Whatever happens, the server's runtime is shut down outside async drop glue.
+    let measured = match base {
+        Ok(base) => run_jobs(spec, &base, gate, finished).await,
+        Err(error) => Err(error),
+    };
+    server.shutdown().await?;
+    measured
 }
 
 /// Submits and watches `spec.sequential_requests` jobs (after a warm-up): the submit times and

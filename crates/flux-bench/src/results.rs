@@ -247,6 +247,11 @@ pub struct QueueResults {
     pub submit_to_accepted: LatencyStats,
     /// From the generator's progress callback for a step to the client having that step's event.
     pub step_to_event: LatencyStats,
+    /// The same two with the job database (`--data-dir`, redb: the accept is an fsync'd commit).
+    #[serde(default)]
+    pub submit_to_accepted_durable: Option<LatencyStats>,
+    #[serde(default)]
+    pub step_to_event_durable: Option<LatencyStats>,
 }
 
 /// Resident memory over many sequential requests.

@@ -172,12 +172,23 @@ pub(super) async fn start_server(
     queue_depth: usize,
     files_dir: PathBuf,
 ) -> Result<RunningServer> {
+    start_server_with(generator, queue_depth, files_dir, None).await
+}
+
+/// As [`start_server`], with the job database in `data_dir` (`flux serve --data-dir`) when given.
+pub(super) async fn start_server_with(
+    generator: Arc<dyn Generator>,
+    queue_depth: usize,
+    files_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+) -> Result<RunningServer> {
     let config = ServerConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         api_keys: vec![API_KEY.to_owned()],
         rate_limit: None,
         queue_depth,
         files_dir,
+        data_dir,
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -104,6 +104,8 @@ fn synthetic_results() -> BenchResults {
             jobs: 2,
             submit_to_accepted: LatencyStats::from_seconds(&[0.000_25, 0.000_27]).expect("samples"),
             step_to_event: LatencyStats::from_seconds(&[0.000_4]).expect("samples"),
+            submit_to_accepted_durable: None,
+            step_to_event_durable: None,
         }),
         soak: None,
         step_profiles: vec![StepProfile {
@@ -162,7 +164,7 @@ fn renders_tables_targets_and_plot() -> Result<()> {
     assert!(text.contains("(../bench-results/latest.json)"), "{text}");
     assert!(text.contains("- a note"));
     assert!(
-        text.contains("| step → SSE event | 1 | 0.400 | 0.400 | 0.400 | 0.400 |"),
+        text.contains("| step → SSE event, in memory | 1 | 0.400 | 0.400 | 0.400 | 0.400 |"),
         "{text}"
     );
     assert!(
