@@ -14,6 +14,7 @@ mod memory;
 mod options;
 mod pipeline;
 mod python;
+mod queue;
 mod report;
 mod results;
 mod server;
@@ -168,6 +169,7 @@ fn run(args: &[String]) -> Result<()> {
         models: Vec::new(),
         pipeline: Vec::new(),
         server: None,
+        queue: None,
         soak: None,
         step_profiles: Vec::new(),
         gpu: GpuSection {
@@ -236,6 +238,9 @@ fn run(args: &[String]) -> Result<()> {
         if choice == ModelChoice::Tiny {
             if options.server {
                 results.server = Some(run_server(&plan, &options)?);
+            }
+            if options.queue {
+                results.queue = Some(run_queue(&plan, &options)?);
             }
             if options.soak {
                 results.soak = Some(run_soak(&plan, &options)?);
@@ -566,6 +571,12 @@ fn run_server(plan: &ModelPlan, options: &Options) -> Result<results::ServerResu
         results.overload.extend(overloads);
     }
     Ok(results)
+}
+
+fn run_queue(plan: &ModelPlan, options: &Options) -> Result<results::QueueResults> {
+    eprintln!("bench: queue API, submit → 202 and step → SSE event (tiny model)");
+    let spec = server::ServerSpec::new(plan.dir.clone(), options.threads, options.quick);
+    worker::spawn(&WorkerSpec::Queue(spec))
 }
 
 fn run_soak(plan: &ModelPlan, options: &Options) -> Result<results::SoakResults> {

@@ -31,6 +31,7 @@ options:
                      in .cache/bench/venv from tools/bench/requirements.txt)
   --no-pipeline      skip the pipeline timings (and the peers); server and memory runs only
   --no-server        skip the HTTP server benchmark
+  --no-queue         skip the queue API benchmark (submit → 202, step → SSE event)
   --no-soak          skip the memory-over-requests run
   --soak-requests N  sequential requests of the memory run (default 1000, --quick 100)
   --cuda             measure the GPU section (needs a CUDA device; refused where there is none)
@@ -68,6 +69,7 @@ pub(crate) struct Options {
     pub(crate) python: Option<PathBuf>,
     pub(crate) pipeline: bool,
     pub(crate) server: bool,
+    pub(crate) queue: bool,
     pub(crate) soak: bool,
     pub(crate) soak_requests: usize,
     pub(crate) cuda: bool,
@@ -85,6 +87,7 @@ impl Options {
         let mut python = None;
         let mut pipeline = true;
         let mut server = true;
+        let mut queue = true;
         let mut soak = true;
         let mut soak_requests = None;
         let mut cuda = false;
@@ -107,6 +110,7 @@ impl Options {
                 "--python" => python = Some(PathBuf::from(value("--python")?)),
                 "--no-pipeline" => pipeline = false,
                 "--no-server" => server = false,
+                "--no-queue" => queue = false,
                 "--no-soak" => soak = false,
                 "--soak-requests" => {
                     soak_requests = Some(parse_positive(
@@ -151,6 +155,7 @@ impl Options {
             python,
             pipeline,
             server,
+            queue,
             soak,
             soak_requests: soak_requests.unwrap_or(if quick { 100 } else { 1000 }),
             cuda,

@@ -44,6 +44,9 @@ pub struct BenchResults {
     /// One entry per implementation, model and image size.
     pub pipeline: Vec<PipelineEntry>,
     pub server: Option<ServerResults>,
+    /// The queue API's own costs (absent from runs before it was measured).
+    #[serde(default)]
+    pub queue: Option<QueueResults>,
     pub soak: Option<SoakResults>,
     /// One transformer step of each model split into attention, linear layers and the rest, in
     /// ONNX Runtime and in torch (with the peers only).
@@ -229,6 +232,26 @@ pub struct ServerResults {
     pub added_latency_sync_mode_paired_median_ms: f64,
     pub concurrency: Vec<ConcurrencyLevel>,
     pub overload: Vec<OverloadResults>,
+}
+
+/// The queue API on loopback: submit → 202, and a finished step → its SSE event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueResults {
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    /// Jobs measured (after the warm-up), one at a time.
+    pub jobs: usize,
+    /// From sending the submit to having its whole 202 answer, the queue idle.
+    pub submit_to_accepted: LatencyStats,
+    /// From the generator's progress callback for a step to the client having that step's event.
+    pub step_to_event: LatencyStats,
+    /// The same two with the job database (`--data-dir`, redb: the accept is an fsync'd commit).
+    #[serde(default)]
+    pub submit_to_accepted_durable: Option<LatencyStats>,
+    #[serde(default)]
+    pub step_to_event_durable: Option<LatencyStats>,
 }
 
 /// Resident memory over many sequential requests.

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::pipeline::session_config;
 use super::results::{ConcurrencyLevel, LatencyStats, OverloadResults, ServerResults};
 
-const API_KEY: &str = "flux-bench-key";
+/// At least `MIN_API_KEY_CHARS` (16) long, or the server refuses to start.
+pub(super) const API_KEY: &str = "flux-bench-key-0123456789";
 
 /// What the server benchmark sends and how much of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,26 +105,26 @@ async fn floods(
 }
 
 /// The benchmark's HTTP client: keep-alive connections for every concurrent client.
-fn bench_client() -> Result<reqwest::Client> {
+pub(super) fn bench_client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?)
 }
 
 /// The runtime of the benchmark's clients (and of the direct calls).
-fn client_runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn client_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting tokio")
 }
 
-fn bench_files_dir() -> PathBuf {
+pub(super) fn bench_files_dir() -> PathBuf {
     std::env::temp_dir().join(format!("flux-bench-files-{}", std::process::id()))
 }
 
 /// The tiny model behind a `LocalGenerator`, loaded off the async threads.
-async fn start_generator(spec: &ServerSpec) -> Result<Arc<dyn Generator>> {
+pub(super) async fn start_generator(spec: &ServerSpec) -> Result<Arc<dyn Generator>> {
     let options = LocalOptions {
         queue_capacity: 64,
         session: spec.session_config()?,
@@ -139,7 +140,7 @@ async fn start_generator(spec: &ServerSpec) -> Result<Arc<dyn Generator>> {
     Ok(Arc::new(local))
 }
 
-fn body(seed: usize, size: [u32; 2], steps: u32) -> String {
+pub(super) fn body(seed: usize, size: [u32; 2], steps: u32) -> String {
     body_with(seed, size, steps, false)
 }
 
@@ -158,18 +159,28 @@ fn body_with(seed: usize, size: [u32; 2], steps: u32, sync_mode: bool) -> String
 
 /// A running server on loopback, on a runtime of its own (as in `flux serve`), so that the
 /// benchmark's clients, like real ones, are not scheduled on the server's worker threads.
-struct RunningServer {
-    url: String,
+pub(super) struct RunningServer {
+    pub(super) url: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), flux_remote::RemoteError>>,
     state: flux_remote::AppState,
     runtime: tokio::runtime::Runtime,
 }
 
-async fn start_server(
+pub(super) async fn start_server(
     generator: Arc<dyn Generator>,
     queue_depth: usize,
     files_dir: PathBuf,
+) -> Result<RunningServer> {
+    start_server_with(generator, queue_depth, files_dir, None).await
+}
+
+/// As [`start_server`], with the job database in `data_dir` (`flux serve --data-dir`) when given.
+pub(super) async fn start_server_with(
+    generator: Arc<dyn Generator>,
+    queue_depth: usize,
+    files_dir: PathBuf,
+    data_dir: Option<PathBuf>,
 ) -> Result<RunningServer> {
     let config = ServerConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -177,6 +188,7 @@ async fn start_server(
         rate_limit: None,
         queue_depth,
         files_dir,
+        data_dir,
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -184,11 +196,19 @@ async fn start_server(
         .enable_all()
         .build()
         .context("starting the server's runtime")?;
-    let server = runtime
-        .spawn(Server::bind(config, generator))
-        .await
-        .context("binding task")?
-        .context("binding the benchmark server")?;
+    let bound = runtime.spawn(Server::bind(config, generator)).await;
+    let server = match bound {
+        Ok(Ok(server)) => server,
+        failed => {
+            // Dropping a runtime blocks, which async code must not do: the error is reported.
+            runtime.shutdown_background();
+            return Err(match failed {
+                Ok(Err(error)) => anyhow::Error::new(error).context("binding the benchmark server"),
+                Err(error) => anyhow::Error::new(error).context("binding task"),
+                Ok(Ok(_)) => anyhow::anyhow!("unreachable"),
+            });
+        }
+    };
     let url = format!("http://{}{GENERATE_PATH}", server.local_addr()?);
     let state = server.state().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -205,7 +225,7 @@ async fn start_server(
 }
 
 impl RunningServer {
-    async fn shutdown(self) -> Result<()> {
+    pub(super) async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
         self.task.await.context("server task")?.context("server")?;
         // Dropping a runtime blocks, which async code must not do.

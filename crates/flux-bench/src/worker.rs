@@ -27,6 +27,8 @@ pub enum WorkerSpec {
     Server(ServerSpec),
     /// Only the 429 floods (run again at another compute priority).
     Overload(ServerSpec),
+    /// The queue API: submit → 202, step → SSE event.
+    Queue(ServerSpec),
 }
 
 /// Entry point of `flux-bench worker <spec-json>` (the child side).
@@ -42,6 +44,7 @@ pub fn run(args: &[String]) -> Result<()> {
         WorkerSpec::Overload(spec) => {
             serde_json::to_string(&super::server::measure_overload(&spec)?)?
         }
+        WorkerSpec::Queue(spec) => serde_json::to_string(&super::queue::measure(&spec)?)?,
     };
     println!("{RESULT_PREFIX}{result}");
     Ok(())

@@ -189,6 +189,8 @@ mod tests {
         assert_eq!(parsed.queue_depth, defaults.queue_depth);
         assert_eq!(parsed.files_quota, defaults.files_quota);
         assert_eq!(parsed.files_dir, defaults.files_dir);
+        // The one difference: the library keeps jobs in memory, `flux serve` durably.
+        assert_eq!(parsed.data_dir, Some(flux_remote::default_data_dir()));
         assert_eq!(parsed.retention, defaults.retention);
         assert_eq!(parsed.request_timeout, defaults.request_timeout);
         assert_eq!(parsed.read_timeout, defaults.read_timeout);

@@ -67,8 +67,14 @@ pub struct ServeArgs {
     #[arg(long, env = "FLUX_QUEUE_DEPTH", value_name = "N", default_value_t = serve_defaults::queue_depth())]
     pub queue_depth: usize,
 
-    /// Folder for generated images (recreated if deleted). [default: <user data dir>/flux-rs/files,
-    /// e.g. ~/.local/share/flux-rs/files]
+    /// Folder for the job database (`flux-rs.redb`: job records, idempotency records, pending
+    /// webhooks): a server killed and restarted on the same folder finishes every job it accepted.
+    /// One server per folder. [default: <user data dir>/flux-rs, e.g. ~/.local/share/flux-rs]
+    #[arg(long, env = "FLUX_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Folder for generated images (recreated if deleted). [default: <data dir>/files, e.g.
+    /// ~/.local/share/flux-rs/files]
     #[arg(long, env = "FLUX_FILES_DIR", value_name = "DIR")]
     pub files_dir: Option<PathBuf>,
 
@@ -294,9 +300,15 @@ pub(crate) fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         },
         ..ServerConfig::default()
     };
-    if let Some(dir) = &args.files_dir {
-        config.files_dir = dir.clone();
-    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(flux_remote::default_data_dir);
+    config.files_dir = match &args.files_dir {
+        Some(dir) => dir.clone(),
+        None => data_dir.join("files"),
+    };
+    config.data_dir = Some(data_dir);
     config.webhooks.allow_private = args.webhook_allow_private;
     if let Some(path) = &args.webhook_secret_file {
         config.webhooks.secret = Some(

@@ -11,7 +11,7 @@ use crate::api_error::ApiErrorResponse;
 /// unauthenticated requests. Used to key rate limits and idempotency records. `Debug` shows no
 /// key material.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Caller([u8; 32]);
+pub(crate) struct Caller(pub(crate) [u8; 32]);
 
 impl Caller {
     /// The owner of the jobs this caller submits.

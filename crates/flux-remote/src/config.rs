@@ -46,6 +46,11 @@ pub struct ServerConfig {
     /// Where generated images are stored. Default `<user data dir>/flux-rs/files` (see
     /// [`default_files_dir`]); a folder deleted while the server runs is recreated.
     pub files_dir: PathBuf,
+    /// Where job records, idempotency records and the webhook outbox are kept durably (one redb
+    /// file, `flux-rs.redb`): a server killed and restarted on the same folder finishes every job
+    /// it accepted. Default `None`: in memory, lost with the process (library use, tests);
+    /// `flux serve` always gives one (default [`default_data_dir`]).
+    pub data_dir: Option<PathBuf>,
     /// Most bytes the stored images may take; past it the oldest images are deleted first to make
     /// room. Default `Some(10 GiB)`; `None` means no quota (only the retention bounds the folder).
     pub files_quota: Option<u64>,
@@ -90,6 +95,7 @@ impl Default for ServerConfig {
             rate_limit: Some(RateLimit::default()),
             queue_depth: 16,
             files_dir: default_files_dir(),
+            data_dir: None,
             files_quota: Some(DEFAULT_FILES_QUOTA_BYTES),
             file_durability: FileDurability::default(),
             public_url: None,
@@ -339,10 +345,15 @@ fn check_key_length(key: &str) -> Result<(), &'static str> {
 /// temp dir only when none of those is known: images are answers a client may still fetch, and
 /// temp dirs are cleaned behind a server's back.
 pub fn default_files_dir() -> PathBuf {
+    default_data_dir().join("files")
+}
+
+/// `<user data dir>/flux-rs` (as for [`default_files_dir`]): `flux serve`'s default
+/// `--data-dir`, which holds the job database and, unless `--files-dir` says otherwise, `files/`.
+pub fn default_data_dir() -> PathBuf {
     user_data_dir()
         .unwrap_or_else(std::env::temp_dir)
         .join("flux-rs")
-        .join("files")
 }
 
 fn user_data_dir() -> Option<PathBuf> {

@@ -32,6 +32,10 @@ pub enum RemoteError {
         source: std::io::Error,
     },
 
+    /// The data directory's job database could not be opened or read.
+    #[error("data directory {path}: {message}")]
+    DataDir { path: PathBuf, message: String },
+
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

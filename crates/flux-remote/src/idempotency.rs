@@ -1,11 +1,14 @@
 //! Idempotency records: per (caller, `Idempotency-Key`), the body digest and the final answer,
-//! kept for the retention window.
+//! kept for the retention window. With a durable store (`--data-dir`) each finished answer is
+//! written through to its [`IdempotencyLog`] and read back at start, so a retry after a restart
+//! still gets the original answer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
+use flux_service::{IdempotencyLog, IdempotencyRecord};
 
 use crate::auth::Caller;
 
@@ -97,18 +100,27 @@ pub(crate) enum Begin {
     Mismatch,
 }
 
-#[derive(Debug)]
 pub(crate) struct IdempotencyStore {
     records: Mutex<Records>,
     retention: Duration,
     max_stored_bytes: usize,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for IdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyStore")
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
 struct Records {
     by_key: HashMap<RecordKey, Record>,
     /// Sum of `record_cost` over the finished records.
     stored_bytes: usize,
+    /// Where finished records survive a restart, when the server has a data folder.
+    log: Option<Arc<dyn IdempotencyLog>>,
 }
 
 impl Records {
@@ -119,6 +131,11 @@ impl Records {
         }) = self.by_key.remove(key)
         {
             self.stored_bytes = self.stored_bytes.saturating_sub(record_cost(key, &body));
+            if let Some(log) = &self.log
+                && let Err(error) = log.remove(&key.0.0, &key.1)
+            {
+                tracing::error!(%error, "cannot forget a stored idempotency record");
+            }
         }
     }
 
@@ -152,6 +169,50 @@ impl IdempotencyStore {
             retention,
             max_stored_bytes,
         })
+    }
+
+    /// A store whose finished records are kept in `log`: those it holds are read back now
+    /// (expired ones are forgotten).
+    pub(crate) fn durable(retention: Duration, log: Arc<dyn IdempotencyLog>) -> Arc<Self> {
+        let store = Self::new(retention);
+        let stored = match log.all() {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the stored idempotency records");
+                Vec::new()
+            }
+        };
+        {
+            let mut records = store.lock();
+            records.log = Some(Arc::clone(&log));
+            let now = Instant::now();
+            for record in stored {
+                let age = SystemTime::now()
+                    .duration_since(record.files_written_at)
+                    .unwrap_or_default();
+                let key = (Caller(record.caller), record.key);
+                let cost = record_cost(&key, &record.body);
+                records.by_key.insert(
+                    key.clone(),
+                    Record {
+                        body_digest: record.body_digest,
+                        state: State::Done {
+                            body: record.body,
+                            stored_at: FilesWrittenFrom {
+                                monotonic: now.checked_sub(age).unwrap_or(now),
+                                wall: record.files_written_at,
+                            },
+                        },
+                    },
+                );
+                records.stored_bytes += cost;
+                if records.by_key[&key].state.is_expired(retention) {
+                    records.remove(&key);
+                }
+            }
+            while records.stored_bytes > store.max_stored_bytes && records.evict_oldest() {}
+        }
+        store
     }
 
     fn lock(&self) -> MutexGuard<'_, Records> {
@@ -235,6 +296,23 @@ impl Reservation {
         if let Some(key) = self.key.take() {
             let cost = record_cost(&key, &body);
             let mut records = self.store.lock();
+            let Some(body_digest) = records.by_key.get(&key).map(|record| record.body_digest)
+            else {
+                return;
+            };
+            if let Some(log) = &records.log {
+                let stored = IdempotencyRecord {
+                    caller: key.0.0,
+                    key: key.1.clone(),
+                    body_digest,
+                    body: body.clone(),
+                    files_written_at: files_written_from.wall,
+                };
+                if let Err(error) = log.put(&stored) {
+                    // Still answered from memory until a restart.
+                    tracing::error!(%error, "cannot store an idempotency record durably");
+                }
+            }
             let Some(record) = records.by_key.get_mut(&key) else {
                 return;
             };
@@ -299,6 +377,50 @@ mod tests {
             store.begin(caller, "k".into(), [3; 32]),
             Begin::Mismatch
         ));
+    }
+
+    #[test]
+    fn finished_records_survive_a_reopen_of_their_durable_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Duration::from_secs(60);
+        {
+            let log = flux_service::RedbStore::open(dir.path()).unwrap();
+            let store = IdempotencyStore::durable(retention, log);
+            let Begin::Fresh(kept) = store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) else {
+                panic!("fresh");
+            };
+            kept.complete(Bytes::from_static(b"{\"a\":1}"), FilesWrittenFrom::now());
+            let Begin::Fresh(old) = store.begin(Caller::ANONYMOUS, "old".into(), [2; 32]) else {
+                panic!("fresh");
+            };
+            // Its files are older than the retention by the wall clock: gone after the reopen.
+            old.complete(
+                Bytes::from_static(b"{}"),
+                FilesWrittenFrom {
+                    monotonic: Instant::now(),
+                    wall: SystemTime::now() - 2 * retention,
+                },
+            );
+            let Begin::Fresh(_running) = store.begin(Caller::ANONYMOUS, "run".into(), [3; 32])
+            else {
+                panic!("fresh");
+            };
+        }
+        let log = flux_service::RedbStore::open(dir.path()).unwrap();
+        let store = IdempotencyStore::durable(retention, log.clone());
+        match store.begin(Caller::ANONYMOUS, "k".into(), [1; 32]) {
+            Begin::Replay(body) => assert_eq!(&body[..], b"{\"a\":1}"),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        assert!(matches!(
+            store.begin(Caller::ANONYMOUS, "k".into(), [9; 32]),
+            Begin::Mismatch
+        ));
+        assert!(matches!(
+            store.begin(Caller::ANONYMOUS, "old".into(), [2; 32]),
+            Begin::Fresh(_)
+        ));
+        assert_eq!(flux_service::IdempotencyLog::all(&*log).unwrap().len(), 1);
     }
 
     #[test]

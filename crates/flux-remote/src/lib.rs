@@ -53,6 +53,8 @@ mod routes;
 mod server;
 #[cfg(feature = "server")]
 mod serving;
+#[cfg(feature = "server")]
+mod stores;
 mod webhook_sig;
 #[cfg(feature = "server")]
 mod webhooks;
@@ -64,7 +66,8 @@ pub use client::{FluxClient, FluxClientBuilder};
 #[cfg(feature = "server")]
 pub use config::{
     DEFAULT_FILES_QUOTA_BYTES, DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_DEPTH, MIN_API_KEY_CHARS,
-    RateLimit, ServerConfig, WebhookConfig, default_files_dir, load_api_keys, load_webhook_secret,
+    RateLimit, ServerConfig, WebhookConfig, default_data_dir, default_files_dir, load_api_keys,
+    load_webhook_secret,
 };
 pub use error::{ClientError, RemoteError};
 #[cfg(feature = "server")]

@@ -13,8 +13,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use flux_service::{
-    FinishHook, GenerationService, JobId, JobResult, MemoryJobStore, Owner, ServiceConfig,
-    ServiceError, Submission,
+    FinishHook, GenerationService, JobId, JobResult, Owner, ServiceConfig, ServiceError, Submission,
 };
 use flux_types::{ErrorCode, Generator, ValidRequest, parse_request};
 
@@ -33,6 +32,7 @@ use crate::rate_limit::RateLimiterByKey;
 use crate::results::FileResults;
 use crate::routes::QUEUE_PATH;
 use crate::routes::{FILES_PATH, GENERATE_PATH};
+use crate::stores::Stores;
 use crate::webhooks::{Deliverer, webhook_body};
 
 /// The committed OpenAPI document, served as is.
@@ -99,19 +99,17 @@ impl AppState {
             metrics: Arc::clone(&metrics),
             public_base_url: public_base_url.clone(),
         });
+        let stores = Stores::open(config)?;
         let service = GenerationService::new(
             Arc::clone(&generator),
             results,
-            Arc::new(MemoryJobStore::default()),
+            stores.jobs,
             ServiceConfig {
                 capacity: config.queue_depth,
                 retention: config.retention,
             },
         );
-        let webhooks = Deliverer::new(
-            Arc::new(flux_service::MemoryOutbox::default()),
-            config.webhooks.clone(),
-        );
+        let webhooks = Deliverer::new(stores.outbox, config.webhooks.clone());
         {
             let webhooks = Arc::clone(&webhooks);
             let metrics = Arc::clone(&metrics);
@@ -127,6 +125,18 @@ impl AppState {
                 }
             }));
         }
+        if let Some(dir) = &config.data_dir {
+            // After the completion listener, so that a recovered job's end queues its webhook.
+            let recovered = service
+                .recover(Some(config.request_timeout))
+                .map_err(|error| RemoteError::DataDir {
+                    path: dir.clone(),
+                    message: error.to_string(),
+                })?;
+            if recovered > 0 {
+                tracing::info!(recovered, data_dir = %dir.display(), "jobs accepted before a restart queued again");
+            }
+        }
         Ok(AppState {
             inner: Arc::new(Shared {
                 generator,
@@ -137,7 +147,10 @@ impl AppState {
                 service,
                 queue_depth: config.queue_depth,
                 files,
-                idempotency: IdempotencyStore::new(config.retention),
+                idempotency: match stores.idempotency {
+                    Some(log) => IdempotencyStore::durable(config.retention, log),
+                    None => IdempotencyStore::new(config.retention),
+                },
                 metrics,
                 public_base_url,
                 request_timeout: config.request_timeout,

@@ -6,22 +6,28 @@
 //! a wait, the queue routes are submit, status, events, result and cancel. Job records live
 //! behind [`JobStore`] and results are made durable by a [`ResultStore`], so another deployment
 //! (NATS, S3) can replace the one-machine implementations without touching the handlers.
+//! [`RedbStore`] is the durable one-machine store (job records, webhook outbox, idempotency
+//! records); [`GenerationService::recover`] queues again, after a restart, what it had accepted.
 
 mod clock;
 mod error;
 mod events;
+mod idempotency;
 mod job;
 mod outbox;
 mod queue_eta;
+mod redb_store;
 mod service;
 mod store;
 
 pub use clock::rfc3339_millis;
 pub use error::ServiceError;
 pub use events::JobEvents;
+pub use idempotency::{IdempotencyLog, IdempotencyRecord};
 pub use job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
 pub use outbox::{MemoryOutbox, Outbox, WebhookDelivery};
 pub use queue_eta::{Place, QueueClock};
+pub use redb_store::{DATABASE_FILE, RedbStore};
 pub use service::{
     Cancelled, CompletionListener, FinishHook, GenerationService, ResultStore, ServiceConfig,
     Submission, Submitted,

@@ -22,6 +22,8 @@ use crate::store::{JobRecord, JobStore};
 
 /// Events a slow status-stream reader may fall behind by before it re-reads the current status.
 const EVENT_BUFFER: usize = 256;
+/// How often a job queued again after a restart looks whether the generator is ready.
+const READY_POLL: Duration = Duration::from_millis(20);
 
 /// Turns a finished generation into a stored result (files written, body serialized).
 pub trait ResultStore: Send + Sync + 'static {
@@ -128,8 +130,9 @@ struct LiveJob {
     abort: Option<AbortHandle>,
     seq: u64,
     keep_record: bool,
-    /// The job's admission place: freed when the job completes, cancelled ones at once.
-    _place: Place,
+    /// The job's admission place: freed when the job completes, cancelled ones at once. `None`
+    /// only for a job queued again after a restart beyond the bound, until a place frees.
+    place: Option<Place>,
 }
 
 impl Live {
@@ -214,52 +217,21 @@ impl GenerationService {
         } = submission;
         let request = request.with_drawn_seed();
         let seed = request.seed().unwrap_or_default();
-        let id = JobId::random();
-        let (queue_position, events) = {
-            let mut live = self.live();
-            self.inner.jobs.put(JobRecord {
-                id: id.clone(),
-                owner,
-                model,
-                request: request.clone(),
-                state: JobState::Queued,
-                logs: vec![log_line("accepted")],
-                webhook,
-                submitted_at: SystemTime::now(),
-                completed_at: None,
-            })?;
-            let seq = live.next_seq;
-            live.next_seq += 1;
-            live.queued.insert(seq, id.clone());
-            let (sender, receiver) = broadcast::channel(EVENT_BUFFER);
-            live.jobs.insert(
-                id.clone(),
-                LiveJob {
-                    events: sender,
-                    abort: None,
-                    seq,
-                    keep_record,
-                    _place: place,
-                },
-            );
-            let events = JobEvents {
-                service: self.clone(),
-                owner,
-                id: id.clone(),
-                first: None,
-                receiver: Some(receiver),
-                done: false,
-            };
-            (live.queued.len() as u32 - 1, events)
+        let record = JobRecord {
+            id: JobId::random(),
+            owner,
+            model,
+            request,
+            state: JobState::Queued,
+            logs: vec![log_line("accepted")],
+            webhook,
+            submitted_at: SystemTime::now(),
+            completed_at: None,
+            keep_record,
         };
-        let task = tokio::spawn(
-            self.clone()
-                .run(id.clone(), request, deadline, on_finish)
-                .instrument(tracing::Span::current()),
-        );
-        if let Some(job) = self.live().jobs.get_mut(&id) {
-            job.abort = Some(task.abort_handle());
-        }
+        let id = record.id.clone();
+        let (queue_position, events) = self.enqueue(record, Some(place), true)?;
+        self.spawn_run(&id, deadline, on_finish, false);
         Ok(Submitted {
             id,
             queue_position,
@@ -268,13 +240,141 @@ impl GenerationService {
         })
     }
 
+    /// Puts a job in the live table and its record in the store (when `store`): it is queued.
+    fn enqueue(
+        &self,
+        record: JobRecord,
+        place: Option<Place>,
+        store: bool,
+    ) -> Result<(u32, JobEvents), ServiceError> {
+        let mut live = self.live();
+        let (id, owner, keep_record) = (record.id.clone(), record.owner, record.keep_record);
+        if store {
+            self.inner.jobs.put(record)?;
+        }
+        let seq = live.next_seq;
+        live.next_seq += 1;
+        live.queued.insert(seq, id.clone());
+        let (sender, receiver) = broadcast::channel(EVENT_BUFFER);
+        live.jobs.insert(
+            id.clone(),
+            LiveJob {
+                events: sender,
+                abort: None,
+                seq,
+                keep_record,
+                place,
+            },
+        );
+        let events = JobEvents {
+            service: self.clone(),
+            owner,
+            id,
+            first: None,
+            receiver: Some(receiver),
+            done: false,
+        };
+        Ok((live.queued.len() as u32 - 1, events))
+    }
+
+    fn spawn_run(
+        &self,
+        id: &JobId,
+        deadline: Option<Duration>,
+        on_finish: Option<FinishHook>,
+        recovered: bool,
+    ) {
+        let task = tokio::spawn(
+            self.clone()
+                .run(id.clone(), deadline, on_finish, recovered)
+                .instrument(tracing::Span::current()),
+        );
+        if let Some(job) = self.live().jobs.get_mut(id) {
+            job.abort = Some(task.abort_handle());
+        }
+    }
+
+    /// After a restart on a durable store: every queue job the store holds unfinished (queued, or
+    /// running when the process died) is queued again, in submit order, with its stored request
+    /// (seed included, so it gives the same images). Sync jobs found unfinished are dropped (their
+    /// callers went away with the old process). The jobs start once the generator is ready; those
+    /// beyond the admission bound wait for a place. Returns how many were queued again.
+    pub fn recover(&self, deadline: Option<Duration>) -> Result<usize, ServiceError> {
+        let mut unfinished = self.inner.jobs.unfinished()?;
+        unfinished.sort_by_key(|record| record.submitted_at);
+        let mut recovered = 0;
+        for mut record in unfinished {
+            if !record.keep_record {
+                self.inner.jobs.remove(&record.id)?;
+                continue;
+            }
+            let id = record.id.clone();
+            let was = match record.state {
+                JobState::Running(_) => "running",
+                _ => "queued",
+            };
+            let line = log_line(format!("queued again after a restart (it was {was})"));
+            let updated = self.inner.jobs.update(&id, &mut |stored| {
+                stored.state = JobState::Queued;
+                stored.logs.push(line.clone());
+            })?;
+            let Some(updated) = updated else { continue };
+            record = updated;
+            let place = Arc::clone(&self.inner.admission)
+                .try_acquire_owned()
+                .ok()
+                .map(|permit| self.inner.clock.admit(permit));
+            self.enqueue(record, place, false)?;
+            self.spawn_run(&id, deadline, None, true);
+            tracing::info!(job = %id, was, "job queued again after a restart");
+            recovered += 1;
+        }
+        Ok(recovered)
+    }
+
+    /// A recovered job waits for the generator to be ready and, if it came beyond the admission
+    /// bound, for a place. `false` when it ended meanwhile (cancelled).
+    async fn wait_to_start(&self, id: &JobId) -> bool {
+        while !self.inner.generator.is_ready() {
+            tokio::time::sleep(READY_POLL).await;
+        }
+        let has_place = match self.live().jobs.get(id) {
+            Some(job) => job.place.is_some(),
+            None => return false,
+        };
+        if !has_place {
+            let Ok(permit) = Arc::clone(&self.inner.admission).acquire_owned().await else {
+                return false;
+            };
+            let place = self.inner.clock.admit(permit);
+            match self.live().jobs.get_mut(id) {
+                Some(job) => job.place = Some(place),
+                None => return false,
+            }
+        }
+        true
+    }
+
     async fn run(
         self,
         id: JobId,
-        request: ValidRequest,
         deadline: Option<Duration>,
         on_finish: Option<FinishHook>,
+        recovered: bool,
     ) {
+        if recovered && !self.wait_to_start(&id).await {
+            return;
+        }
+        let request = match self.inner.jobs.get(&id) {
+            Ok(Some(record)) if !record.state.is_terminal() => record.request,
+            // Cancelled before it started.
+            Ok(_) => return,
+            Err(error) => {
+                tracing::error!(%error, job = %id, "cannot read a job to run");
+                self.complete(&id, JobResult::Failed(JobFailure::Storage));
+                return;
+            }
+        };
         let progress: ProgressFn = {
             let service = self.clone();
             let id = id.clone();

@@ -1,5 +1,5 @@
-//! Job records behind a trait: the one-machine store is a map in memory; another deployment
-//! (a NATS key-value bucket, a database) implements the same calls.
+//! Job records behind a trait: a map in memory ([`MemoryJobStore`]), the durable one-machine
+//! store (`redb_store`), or another deployment's (a NATS key-value bucket) behind the same calls.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,6 +25,10 @@ pub struct JobRecord {
     pub webhook: Option<String>,
     pub submitted_at: SystemTime,
     pub completed_at: Option<SystemTime>,
+    /// Whether the record outlives the job's end (queue jobs). A sync job's record is forgotten
+    /// once its waiter has the result, and one found unfinished after a restart is dropped: its
+    /// caller went away with the old process.
+    pub keep_record: bool,
 }
 
 /// Where job records live. Calls are short and synchronous (a lock, a local write).
@@ -41,6 +45,8 @@ pub trait JobStore: Send + Sync + 'static {
     fn remove(&self, id: &JobId) -> Result<(), ServiceError>;
     /// Removes records completed more than `retention` ago; returns how many.
     fn expire(&self, retention: Duration, now: SystemTime) -> Result<usize, ServiceError>;
+    /// Every record not yet completed (queued or running), for the restart of a durable store.
+    fn unfinished(&self) -> Result<Vec<JobRecord>, ServiceError>;
 }
 
 /// Records in memory: lost with the process.
@@ -93,5 +99,14 @@ impl JobStore for MemoryJobStore {
             None => true,
         });
         Ok(before - records.len())
+    }
+
+    fn unfinished(&self) -> Result<Vec<JobRecord>, ServiceError> {
+        Ok(self
+            .lock()
+            .values()
+            .filter(|record| !record.state.is_terminal())
+            .cloned()
+            .collect())
     }
 }

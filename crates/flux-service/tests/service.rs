@@ -1,5 +1,6 @@
-//! The service alone (no HTTP): one admission bound, seeds drawn at submit, the event order, and
-//! cancel races (every job ends with exactly one outcome).
+//! The service alone (no HTTP): one admission bound, seeds drawn at submit, the event order,
+//! cancel races (every job ends with exactly one outcome), and the durable redb store across a
+//! reopen (jobs queued again with their seeds, outbox, idempotency records, expiry).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -7,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use flux_service::{
-    GenerationService, JobFailure, JobResult, JobState, MemoryJobStore, Owner, ResultStore,
-    ServiceConfig, ServiceError, StoredResult, Submission,
+    GenerationService, IdempotencyLog, IdempotencyRecord, JobFailure, JobResult, JobState,
+    JobStore, MemoryJobStore, Outbox, Owner, RedbStore, ResultStore, ServiceConfig, ServiceError,
+    StoredResult, Submission, WebhookDelivery,
 };
 use flux_types::{
     BoxFuture, GenerateRequest, Generation, GenerationTimings, Generator, GeneratorError, Outcome,
@@ -177,4 +179,161 @@ async fn submit_and_cancel_races_end_every_job_exactly_once() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(generator.finished.load(Ordering::SeqCst) >= succeeded);
     assert_eq!(service.in_flight(), 0);
+}
+
+/// Never finishes (a process killed mid-job); its first call reports a step, so that job is
+/// running and the others are still queued.
+#[derive(Debug, Default)]
+struct Stuck {
+    calls: AtomicUsize,
+}
+
+impl Generator for Stuck {
+    fn generate(
+        &self,
+        request: ValidRequest,
+        progress: Option<ProgressFn>,
+    ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        Box::pin(async move {
+            if let Some(progress) = progress.filter(|_| first) {
+                progress(Progress {
+                    step: 1,
+                    total_steps: request.num_inference_steps(),
+                });
+            }
+            std::future::pending().await
+        })
+    }
+
+    fn describe(&self) -> String {
+        "stuck".to_owned()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_reopened_durable_store_runs_what_was_accepted_with_the_same_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |capacity| ServiceConfig {
+        capacity,
+        retention: Duration::from_secs(60),
+    };
+    // The first process: one job running, one queued (seeds drawn), a sync one; then it dies
+    // (runtime, service and store dropped with the jobs unfinished).
+    let (accepted, sync_id) = {
+        let rt = runtime();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let service = GenerationService::new(
+            Arc::new(Stuck::default()),
+            Arc::new(SeedResults),
+            store,
+            config(3),
+        );
+        rt.block_on(async {
+            let running = service.submit(submission(3)).unwrap();
+            let queued = service.submit(submission(3)).unwrap();
+            let mut sync = submission(3);
+            sync.keep_record = false;
+            let sync = service.submit(sync).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(matches!(
+                service.status(&running.id, OWNER).unwrap().state,
+                JobState::Running(_)
+            ));
+            assert!(matches!(
+                service.status(&queued.id, OWNER).unwrap().state,
+                JobState::Queued
+            ));
+            (
+                vec![(running.id, running.seed), (queued.id, queued.seed)],
+                sync.id,
+            )
+        })
+    };
+    // The restart, with a bound of 1 (the second job waits for a place) and a generator that
+    // finishes.
+    let rt = runtime();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let service = GenerationService::new(
+        Arc::new(Steps::default()),
+        Arc::new(SeedResults),
+        store.clone(),
+        config(1),
+    );
+    rt.block_on(async {
+        assert_eq!(service.recover(None).unwrap(), 2);
+        // The sync job's caller went away with the old process: it is dropped.
+        assert!(matches!(
+            service.status(&sync_id, OWNER),
+            Err(ServiceError::NotFound)
+        ));
+        for (id, seed) in &accepted {
+            match service.wait(id, OWNER).await.unwrap() {
+                JobResult::Succeeded(stored) => assert_eq!(stored.body, seed.to_string()),
+                other => panic!("{other:?}"),
+            }
+            let logs = service.record(id, OWNER).unwrap().logs;
+            assert!(
+                logs.iter()
+                    .any(|line| line.message.starts_with("queued again after a restart")),
+                "{logs:?}"
+            );
+        }
+        service.wait_idle().await;
+    });
+    drop(service);
+    drop(rt);
+    assert!(store.unfinished().unwrap().is_empty());
+    // Retention still applies to what a restart brought back.
+    assert_eq!(
+        store
+            .expire(Duration::from_secs(60), SystemTime::now())
+            .unwrap(),
+        0
+    );
+    let later = SystemTime::now() + Duration::from_secs(61);
+    assert_eq!(store.expire(Duration::from_secs(60), later).unwrap(), 2);
+}
+
+#[test]
+fn the_outbox_and_idempotency_records_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = WebhookDelivery::new(
+        "0123456789abcdef0123456789abcdef".to_owned(),
+        "http://127.0.0.1:9/hook".to_owned(),
+        r#"{"status":"OK"}"#.into(),
+    );
+    let record = IdempotencyRecord {
+        caller: [3; 32],
+        key: "queue\0k".to_owned(),
+        body_digest: [4; 32],
+        body: r#"{"request_id":"x"}"#.into(),
+        files_written_at: SystemTime::now(),
+    };
+    {
+        let store = RedbStore::open(dir.path()).unwrap();
+        Outbox::put(&*store, delivery.clone()).unwrap();
+        IdempotencyLog::put(&*store, &record).unwrap();
+        // A second server on the same folder is refused while this one holds it.
+        let refused = RedbStore::open(dir.path()).unwrap_err().to_string();
+        assert!(refused.contains("in use"), "{refused}");
+    }
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.due(SystemTime::now()).unwrap(),
+        vec![delivery.clone()]
+    );
+    assert_eq!(store.next_due().unwrap(), Some(delivery.next_attempt_at));
+    assert_eq!(store.all().unwrap(), vec![record.clone()]);
+    Outbox::remove(&*store, &delivery.id).unwrap();
+    IdempotencyLog::remove(&*store, &record.caller, &record.key).unwrap();
+    assert!(store.due(SystemTime::now()).unwrap().is_empty());
+    assert!(store.all().unwrap().is_empty());
 }

@@ -14,7 +14,9 @@ mod sections;
 mod tests;
 
 use self::plot::draw_plot;
-use self::sections::{memory_table, pipeline_tables, server_section, soak_section, step_profiles};
+use self::sections::{
+    memory_table, pipeline_tables, queue_section, server_section, soak_section, step_profiles,
+};
 
 /// File name of the plot, written beside the Markdown file.
 pub const PLOT_FILE: &str = "benchmarks-time-vs-tokens.png";
@@ -181,6 +183,7 @@ fn markdown(results: &BenchResults, source: &Path, docs: &Path, plot_note: Optio
     }
     memory_table(&mut out, results);
     server_section(&mut out, results);
+    queue_section(&mut out, results);
     soak_section(&mut out, results);
     let _ = writeln!(out, "## GPU\n\n{}\n", results.gpu.note);
     if !results.notes.is_empty() {

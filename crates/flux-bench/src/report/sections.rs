@@ -339,6 +339,47 @@ pub(super) fn server_section(out: &mut String, results: &BenchResults) {
     let _ = writeln!(out);
 }
 
+pub(super) fn queue_section(out: &mut String, results: &BenchResults) {
+    let Some(queue) = &results.queue else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "## Queue API\n\nThe {} model behind flux-remote's server on loopback, {} jobs one at a time \
+         ({}×{}, {} steps, JPEG files), after a warm-up. Submit → 202: from sending `POST \
+         /api/v1/queue/flux/dev` to having the whole 202 answer, the queue idle (validation, admission, the \
+         job record, the answer). Step → SSE event: from the generator's progress callback for a finished \
+         denoising step to the client (flux-remote's `FluxClient::stream`) having that step's event; \
+         each job waits at the generator until its stream is open, so every step's event is live. \
+         In memory: `ServerConfig::data_dir` `None` (the library's default); `--data-dir`: the job \
+         database `flux serve` uses by default (an accept is an fsync'd redb commit, a step's \
+         progress a commit without fsync).\n\n\
+         | measure | samples | p50 ms | p99 ms | mean ms | max ms |\n|---|---:|---:|---:|---:|---:|",
+        queue.model, queue.jobs, queue.width, queue.height, queue.steps
+    );
+    let rows = [
+        ("submit → 202, in memory", Some(&queue.submit_to_accepted)),
+        ("step → SSE event, in memory", Some(&queue.step_to_event)),
+        (
+            "submit → 202, `--data-dir` (redb)",
+            queue.submit_to_accepted_durable.as_ref(),
+        ),
+        (
+            "step → SSE event, `--data-dir` (redb)",
+            queue.step_to_event_durable.as_ref(),
+        ),
+    ];
+    for (label, stats) in rows {
+        let Some(stats) = stats else { continue };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            stats.count, stats.p50_ms, stats.p99_ms, stats.mean_ms, stats.max_ms
+        );
+    }
+    let _ = writeln!(out);
+}
+
 pub(super) fn soak_section(out: &mut String, results: &BenchResults) {
     let Some(soak) = &results.soak else {
         return;

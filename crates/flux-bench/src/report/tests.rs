@@ -1,6 +1,7 @@
 //! The report's number formats, tables and plot on synthetic results.
 
 use super::*;
+use crate::results::{LatencyStats, QueueResults};
 
 #[test]
 fn number_formats() {
@@ -95,6 +96,17 @@ fn synthetic_results() -> BenchResults {
         })
         .collect(),
         server: None,
+        queue: Some(QueueResults {
+            model: "tiny".to_owned(),
+            width: 64,
+            height: 64,
+            steps: 4,
+            jobs: 2,
+            submit_to_accepted: LatencyStats::from_seconds(&[0.000_25, 0.000_27]).expect("samples"),
+            step_to_event: LatencyStats::from_seconds(&[0.000_4]).expect("samples"),
+            submit_to_accepted_durable: None,
+            step_to_event_durable: None,
+        }),
         soak: None,
         step_profiles: vec![StepProfile {
             model: "medium".to_owned(),
@@ -151,6 +163,10 @@ fn renders_tables_targets_and_plot() -> Result<()> {
     assert!(text.contains("least 3.00× over 2 runs | met |"), "{text}");
     assert!(text.contains("(../bench-results/latest.json)"), "{text}");
     assert!(text.contains("- a note"));
+    assert!(
+        text.contains("| step → SSE event, in memory | 1 | 0.400 | 0.400 | 0.400 | 0.400 |"),
+        "{text}"
+    );
     assert!(
         text.contains(
             "| medium | 512×512 | 1024 + 128 | ONNX Runtime | 300.0 | 150.0 (50 %) | 100.0 | 50.0 |"

@@ -40,6 +40,9 @@ fn flux() -> Command {
     ] {
         command.env_remove(name);
     }
+    // Each test's server keeps its job database in the test's own folder, never in the user's
+    // data dir (shared, and locked by whichever server has it open).
+    command.env("FLUX_DATA_DIR", "data");
     command
 }
 
@@ -421,14 +424,16 @@ fn thread_policies(pid: u32) -> anyhow::Result<Vec<(String, u32)>> {
 }
 
 /// A running `flux serve`; killed on drop if a test fails half way.
-struct ServeProcess {
-    child: Child,
-    base_url: String,
+pub(crate) struct ServeProcess {
+    pub(crate) child: Child,
+    pub(crate) base_url: String,
     stderr: mpsc::Receiver<String>,
 }
 
 impl ServeProcess {
-    fn start(cwd: &Path, args: &[&str]) -> anyhow::Result<Self> {
+    /// `flux serve` in `cwd` (files in `cwd/files`, the job database in `cwd/data`) with `args`,
+    /// once it has printed its address and then its ready line.
+    pub(crate) fn start(cwd: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = flux()
             .args(["serve", "--listen", "127.0.0.1:0", "--files-dir", "files"])
             .args(args)
@@ -483,7 +488,7 @@ impl ServeProcess {
         Ok(process)
     }
 
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         self.stderr
             .recv_timeout(Duration::from_secs(5))
             .unwrap_or_default()

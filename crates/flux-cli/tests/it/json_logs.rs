@@ -18,6 +18,8 @@ fn json_logs_go_to_stderr_and_honour_rust_log_debug() -> anyhow::Result<()> {
             "127.0.0.1:0",
             "--files-dir",
             "files",
+            "--data-dir",
+            "data",
             "--allow-unauthenticated",
             "--json-logs",
             // A remote backend: nothing to load, the server is ready at once.

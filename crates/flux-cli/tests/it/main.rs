@@ -4,4 +4,5 @@ mod cli;
 mod json_logs;
 mod memory;
 mod model_build;
+mod restart;
 mod serve_queue;

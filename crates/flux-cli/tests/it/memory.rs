@@ -47,7 +47,15 @@ impl Server {
             command.env_remove(name);
         }
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--files-dir", "files"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--files-dir",
+                "files",
+                "--data-dir",
+                "data",
+            ])
             .arg("--allow-unauthenticated");
         if let Some(limit) = memory_limit {
             command.args(["--memory-limit", limit]);

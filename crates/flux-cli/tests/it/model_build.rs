@@ -257,6 +257,8 @@ fn serve_on_a_diffusers_folder_answers_a_generation() -> anyhow::Result<()> {
             "--files-dir",
         ])
         .arg(work.path().join("files"))
+        .arg("--data-dir")
+        .arg(work.path().join("data"))
         .arg("--model")
         .arg(&model)
         .stdout(Stdio::piped())

@@ -63,6 +63,8 @@ fn flux_serve_answers_the_queue_api_and_signs_its_webhooks() -> anyhow::Result<(
             "127.0.0.1:0",
             "--files-dir",
             "files",
+            "--data-dir",
+            "data",
             "--api-key-file",
             "keys",
             "--webhook-secret-file",

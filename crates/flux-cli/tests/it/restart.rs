@@ -1,0 +1,309 @@
+//! Durable on one machine: a real `flux serve --data-dir` holding a completed job (with an
+//! Idempotency-Key and a webhook its receiver keeps refusing), a running one and a queued one is
+//! killed with SIGKILL and started again on the same folder. Every job finishes with the images an
+//! uninterrupted run gives, the completed result is still served, the Idempotency-Key replay
+//! answers the original job, every status URL handed out answers (on the new port), and the
+//! webhook arrives with its original `webhook-id`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, ensure};
+use flux_remote::{FluxClient, verify_webhook};
+use flux_types::{GenerateRequest, GenerateResponse, ImageSize, QueueState};
+
+use crate::cli::ServeProcess;
+
+const KEY: &str = "restart-test-key-000001";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The size and steps of the jobs caught running and queued: long enough that the running one is
+/// seen in progress before it ends.
+const BIG: (u32, u32) = (512, 512);
+const BIG_STEPS: u32 = 40;
+
+/// One webhook attempt as the receiver saw it.
+struct Attempt {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    accepted: bool,
+}
+
+impl Attempt {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A webhook receiver on loopback that answers 500 until `accept` is set, then 200; every attempt
+/// goes to the channel.
+fn webhook_receiver() -> anyhow::Result<(String, Arc<AtomicBool>, mpsc::Receiver<Attempt>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let accept = Arc::new(AtomicBool::new(false));
+    let (sender, receiver) = mpsc::channel();
+    let accepting = Arc::clone(&accept);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let accepted = accepting.load(Ordering::SeqCst);
+            if let Ok((headers, body)) = read_post(stream, accepted)
+                && sender
+                    .send(Attempt {
+                        headers,
+                        body,
+                        accepted,
+                    })
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok((url, accept, receiver))
+}
+
+type Headers = Vec<(String, String)>;
+
+fn read_post(mut stream: std::net::TcpStream, accept: bool) -> anyhow::Result<(Headers, Vec<u8>)> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut headers = Vec::new();
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = trimmed.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .context("no content-length")?
+        .1
+        .parse()?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let status = if accept {
+        "200 OK"
+    } else {
+        "500 Internal Server Error"
+    };
+    stream.write_all(
+        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
+    Ok((headers, body))
+}
+
+fn request(seed: u64, size: (u32, u32), steps: u32) -> GenerateRequest {
+    let mut request = GenerateRequest::new("a lighthouse in a storm");
+    request.image_size = ImageSize::Custom {
+        width: size.0,
+        height: size.1,
+    };
+    request.num_inference_steps = steps;
+    request.seed = Some(seed);
+    request
+}
+
+/// `url` with its scheme and authority replaced by `base`'s (the restarted server has a new port).
+fn on_base(url: &str, base: &str) -> anyhow::Result<String> {
+    let path_start = url
+        .find("/api/")
+        .with_context(|| format!("no API path in {url}"))?;
+    Ok(format!("{base}{}", &url[path_start..]))
+}
+
+/// The bytes of every image of `result`, fetched from `base`.
+async fn images(
+    http: &reqwest::Client,
+    base: &str,
+    result: &GenerateResponse,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut all = Vec::new();
+    for image in &result.images {
+        let response = http.get(on_base(&image.url, base)?).send().await?;
+        ensure!(response.status() == 200, "GET {}", image.url);
+        all.push(response.bytes().await?.to_vec());
+    }
+    Ok(all)
+}
+
+/// What the sync route gives for `request` on `base`: the uninterrupted run.
+async fn uninterrupted(
+    http: &reqwest::Client,
+    base: &str,
+    request: &GenerateRequest,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let response = http
+        .post(format!("{base}/api/v1/flux/dev"))
+        .bearer_auth(KEY)
+        .json(request)
+        .send()
+        .await?;
+    ensure!(
+        response.status() == 200,
+        "sync generation: {}",
+        response.status()
+    );
+    let result: GenerateResponse = response.json().await?;
+    images(http, base, &result).await
+}
+
+fn kill_9(server: &mut ServeProcess) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-KILL", &server.child.id().to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -KILL failed");
+    server.child.wait()?;
+    Ok(())
+}
+
+#[test]
+fn a_killed_server_restarted_on_its_data_dir_loses_nothing() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    std::fs::write(cwd.path().join("keys"), format!("{KEY}\n"))?;
+    std::fs::write(cwd.path().join("webhook-secret"), format!("{SECRET}\n"))?;
+    let args = [
+        "--api-key-file",
+        "keys",
+        "--webhook-secret-file",
+        "webhook-secret",
+        "--webhook-allow-private",
+        "--rate-limit",
+        "off",
+    ];
+    let (hook_url, accept_hooks, attempts) = webhook_receiver()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let http = reqwest::Client::new();
+
+    // Before the kill: one job completed (its webhook refused), one running, one queued.
+    let mut first = ServeProcess::start(cwd.path(), &args)?;
+    let small = request(11, (64, 64), 3);
+    let (running, queued) = (request(12, BIG, BIG_STEPS), request(13, BIG, BIG_STEPS));
+    let before = runtime.block_on(async {
+        let client = FluxClient::new(&first.base_url, KEY)?;
+        let done = client
+            .submit_with("dev", &small, Some("restart-key-1"), Some(&hook_url))
+            .await?;
+        let done_result = client.wait("dev", &done.request_id, |_| {}).await?;
+        let done_images = images(&http, &first.base_url, &done_result).await?;
+        let running_job = client.submit_with("dev", &running, None, None).await?;
+        let queued_job = client.submit_with("dev", &queued, None, None).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = client.status("dev", &running_job.request_id, false).await?;
+            if status.status == QueueState::InProgress {
+                break;
+            }
+            ensure!(
+                status.status == QueueState::InQueue && Instant::now() < deadline,
+                "the big job was never seen running: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let queued_status = client.status("dev", &queued_job.request_id, false).await?;
+        ensure!(
+            queued_status.status == QueueState::InQueue,
+            "{queued_status:?}"
+        );
+        anyhow::Ok((done, done_result, done_images, running_job, queued_job))
+    })?;
+    let (done, done_result, done_images, running_job, queued_job) = before;
+    let refused = attempts
+        .recv_timeout(Duration::from_secs(30))
+        .context("the webhook was never attempted")?;
+    ensure!(!refused.accepted);
+    let webhook_id = refused.header("webhook-id");
+    ensure!(webhook_id.starts_with("msg_"), "{webhook_id:?}");
+    kill_9(&mut first)?;
+    accept_hooks.store(true, Ordering::SeqCst);
+
+    // Restarted on the same folder, on another port.
+    let second = ServeProcess::start(cwd.path(), &args)?;
+    let base = second.base_url.clone();
+    let outcome = runtime.block_on(async {
+        let client = FluxClient::new(&base, KEY)?;
+        for job in [&done, &running_job, &queued_job] {
+            let answer = http
+                .get(on_base(&job.status_url, &base)?)
+                .bearer_auth(KEY)
+                .send()
+                .await?;
+            ensure!(
+                answer.status() == 200,
+                "{}: {}",
+                job.status_url,
+                answer.status()
+            );
+        }
+        let after_running = client.wait("dev", &running_job.request_id, |_| {}).await?;
+        let after_queued = client.wait("dev", &queued_job.request_id, |_| {}).await?;
+        ensure!(after_running.seed == 12 && after_queued.seed == 13);
+        let recovered_running = images(&http, &base, &after_running).await?;
+        let recovered_queued = images(&http, &base, &after_queued).await?;
+        ensure!(
+            recovered_running == uninterrupted(&http, &base, &running).await?,
+            "the job killed while running gave other images than an uninterrupted run"
+        );
+        ensure!(
+            recovered_queued == uninterrupted(&http, &base, &queued).await?,
+            "the job killed while queued gave other images than an uninterrupted run"
+        );
+
+        let kept = client.result("dev", &done.request_id).await?;
+        ensure!(kept == done_result, "the completed result changed");
+        ensure!(images(&http, &base, &kept).await? == done_images);
+        let replay = client
+            .submit_with("dev", &small, Some("restart-key-1"), Some(&hook_url))
+            .await?;
+        ensure!(
+            replay.request_id == done.request_id,
+            "the Idempotency-Key replay made a new job"
+        );
+        anyhow::Ok(())
+    });
+    let delivered = (|| -> anyhow::Result<Attempt> {
+        loop {
+            let attempt = attempts
+                .recv_timeout(Duration::from_secs(30))
+                .context("the webhook was not delivered after the restart")?;
+            if attempt.accepted {
+                return Ok(attempt);
+            }
+        }
+    })();
+    let stderr = || second.stderr_text();
+    outcome.with_context(|| format!("after the restart; stderr: {}", stderr()))?;
+    let delivered = delivered?;
+    ensure!(
+        delivered.header("webhook-id") == webhook_id,
+        "the webhook came with a new id"
+    );
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    verify_webhook(
+        SECRET,
+        &delivered.header("webhook-id"),
+        &delivered.header("webhook-timestamp"),
+        &delivered.header("webhook-signature"),
+        &delivered.body,
+        now,
+    )?;
+    let body: serde_json::Value = serde_json::from_slice(&delivered.body)?;
+    ensure!(body["request_id"] == done.request_id.as_str() && body["status"] == "OK");
+    Ok(())
+}
