@@ -420,15 +420,16 @@ fn thread_policies(pid: u32) -> anyhow::Result<Vec<(String, u32)>> {
     Ok(threads)
 }
 
-/// A running `flux serve`; killed on drop if a test fails half way.
-struct ServeProcess {
+/// A running `flux serve`; killed on drop if a test fails half way (the playground's test uses it
+/// too).
+pub(crate) struct ServeProcess {
     child: Child,
-    base_url: String,
+    pub(crate) base_url: String,
     stderr: mpsc::Receiver<String>,
 }
 
 impl ServeProcess {
-    fn start(cwd: &Path, args: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) fn start(cwd: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = flux()
             .args(["serve", "--listen", "127.0.0.1:0", "--files-dir", "files"])
             .args(args)

@@ -4,4 +4,6 @@ mod cli;
 mod json_logs;
 mod memory;
 mod model_build;
+mod playground;
 mod serve_queue;
+mod webdriver;
