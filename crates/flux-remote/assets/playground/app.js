@@ -176,18 +176,21 @@
       const option = document.createElement("option");
       option.value = model.variant;
       option.dataset.queuePath = model.queue_path || "/api/v1/queue/flux/" + model.variant;
-      option.textContent = model.id && model.id !== model.variant
-        ? model.variant + " — " + model.id
-        : model.variant;
+      option.textContent = model.variant;
+      option.dataset.id = model.id || "";
       modelSelect.append(option);
     }
     if ([...modelSelect.options].some((option) => option.value === selected)) {
       modelSelect.value = selected;
     }
-    $("model-hint").hidden = true;
     applyModelDefaults();
   }
+  // The hint under the model names what serves it (a folder, the bundled model, a backend URL).
   function applyModelDefaults() {
+    const option = modelSelect.selectedOptions[0];
+    const id = option ? option.dataset.id : "";
+    $("model-hint").textContent = id ? "Served by " + id + "." : "";
+    $("model-hint").hidden = !id;
     if (!stepsEdited && DEFAULT_STEPS[modelSelect.value]) {
       stepsInput.value = DEFAULT_STEPS[modelSelect.value];
     }
