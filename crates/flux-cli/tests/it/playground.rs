@@ -342,3 +342,48 @@ async fn no_playground_answers_the_root_with_404() -> anyhow::Result<()> {
     ensure!(response.status() == 200);
     Ok(())
 }
+
+/// Without keys the page works with an empty key field; a 429 is explained in words, with the
+/// server's `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_request_is_explained_with_its_retry_time() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    // One request per hour per address: the page's model list takes it.
+    let server = ServeProcess::start(
+        cwd.path(),
+        &["--allow-unauthenticated", "--rate-limit", "1/h,burst=1"],
+    )?;
+    let driver = Driver::start().await?;
+    let page = driver.session(1280, 900).await?;
+    page.goto(&format!("{}/", server.base_url)).await?;
+    page.wait_for(
+        "the model list",
+        "document.getElementById('model-hint').textContent.startsWith('Served by')",
+        WAIT,
+    )
+    .await?;
+    page.fill("#prompt", "a red fox").await?;
+    page.click("#generate").await?;
+    page.wait_for(
+        "the 429 explanation",
+        "!document.getElementById('form-error').hidden",
+        WAIT,
+    )
+    .await?;
+    let message = text(&page, "#form-error").await?;
+    ensure!(
+        message.starts_with("Too many requests") && message.contains("Try again in "),
+        "{message}"
+    );
+    ensure!(
+        page.script(
+            "return document.getElementById('generate').disabled;",
+            json!([])
+        )
+        .await?
+            == json!(false),
+        "Generate stays disabled after the refusal"
+    );
+    page.close().await?;
+    Ok(())
+}
