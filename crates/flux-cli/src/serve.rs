@@ -153,6 +153,11 @@ pub struct ServeArgs {
     /// Log JSON lines instead of text (on stderr, like the text logs; RUST_LOG sets the filter).
     #[arg(long, env = "FLUX_JSON_LOGS", value_parser = BoolishValueParser::new())]
     pub json_logs: bool,
+
+    /// Do not serve the web playground at `/` (it is public, but its API calls need a key as any
+    /// client's do); `/` then answers 404.
+    #[arg(long, env = "FLUX_NO_PLAYGROUND", value_parser = BoolishValueParser::new())]
+    pub no_playground: bool,
 }
 
 pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
@@ -293,6 +298,7 @@ pub(crate) fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         trust_forwarded_for: args.trust_forwarded_for,
         files_quota: parse_byte_size("--files-quota", &args.files_quota)?,
         json_logs: args.json_logs,
+        playground: !args.no_playground,
         file_durability: if args.durable_images {
             FileDurability::BeforeResponse
         } else {

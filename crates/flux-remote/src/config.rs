@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub json_logs: bool,
     /// Webhook signing key, SSRF guard and retry bounds.
     pub webhooks: WebhookConfig,
+    /// Serve the web playground at `/` (its page and assets are public; its API calls carry the
+    /// key typed into it). Default `true`; `false` answers `/` with the JSON 404.
+    pub playground: bool,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +110,7 @@ impl Default for ServerConfig {
             trust_forwarded_for: false,
             json_logs: false,
             webhooks: WebhookConfig::default(),
+            playground: true,
         }
     }
 }

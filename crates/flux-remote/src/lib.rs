@@ -41,6 +41,8 @@ mod metrics;
 #[cfg(feature = "server")]
 mod observe;
 #[cfg(feature = "server")]
+mod playground;
+#[cfg(feature = "server")]
 mod preflight;
 #[cfg(feature = "server")]
 mod queue_routes;

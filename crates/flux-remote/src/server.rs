@@ -64,6 +64,7 @@ pub(crate) struct Shared {
     pub(crate) max_body_bytes: usize,
     pub(crate) draining: AtomicBool,
     pub(crate) webhooks: Arc<Deliverer>,
+    pub(crate) playground: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -159,6 +160,7 @@ impl AppState {
                 max_body_bytes: config.max_body_bytes,
                 draining: AtomicBool::new(false),
                 webhooks,
+                playground: config.playground,
             }),
         })
     }
@@ -255,6 +257,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(crate::playground::routes(state.inner.playground))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.inner.max_body_bytes))
@@ -266,7 +269,11 @@ async fn not_found() -> ApiErrorResponse {
     ApiErrorResponse::new(ErrorCode::NotFound, "no such route", None)
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiErrorResponse {
+async fn method_not_allowed(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> ApiErrorResponse {
     let path = uri.path();
     let allow = if path == GENERATE_PATH {
         Some("POST")
@@ -281,6 +288,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiErrorResponse {
         }
     } else if path.starts_with(FILES_PATH)
         || ["/health", "/ready", "/metrics", "/openapi.json"].contains(&path)
+        || (state.inner.playground && crate::playground::serves(path))
     {
         Some("GET, HEAD")
     } else {

@@ -423,7 +423,8 @@ fn thread_policies(pid: u32) -> anyhow::Result<Vec<(String, u32)>> {
     Ok(threads)
 }
 
-/// A running `flux serve`; killed on drop if a test fails half way.
+/// A running `flux serve`; killed on drop if a test fails half way (the restart and playground
+/// tests use it too).
 pub(crate) struct ServeProcess {
     pub(crate) child: Child,
     pub(crate) base_url: String,

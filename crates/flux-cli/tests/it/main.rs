@@ -4,5 +4,7 @@ mod cli;
 mod json_logs;
 mod memory;
 mod model_build;
+mod playground;
 mod restart;
 mod serve_queue;
+mod webdriver;

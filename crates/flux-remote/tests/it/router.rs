@@ -337,7 +337,7 @@ async fn unauthenticated_mode_serves_without_a_key_but_still_refuses_wrong_ones(
 async fn unknown_routes_are_json_404_and_wrong_methods_405() {
     let (app, _dir) = app(fake());
     for path in [
-        "/",
+        "/nothing-here",
         "/api/v1/flux/schnell",
         "/api/v2/flux/dev",
         "/api/v1/files",
