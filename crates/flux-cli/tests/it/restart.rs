@@ -5,7 +5,6 @@
 //! answers the original job, every status URL handed out answers (on the new port), and the
 //! webhook arrives with its original `webhook-id`.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use flux_remote::{FluxClient, verify_webhook};
 use flux_types::{GenerateRequest, GenerateResponse, ImageSize, QueueState};
 
 use crate::cli::ServeProcess;
+use crate::serve_queue::read_post;
 
 const KEY: &str = "restart-test-key-000001";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -69,44 +69,6 @@ fn webhook_receiver() -> anyhow::Result<(String, Arc<AtomicBool>, mpsc::Receiver
         }
     });
     Ok((url, accept, receiver))
-}
-
-type Headers = Vec<(String, String)>;
-
-fn read_post(mut stream: std::net::TcpStream, accept: bool) -> anyhow::Result<(Headers, Vec<u8>)> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut headers = Vec::new();
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let trimmed = line.trim_end();
-        if trimmed.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = trimmed.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-    }
-    let length: usize = headers
-        .iter()
-        .find(|(name, _)| name == "content-length")
-        .context("no content-length")?
-        .1
-        .parse()?;
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    let status = if accept {
-        "200 OK"
-    } else {
-        "500 Internal Server Error"
-    };
-    stream.write_all(
-        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
-    )?;
-    Ok((headers, body))
 }
 
 fn request(seed: u64, size: (u32, u32), steps: u32) -> GenerateRequest {

@@ -16,11 +16,20 @@ const KEY: &str = "serve-queue-test-key-01";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A request's headers, names lower-cased.
-type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 /// One webhook POST: its headers and body; answered 200.
 fn receive_one(listener: &TcpListener) -> anyhow::Result<(Headers, Vec<u8>)> {
-    let (mut stream, _) = listener.accept()?;
+    let (stream, _) = listener.accept()?;
+    read_post(stream, true)
+}
+
+/// Reads one POST from a webhook receiver's connection (headers, then `content-length` bytes of
+/// body) and answers it 200, or 500 when `accept` is false (a receiver that refuses deliveries).
+pub(crate) fn read_post(
+    mut stream: std::net::TcpStream,
+    accept: bool,
+) -> anyhow::Result<(Headers, Vec<u8>)> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut headers = Vec::new();
@@ -45,7 +54,14 @@ fn receive_one(listener: &TcpListener) -> anyhow::Result<(Headers, Vec<u8>)> {
         .parse()?;
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
-    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+    let status = if accept {
+        "200 OK"
+    } else {
+        "500 Internal Server Error"
+    };
+    stream.write_all(
+        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
     Ok((headers, body))
 }
 
