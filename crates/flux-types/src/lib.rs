@@ -29,6 +29,7 @@ pub mod schema;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod validation;
+pub mod variant;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use generator::{
@@ -41,6 +42,8 @@ pub use queue::{
 };
 pub use request::{
     GenerateRequest, ImageSize, ImageSizePreset, OutputFormat, ValidRequest, parse_request,
+    parse_request_for,
 };
 pub use response::{GenerateResponse, ImageRef, Timings};
 pub use validation::{RequestError, Rule, Violation};
+pub use variant::VariantSpec;

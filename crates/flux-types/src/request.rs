@@ -10,8 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::validation::{self, Checks, RequestError, Violation};
+use crate::variant::VariantSpec;
 
-pub use crate::validation::parse_request;
+pub use crate::validation::{parse_request, parse_request_for};
 
 /// Most characters (Unicode scalar values) a prompt may have.
 pub const MAX_PROMPT_CHARS: usize = 1000;
@@ -310,9 +311,15 @@ impl GenerateRequest {
         }
     }
 
-    /// Checks every rule of the contract, reporting all violations.
+    /// Checks every rule of the contract (the dev route's), reporting all violations.
     pub fn validate(self) -> Result<ValidRequest, RequestError> {
-        ValidRequest::from_checked(self).map_err(RequestError::Invalid)
+        self.validate_for(VariantSpec::dev())
+    }
+
+    /// Checks every rule of `variant`'s route, reporting all violations. A variant without
+    /// guidance ignores `guidance_scale`: the valid request carries the default instead.
+    pub fn validate_for(self, variant: &VariantSpec) -> Result<ValidRequest, RequestError> {
+        ValidRequest::from_checked(self, variant).map_err(RequestError::Invalid)
     }
 }
 
@@ -323,7 +330,8 @@ impl<'de> Deserialize<'de> for GenerateRequest {
         let Value::Object(object) = &value else {
             return Err(D::Error::custom("a flux request must be a JSON object"));
         };
-        validation::decode_request(object, Checks::TypesOnly).map_err(violations_to_serde)
+        validation::decode_request(object, Checks::TypesOnly, VariantSpec::dev())
+            .map_err(violations_to_serde)
     }
 }
 
@@ -341,9 +349,15 @@ pub struct ValidRequest {
 }
 
 impl ValidRequest {
-    /// Wraps a request after checking every rule.
-    pub(crate) fn from_checked(request: GenerateRequest) -> Result<ValidRequest, Vec<Violation>> {
-        let violations = validation::rule_violations(&request);
+    /// Wraps a request after checking every rule of `variant`.
+    pub(crate) fn from_checked(
+        mut request: GenerateRequest,
+        variant: &VariantSpec,
+    ) -> Result<ValidRequest, Vec<Violation>> {
+        if !variant.uses_guidance {
+            request.guidance_scale = DEFAULT_GUIDANCE_SCALE;
+        }
+        let violations = validation::rule_violations(&request, variant);
         if !violations.is_empty() {
             return Err(violations);
         }
@@ -390,12 +404,12 @@ impl ValidRequest {
         self.request.image_size
     }
 
-    /// Guidance scale: finite, 1–20.
+    /// Guidance scale: finite, 1–20 (the default on a variant without guidance).
     pub fn guidance_scale(&self) -> f64 {
         self.request.guidance_scale
     }
 
-    /// Denoising steps: 1–50.
+    /// Denoising steps: 1–50 (at most the variant's limit, e.g. 12 for schnell).
     pub fn num_inference_steps(&self) -> u32 {
         self.request.num_inference_steps
     }

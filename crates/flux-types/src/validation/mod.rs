@@ -16,10 +16,10 @@ mod violation;
 
 use crate::error::ErrorCode;
 use crate::request::{
-    GenerateRequest, ImageSize, ImageSizePreset, MAX_IMAGE_SIDE, MAX_INFERENCE_STEPS,
-    MAX_NUM_IMAGES, MAX_SEED, MIN_IMAGE_SIDE, MIN_INFERENCE_STEPS, MIN_NUM_IMAGES, MIN_SEED,
-    OutputFormat, ValidRequest,
+    GenerateRequest, ImageSize, ImageSizePreset, MAX_IMAGE_SIDE, MAX_NUM_IMAGES, MAX_SEED,
+    MIN_IMAGE_SIDE, MIN_INFERENCE_STEPS, MIN_NUM_IMAGES, MIN_SEED, OutputFormat, ValidRequest,
 };
+use crate::variant::VariantSpec;
 use rules::*;
 pub use violation::{MAX_MESSAGES_PER_ERROR, RequestError, Rule, Violation};
 
@@ -46,9 +46,16 @@ pub fn prompt_pattern() -> String {
     format!("[^{PROMPT_WHITESPACE_CLASS}]")
 }
 
-/// Parses and validates a raw JSON body: malformed JSON, wrong JSON types, unknown fields and rule
-/// violations all come back as a `RequestError` listing every problem found.
+/// Parses and validates a raw JSON body for the dev route: malformed JSON, wrong JSON types,
+/// unknown fields and rule violations all come back as a `RequestError` listing every problem
+/// found.
 pub fn parse_request(body: &[u8]) -> Result<ValidRequest, RequestError> {
+    parse_request_for(body, VariantSpec::dev())
+}
+
+/// [`parse_request`] with the defaults and limits of `variant` (`num_inference_steps`,
+/// `guidance_scale`), as its route `/api/v1/flux/{variant}` validates.
+pub fn parse_request_for(body: &[u8], variant: &VariantSpec) -> Result<ValidRequest, RequestError> {
     let value: Value = serde_json::from_slice(body).map_err(|err| {
         RequestError::InvalidJson(format!("request body is not valid JSON: {err}"))
     })?;
@@ -58,8 +65,9 @@ pub fn parse_request(body: &[u8]) -> Result<ValidRequest, RequestError> {
             describe(&value)
         )));
     };
-    let request = decode_request(object, Checks::TypesAndRules).map_err(RequestError::Invalid)?;
-    ValidRequest::from_checked(request).map_err(RequestError::Invalid)
+    let request =
+        decode_request(object, Checks::TypesAndRules, variant).map_err(RequestError::Invalid)?;
+    ValidRequest::from_checked(request, variant).map_err(RequestError::Invalid)
 }
 
 /// How much [`decode_request`] checks.
@@ -72,10 +80,11 @@ pub(crate) enum Checks {
     TypesAndRules,
 }
 
-/// Decodes a request object, collecting every violation.
+/// Decodes a request object with `variant`'s defaults, collecting every violation.
 pub(crate) fn decode_request(
     object: &Map<String, Value>,
     checks: Checks,
+    variant: &VariantSpec,
 ) -> Result<GenerateRequest, Vec<Violation>> {
     let mut out = Collector {
         violations: Vec::new(),
@@ -128,7 +137,8 @@ pub(crate) fn decode_request(
         Some(Value::Number(number)) => {
             // Without serde_json's arbitrary precision every JSON number has an f64 view.
             let guidance = number.as_f64().unwrap_or(f64::NAN);
-            if checks == Checks::TypesAndRules {
+            // A variant without guidance ignores the value, so only its JSON type matters.
+            if checks == Checks::TypesAndRules && variant.uses_guidance {
                 out.violations.extend(guidance_violation(guidance));
             }
             Some(guidance)
@@ -144,9 +154,9 @@ pub(crate) fn decode_request(
             object,
             "num_inference_steps",
             MIN_INFERENCE_STEPS.into(),
-            MAX_INFERENCE_STEPS.into(),
+            variant.max_inference_steps.into(),
         )
-        .unwrap_or(Some(defaults.num_inference_steps));
+        .unwrap_or(Some(variant.default_inference_steps));
     let seed = out
         .integer(object, "seed", MIN_SEED.into(), MAX_SEED.into())
         .map(|seed| seed.map(Some))
@@ -233,8 +243,8 @@ pub(crate) fn decode_image_size(value: &Value) -> Result<ImageSize, Vec<Violatio
     }
 }
 
-/// Every rule a typed request breaks (JSON types are already right by construction).
-pub(crate) fn rule_violations(request: &GenerateRequest) -> Vec<Violation> {
+/// Every rule of `variant` a typed request breaks (JSON types are already right by construction).
+pub(crate) fn rule_violations(request: &GenerateRequest, variant: &VariantSpec) -> Vec<Violation> {
     let mut violations = Vec::new();
     violations.extend(prompt_violation(&request.prompt));
     violations.extend(range_violation(
@@ -247,12 +257,14 @@ pub(crate) fn rule_violations(request: &GenerateRequest) -> Vec<Violation> {
         violations.extend(side_violation("image_size.width", width.into()));
         violations.extend(side_violation("image_size.height", height.into()));
     }
-    violations.extend(guidance_violation(request.guidance_scale));
+    if variant.uses_guidance {
+        violations.extend(guidance_violation(request.guidance_scale));
+    }
     violations.extend(range_violation(
         "num_inference_steps",
         request.num_inference_steps.into(),
         MIN_INFERENCE_STEPS.into(),
-        MAX_INFERENCE_STEPS.into(),
+        variant.max_inference_steps.into(),
     ));
     if let Some(seed) = request.seed {
         violations.extend(range_violation(

@@ -5,3 +5,4 @@ mod json_schema_parity;
 mod openapi;
 mod roundtrip;
 mod validation;
+mod variants;
