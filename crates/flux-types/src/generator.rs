@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::request::ValidRequest;
+use crate::variant::VariantSpec;
 
 /// A boxed, sendable future: keeps the trait object-safe (`Arc<dyn Generator>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -109,6 +110,25 @@ pub enum GeneratorError {
     Remote { status: Option<u16>, detail: String },
 }
 
+/// The model a generator serves: what `GET /api/v1/models` lists, and how a server with several
+/// generators routes `/api/v1/flux/{variant}` (to the one whose model is of that variant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// A short name: a local model's folder name (e.g. `FLUX.1-schnell`, `tiny-flux-dev`), a
+    /// remote backend's server URL.
+    pub id: String,
+    pub variant: &'static VariantSpec,
+    /// T5 tokens per prompt; `None` when the backend cannot tell (a remote server).
+    pub text_length: Option<u32>,
+    /// Element type of the transformer (`fp32`, `fp16`, `bf16`); `None` when unknown.
+    pub precision: Option<String>,
+    /// Where it runs (`cpu`, `cuda:0`); `None` when unknown (a remote server).
+    pub device: Option<String>,
+    /// Whether a safety classifier is configured (without one, `has_nsfw_concepts` is all
+    /// false); `None` when unknown (a remote server).
+    pub safety_checker: Option<bool>,
+}
+
 /// Generates images. Implementations must be cheap to share (`Arc<dyn Generator>`), must never
 /// block the calling async runtime, and must stop work for a request whose future is dropped (at
 /// the latest between two denoising steps).
@@ -128,6 +148,12 @@ pub trait Generator: Send + Sync + 'static {
 
     /// A short human-readable description (backend kind and model), for logs.
     fn describe(&self) -> String;
+
+    /// The model served, once known: `None` while it is still loading, or from a backend that
+    /// cannot say (a server then serves it only where told to, e.g. on the dev route).
+    fn model(&self) -> Option<ModelInfo> {
+        None
+    }
 }
 
 impl<G: Generator + ?Sized> Generator for Arc<G> {
@@ -143,5 +169,8 @@ impl<G: Generator + ?Sized> Generator for Arc<G> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn model(&self) -> Option<ModelInfo> {
+        (**self).model()
     }
 }

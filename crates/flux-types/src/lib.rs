@@ -20,6 +20,7 @@
 
 pub mod error;
 pub mod generator;
+pub mod models;
 pub mod openapi;
 mod openapi_queue;
 pub mod queue;
@@ -33,9 +34,10 @@ pub mod variant;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use generator::{
-    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, Progress,
-    ProgressFn,
+    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, ModelInfo,
+    Progress, ProgressFn,
 };
+pub use models::{ModelList, ServedModel};
 pub use queue::{
     CancelAccepted, LogLine, Outcome, QueueProgress, QueueState, QueueStatus, QueueSubmitted,
     WebhookBody, WebhookStatus,

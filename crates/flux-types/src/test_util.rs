@@ -15,9 +15,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::generator::{
-    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, ProgressFn,
+    BoxFuture, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError, ModelInfo,
+    ProgressFn,
 };
 use crate::request::{OutputFormat, ValidRequest};
+use crate::variant::VariantSpec;
 
 /// Encodes a `width`×`height` image in a format: how a fake makes image bytes (tests pick an
 /// encoder; this crate has none).
@@ -48,10 +50,28 @@ pub struct FakeGenerator {
     pub failures_left: AtomicUsize,
     /// Timings to report instead of `inference` = the delay.
     pub timings: Mutex<Option<GenerationTimings>>,
+    /// Every request it was called with, in order.
+    pub requests: Mutex<Vec<ValidRequest>>,
     encode: Option<EncodeFn>,
     inner: Option<Arc<dyn Generator>>,
     announce: Option<Arc<dyn Fn() + Send + Sync>>,
     name: Option<String>,
+    /// What `model` reports once `model_hidden` is clear.
+    model: Option<ModelInfo>,
+    /// `model` reports `None` while this is set (a model still loading).
+    pub model_hidden: AtomicBool,
+}
+
+/// The facts of a fake model of `variant`, named `id` (CPU, fp32, no safety checker).
+pub fn fake_model(id: &str, variant: &'static VariantSpec) -> ModelInfo {
+    ModelInfo {
+        id: id.to_owned(),
+        variant,
+        text_length: Some(256),
+        precision: Some("fp32".to_owned()),
+        device: Some("cpu".to_owned()),
+        safety_checker: Some(false),
+    }
 }
 
 impl FakeGenerator {
@@ -121,9 +141,21 @@ impl FakeGenerator {
         self
     }
 
+    /// Reports `model` (default: none, as a backend that cannot say).
+    #[must_use]
+    pub fn serving(mut self, model: ModelInfo) -> Self {
+        self.model = Some(model);
+        self
+    }
+
     /// Calls so far.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The requests of every call so far, in order.
+    pub fn requests(&self) -> Vec<ValidRequest> {
+        lock(&self.requests).clone()
     }
 
     /// Sets or clears the failure every call returns.
@@ -169,6 +201,7 @@ impl fmt::Debug for FakeGenerator {
             .field("failures_left", &self.failures_left)
             .field("delegating", &self.inner.is_some())
             .field("name", &self.name)
+            .field("model", &self.model)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +228,7 @@ impl Generator for FakeGenerator {
     ) -> BoxFuture<'_, Result<Generation, GeneratorError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            lock(&self.requests).push(request.clone());
             let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             let _guard = RunningGuard(&self.running);
             self.max_running.fetch_max(now_running, Ordering::SeqCst);
@@ -233,6 +267,15 @@ impl Generator for FakeGenerator {
             (None, Some(inner)) => inner.describe(),
             (None, None) => "fake generator".to_owned(),
         }
+    }
+
+    fn model(&self) -> Option<ModelInfo> {
+        if self.model_hidden.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.model
+            .clone()
+            .or_else(|| self.inner.as_ref().and_then(|inner| inner.model()))
     }
 }
 
