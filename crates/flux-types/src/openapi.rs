@@ -27,7 +27,9 @@ pub fn openapi_document() -> Value {
     let response_schema = generator.subschema_for::<GenerateResponse>().to_value();
     let error_schema = generator.subschema_for::<ErrorBody>().to_value();
     let queue = crate::openapi_queue::QueueSchemas::new(&mut generator);
-    let schemas = generator.take_definitions(true);
+    let mut schemas = generator.take_definitions(true);
+    let schnell_request_schema =
+        crate::openapi_queue::add_variant_request(&mut schemas, &crate::variant::SCHNELL);
 
     json!({
         "openapi": "3.1.0",
@@ -44,9 +46,9 @@ pub fn openapi_document() -> Value {
             "/ready": {"get": ready_operation(&error_schema)},
             "/metrics": {"get": metrics_operation()},
             "/openapi.json": {"get": openapi_operation()},
-            "/api/v1/flux/schnell": {"post": crate::openapi_queue::schnell_operation(&request_schema, &response_schema, &error_schema)},
-            "/api/v1/models": {"get": crate::openapi_queue::models_operation(&error_schema)},
-            "/api/v1/queue/flux/{model}": {"post": queue.submit(&request_schema, &error_schema)},
+            "/api/v1/flux/schnell": {"post": crate::openapi_queue::schnell_operation(generate_operation(&schnell_request_schema, &response_schema, &error_schema), &error_schema)},
+            "/api/v1/models": {"get": queue.models(&error_schema)},
+            "/api/v1/queue/flux/{model}": {"post": queue.submit(&request_schema, &schnell_request_schema, &error_schema)},
             "/api/v1/queue/flux/{model}/requests/{request_id}/status": {"get": queue.status(&error_schema)},
             "/api/v1/queue/flux/{model}/requests/{request_id}/status/stream": {"get": queue.stream(&error_schema)},
             "/api/v1/queue/flux/{model}/requests/{request_id}": {"get": queue.result(&response_schema, &error_schema)},

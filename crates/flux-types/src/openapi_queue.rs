@@ -4,7 +4,8 @@ use schemars::SchemaGenerator;
 use serde_json::{Value, json};
 
 use crate::openapi::{RATE_LIMIT_HEADERS, error_response, header_ref, json_content};
-use crate::{CancelAccepted, ErrorCode, QueueStatus, QueueSubmitted, WebhookBody};
+use crate::variant::VariantSpec;
+use crate::{CancelAccepted, ErrorCode, ModelList, QueueStatus, QueueSubmitted, WebhookBody};
 
 /// The queue bodies' schemas, registered in the document's components.
 pub(crate) struct QueueSchemas {
@@ -12,6 +13,7 @@ pub(crate) struct QueueSchemas {
     status: Value,
     cancel: Value,
     webhook: Value,
+    models: Value,
 }
 
 fn ok_headers() -> Value {
@@ -55,10 +57,16 @@ impl QueueSchemas {
             status: generator.subschema_for::<QueueStatus>().to_value(),
             cancel: generator.subschema_for::<CancelAccepted>().to_value(),
             webhook: generator.subschema_for::<WebhookBody>().to_value(),
+            models: generator.subschema_for::<ModelList>().to_value(),
         }
     }
 
-    pub(crate) fn submit(&self, request_schema: &Value, error_schema: &Value) -> Value {
+    pub(crate) fn submit(
+        &self,
+        request_schema: &Value,
+        schnell_request_schema: &Value,
+        error_schema: &Value,
+    ) -> Value {
         json!({
             "operationId": "submitJob",
             "summary": "(ext) Queue a generation",
@@ -69,7 +77,7 @@ impl QueueSchemas {
                 {"name": "fal_webhook", "in": "query", "required": false, "description": "A URL to POST a `WebhookBody` to when the job completes, signed per Standard Webhooks. Loopback, private, link-local and metadata targets are refused (400) unless the server allows them.", "schema": {"type": "string", "format": "uri"}},
                 {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}
             ],
-            "requestBody": {"required": true, "content": json_content(request_schema)},
+            "requestBody": {"required": true, "description": "The body of the model's sync route: `GenerateRequest` for dev, `GenerateRequestSchnell` for schnell.", "content": json_content(&json!({"anyOf": [request_schema, schnell_request_schema]}))},
             "responses": {
                 "202": {"description": "Accepted and queued.", "headers": ok_headers(), "content": json_content(&self.submitted)},
                 "400": error_response(error_schema, "A bad body (as on the sync route), or a `fal_webhook` that is not allowed (`param` is `fal_webhook`)", &[ErrorCode::InvalidJson, ErrorCode::InvalidParameter, ErrorCode::UnknownField], &RATE_LIMIT_HEADERS),
@@ -169,32 +177,91 @@ impl QueueSchemas {
     }
 }
 
-pub(crate) fn schnell_operation(
-    request_schema: &Value,
-    response_schema: &Value,
-    error_schema: &Value,
+/// Adds the request schema of `variant` to the components, as `GenerateRequest` with the
+/// variant's `num_inference_steps` default and limit, and `guidance_scale` unchecked when the
+/// variant ignores it; returns its reference.
+pub(crate) fn add_variant_request(
+    schemas: &mut serde_json::Map<String, Value>,
+    variant: &VariantSpec,
 ) -> Value {
-    json!({
-        "operationId": "generateFluxSchnell",
-        "summary": "Generate images with FLUX.1-schnell",
-        "description": "As `POST /api/v1/flux/dev`, answered by the server's schnell model: `num_inference_steps` defaults to 4 (1–12), `guidance_scale` is accepted and ignored. 404 when the server serves no schnell model.",
-        "security": [{"bearerAuth": []}],
-        "requestBody": {"required": true, "content": json_content(request_schema)},
-        "responses": {
-            "200": {"description": "The generated images.", "headers": ok_headers(), "content": json_content(response_schema)},
-            "404": error_response(error_schema, "This server serves no schnell model", &[ErrorCode::NotFound], &[]),
+    let mut schema = schemas.get("GenerateRequest").cloned().unwrap_or_default();
+    let steps = &mut schema["properties"]["num_inference_steps"];
+    steps["default"] = json!(variant.default_inference_steps);
+    steps["maximum"] = json!(variant.max_inference_steps);
+    steps["description"] = json!(format!(
+        "Number of denoising steps, 1 to {}.",
+        variant.max_inference_steps
+    ));
+    if !variant.uses_guidance {
+        let guidance = &mut schema["properties"]["guidance_scale"];
+        if let Some(guidance) = guidance.as_object_mut() {
+            guidance.remove("minimum");
+            guidance.remove("maximum");
         }
-    })
+        guidance["description"] = json!(format!(
+            "Accepted (any number) and ignored: FLUX.1-{} has no guidance input.",
+            variant.name
+        ));
+    }
+    schema["description"] = json!(format!(
+        "The JSON body of `POST /api/v1/flux/{}`: the dev body with this variant's defaults and limits.",
+        variant.name
+    ));
+    if let Some(examples) = schema.get_mut("examples").and_then(Value::as_array_mut) {
+        for example in examples {
+            example["num_inference_steps"] = json!(variant.default_inference_steps);
+        }
+    }
+    let name = format!("GenerateRequest{}", capitalized(variant.name));
+    let reference = json!({"$ref": format!("#/components/schemas/{name}")});
+    schemas.insert(name, schema);
+    reference
 }
 
-pub(crate) fn models_operation(error_schema: &Value) -> Value {
-    json!({
-        "operationId": "listModels",
-        "summary": "The models this server serves",
-        "security": [{"bearerAuth": []}],
-        "responses": {
-            "200": {"description": "One entry per model: `id`, `variant`, `text_length`, `precision`, `device`.", "headers": {"X-Request-Id": header_ref("X-Request-Id")}, "content": {"application/json": {"schema": {"type": "object", "properties": {"models": {"type": "array", "items": {"type": "object"}}}}}}},
-            "401": unauthorized(error_schema),
-        }
-    })
+fn capitalized(name: &str) -> String {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// The schnell route: the dev route's operation (`dev`, built on the schnell body) under its own
+/// name, with a 404 for a server that serves no schnell model.
+pub(crate) fn schnell_operation(mut dev: Value, error_schema: &Value) -> Value {
+    dev["operationId"] = json!("generateFluxSchnell");
+    dev["summary"] = json!("Generate images from a text prompt with FLUX.1-schnell");
+    dev["description"] = json!(
+        "As `POST /api/v1/flux/dev`, answered by the server's schnell model: `num_inference_steps` defaults to 4 (1–12), `guidance_scale` is accepted (any number) and ignored. 404 when the server serves no schnell model."
+    );
+    let examples = &mut dev["requestBody"]["content"]["application/json"]["examples"];
+    examples["full"]["value"]["num_inference_steps"] = json!(4);
+    dev["responses"]["404"] = error_response(
+        error_schema,
+        "This server serves no schnell model",
+        &[ErrorCode::NotFound],
+        &[],
+    );
+    if let Some(responses) = dev["responses"].as_object_mut() {
+        // In status order, as every other operation lists them.
+        let mut sorted: Vec<(String, Value)> = std::mem::take(responses).into_iter().collect();
+        sorted.sort_by(|(a, _), (b, _)| a.cmp(b));
+        responses.extend(sorted);
+    }
+    dev
+}
+
+impl QueueSchemas {
+    pub(crate) fn models(&self, error_schema: &Value) -> Value {
+        json!({
+            "operationId": "listModels",
+            "summary": "The models this server serves",
+            "description": "One entry per served model (at most one per variant), with its routes; a variant not listed answers 404 on its routes.",
+            "security": [{"bearerAuth": []}],
+            "responses": {
+                "200": {"description": "The served models.", "headers": ok_headers(), "content": json_content(&self.models)},
+                "401": unauthorized(error_schema),
+            }
+        })
+    }
 }

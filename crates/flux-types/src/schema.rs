@@ -22,7 +22,8 @@ pub fn schema_of<T: JsonSchema>() -> Value {
         .to_value()
 }
 
-/// Every exported schema: the request body, the 200 body and the error body.
+/// Every exported schema: the request body, the 200 body, the error body, the queue bodies and
+/// the model list.
 pub fn exported_schemas() -> Vec<ExportedSchema> {
     vec![
         ExportedSchema {
@@ -52,6 +53,10 @@ pub fn exported_schemas() -> Vec<ExportedSchema> {
         ExportedSchema {
             name: "WebhookBody",
             schema: schema_of::<crate::WebhookBody>(),
+        },
+        ExportedSchema {
+            name: "ModelList",
+            schema: schema_of::<crate::ModelList>(),
         },
     ]
 }

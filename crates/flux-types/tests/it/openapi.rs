@@ -237,7 +237,8 @@ fn components_are_the_exported_schemas() {
             "QueueSubmitted",
             "QueueStatus",
             "CancelAccepted",
-            "WebhookBody"
+            "WebhookBody",
+            "ModelList"
         ]
     );
     for export in exported {
@@ -324,4 +325,44 @@ fn document_is_deterministic() {
         serde_json::to_string(&openapi_document()).expect("serialize"),
         serde_json::to_string(&openapi_document()).expect("serialize")
     );
+}
+
+#[test]
+fn the_openapi_schnell_body_has_schnells_defaults_and_limits() {
+    let document = openapi_document();
+    let schemas = &document["components"]["schemas"];
+    let schnell = &schemas["GenerateRequestSchnell"]["properties"];
+    assert_eq!(schnell["num_inference_steps"]["default"], 4);
+    assert_eq!(schnell["num_inference_steps"]["maximum"], 12);
+    assert!(schnell["guidance_scale"].get("maximum").is_none());
+    assert!(schnell["guidance_scale"].get("minimum").is_none());
+    let dev = &schemas["GenerateRequest"]["properties"];
+    assert_eq!(dev["num_inference_steps"]["maximum"], 50);
+    assert_eq!(dev["guidance_scale"]["maximum"], 20.0);
+    let operation = &document["paths"]["/api/v1/flux/schnell"]["post"];
+    assert_eq!(
+        operation["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/GenerateRequestSchnell"
+    );
+    for status in ["200", "400", "401", "404", "429", "503"] {
+        assert!(operation["responses"][status].is_object(), "{status}");
+    }
+    let models = &document["paths"]["/api/v1/models"]["get"]["responses"]["200"];
+    assert_eq!(
+        models["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ModelList"
+    );
+    let entry = &schemas["ServedModel"]["properties"];
+    for field in [
+        "id",
+        "variant",
+        "text_length",
+        "precision",
+        "device",
+        "safety_checker",
+        "sync_path",
+        "queue_path",
+    ] {
+        assert!(entry[field].is_object(), "{field}");
+    }
 }
