@@ -6,7 +6,8 @@
 //! a wait, the queue routes are submit, status, events, result and cancel. Job records live
 //! behind [`JobStore`] and results are made durable by a [`ResultStore`], so another deployment
 //! (NATS, S3) can replace the one-machine implementations without touching the handlers.
-//! [`RedbStore`] is the durable one-machine store (job records, webhook outbox, idempotency
+//! [`ServedModels`] is the model registry: one generator per variant, each job run on its
+//! variant's. [`RedbStore`] is the durable one-machine store (job records, webhook outbox, idempotency
 //! records); [`GenerationService::recover`] queues again, after a restart, what it had accepted.
 
 mod clock;
@@ -14,6 +15,7 @@ mod error;
 mod events;
 mod idempotency;
 mod job;
+mod models;
 mod outbox;
 mod queue_eta;
 mod redb_store;
@@ -25,6 +27,7 @@ pub use error::ServiceError;
 pub use events::JobEvents;
 pub use idempotency::{IdempotencyLog, IdempotencyRecord};
 pub use job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
+pub use models::{Listed, ModelLookup, ServedModels};
 pub use outbox::{MemoryOutbox, Outbox, WebhookDelivery};
 pub use queue_eta::{Place, QueueClock};
 pub use redb_store::{DATABASE_FILE, RedbStore};

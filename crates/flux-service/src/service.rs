@@ -17,6 +17,7 @@ use crate::clock::rfc3339_millis;
 use crate::error::ServiceError;
 use crate::events::JobEvents;
 use crate::job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
+use crate::models::{ModelLookup, ServedModels};
 use crate::queue_eta::{Place, QueueClock};
 use crate::store::{JobRecord, JobStore};
 
@@ -106,7 +107,7 @@ impl std::fmt::Debug for GenerationService {
 }
 
 struct Inner {
-    generator: Arc<dyn Generator>,
+    models: ServedModels,
     results: Arc<dyn ResultStore>,
     jobs: Arc<dyn JobStore>,
     admission: Arc<Semaphore>,
@@ -126,6 +127,8 @@ struct Live {
 }
 
 struct LiveJob {
+    /// The variant it runs on: only jobs of the same model are ahead of it in the queue.
+    model: String,
     events: broadcast::Sender<JobStatus>,
     abort: Option<AbortHandle>,
     seq: u64,
@@ -136,10 +139,20 @@ struct LiveJob {
 }
 
 impl Live {
+    /// Queued jobs of the same model ahead of it (each model has its own engine).
     fn position(&self, id: &JobId) -> Option<u32> {
-        let seq = self.jobs.get(id)?.seq;
-        self.queued.get(&seq)?;
-        Some(self.queued.range(..seq).count() as u32)
+        let job = self.jobs.get(id)?;
+        self.queued.get(&job.seq)?;
+        let ahead = self
+            .queued
+            .range(..job.seq)
+            .filter(|(_, other)| {
+                self.jobs
+                    .get(other)
+                    .is_some_and(|other| other.model == job.model)
+            })
+            .count();
+        Some(u32::try_from(ahead).unwrap_or(u32::MAX))
     }
 
     fn leave_queue(&mut self, id: &JobId) -> bool {
@@ -158,15 +171,29 @@ fn log_line(message: impl Into<String>) -> LogLine {
 }
 
 impl GenerationService {
+    /// A service with one generator, on the dev routes (see [`ServedModels::dev`]).
     pub fn new(
         generator: Arc<dyn Generator>,
         results: Arc<dyn ResultStore>,
         jobs: Arc<dyn JobStore>,
         config: ServiceConfig,
     ) -> Self {
+        Self::with_models(ServedModels::dev(generator), results, jobs, config)
+    }
+
+    /// A service over several models: a job runs on the generator of the variant it was
+    /// submitted to (`Submission::model`). The admission bound (`config.capacity`) is one for
+    /// all of them; each generator queues and runs its own jobs, so a job of one model never
+    /// waits behind another model's.
+    pub fn with_models(
+        models: ServedModels,
+        results: Arc<dyn ResultStore>,
+        jobs: Arc<dyn JobStore>,
+        config: ServiceConfig,
+    ) -> Self {
         GenerationService {
             inner: Arc::new(Inner {
-                generator,
+                models,
                 results,
                 jobs,
                 admission: Arc::new(Semaphore::new(config.capacity)),
@@ -187,8 +214,9 @@ impl GenerationService {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
     }
 
-    pub fn generator(&self) -> &Arc<dyn Generator> {
-        &self.inner.generator
+    /// The served models, by variant.
+    pub fn models(&self) -> &ServedModels {
+        &self.inner.models
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -249,6 +277,7 @@ impl GenerationService {
     ) -> Result<(u32, JobEvents), ServiceError> {
         let mut live = self.live();
         let (id, owner, keep_record) = (record.id.clone(), record.owner, record.keep_record);
+        let model = record.model.clone();
         if store {
             self.inner.jobs.put(record)?;
         }
@@ -259,6 +288,7 @@ impl GenerationService {
         live.jobs.insert(
             id.clone(),
             LiveJob {
+                model,
                 events: sender,
                 abort: None,
                 seq,
@@ -266,6 +296,7 @@ impl GenerationService {
                 place,
             },
         );
+        let position = live.position(&id).unwrap_or_default();
         let events = JobEvents {
             service: self.clone(),
             owner,
@@ -274,7 +305,7 @@ impl GenerationService {
             receiver: Some(receiver),
             done: false,
         };
-        Ok((live.queued.len() as u32 - 1, events))
+        Ok((position, events))
     }
 
     fn spawn_run(
@@ -304,8 +335,8 @@ impl GenerationService {
         if recovered && !self.wait_to_start(&id).await {
             return;
         }
-        let request = match self.inner.jobs.get(&id) {
-            Ok(Some(record)) if !record.state.is_terminal() => record.request,
+        let (request, model) = match self.inner.jobs.get(&id) {
+            Ok(Some(record)) if !record.state.is_terminal() => (record.request, record.model),
             // Cancelled before it started.
             Ok(_) => return,
             Err(error) => {
@@ -319,11 +350,23 @@ impl GenerationService {
             let id = id.clone();
             Arc::new(move |progress| service.on_progress(&id, progress))
         };
+        let generator = match self.inner.models.lookup(&model) {
+            ModelLookup::Served(generator) => generator,
+            ModelLookup::Loading => {
+                self.complete(
+                    &id,
+                    JobResult::Failed(JobFailure::Generator(GeneratorError::NotReady)),
+                );
+                return;
+            }
+            ModelLookup::NotServed => {
+                tracing::warn!(job = %id, model = %model, "a job of a model this server does not serve");
+                self.complete(&id, JobResult::Failed(not_served(&model)));
+                return;
+            }
+        };
         let started = Instant::now();
-        let generation = self
-            .inner
-            .generator
-            .generate(request.clone(), Some(progress));
+        let generation = generator.generate(request.clone(), Some(progress));
         let generated = match deadline {
             None => generation.await.map_err(JobFailure::Generator),
             Some(limit) => match tokio::time::timeout(limit, generation).await {
@@ -564,6 +607,15 @@ impl GenerationService {
             }
         }
     }
+}
+
+/// The failure of a job whose model this server does not serve (any more: a durable job
+/// recovered by a server started without that model).
+pub(crate) fn not_served(model: &str) -> JobFailure {
+    JobFailure::Generator(GeneratorError::InvalidRequest {
+        param: None,
+        message: format!("this server does not serve the model {model:?}"),
+    })
 }
 
 fn failure_summary(failure: &JobFailure) -> String {

@@ -1,6 +1,7 @@
 //! The service alone (no HTTP): one admission bound, seeds drawn at submit, the event order,
 //! cancel races (every job ends with exactly one outcome), and the durable redb store across a
-//! reopen (jobs queued again with their seeds, outbox, idempotency records, expiry).
+//! reopen (jobs queued again with their seeds, outbox, idempotency records, expiry), and
+//! several models (each job on its variant's generator, after a restart too).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -9,12 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use flux_service::{
     GenerationService, IdempotencyLog, IdempotencyRecord, JobFailure, JobResult, JobState,
-    JobStore, MemoryJobStore, Outbox, Owner, RedbStore, ResultStore, ServiceConfig, ServiceError,
-    StoredResult, Submission, WebhookDelivery,
+    JobStore, MemoryJobStore, Outbox, Owner, RedbStore, ResultStore, ServedModels, ServiceConfig,
+    ServiceError, StoredResult, Submission, WebhookDelivery,
 };
+use flux_types::test_util::{FakeGenerator, fake_model};
 use flux_types::{
     BoxFuture, GenerateRequest, Generation, GenerationTimings, Generator, GeneratorError, Outcome,
-    Progress, ProgressFn, ValidRequest,
+    Progress, ProgressFn, ValidRequest, parse_request_for, variant,
 };
 
 #[derive(Debug, Default)]
@@ -336,4 +338,138 @@ fn the_outbox_and_idempotency_records_survive_a_reopen() {
     IdempotencyLog::remove(&*store, &record.caller, &record.key).unwrap();
     assert!(store.due(SystemTime::now()).unwrap().is_empty());
     assert!(store.all().unwrap().is_empty());
+}
+
+/// The dev and schnell fakes of one process, each reporting its variant.
+fn two_models(delay: Duration) -> (ServedModels, Arc<FakeGenerator>, Arc<FakeGenerator>) {
+    let dev = Arc::new(
+        FakeGenerator::new()
+            .with_delay(delay)
+            .serving(fake_model("tiny-dev", &variant::DEV)),
+    );
+    let schnell = Arc::new(
+        FakeGenerator::new()
+            .with_delay(delay)
+            .serving(fake_model("tiny-schnell", &variant::SCHNELL)),
+    );
+    let models = ServedModels::by_variant(vec![
+        dev.clone() as Arc<dyn Generator>,
+        schnell.clone() as Arc<dyn Generator>,
+    ]);
+    (models, dev, schnell)
+}
+
+fn schnell_submission() -> Submission {
+    Submission {
+        request: parse_request_for(br#"{"prompt": "a red fox"}"#, &variant::SCHNELL).unwrap(),
+        model: "schnell".to_owned(),
+        ..submission(3)
+    }
+}
+
+#[tokio::test]
+async fn each_job_runs_on_its_models_generator_and_queues_only_behind_that_model() {
+    let (models, dev, schnell) = two_models(Duration::from_millis(50));
+    let service = GenerationService::with_models(
+        models,
+        Arc::new(SeedResults),
+        Arc::new(MemoryJobStore::default()),
+        ServiceConfig {
+            capacity: 8,
+            retention: Duration::from_secs(60),
+        },
+    );
+    let first_dev = service.submit(submission(3)).unwrap();
+    let second_dev = service.submit(submission(3)).unwrap();
+    let fast = service.submit(schnell_submission()).unwrap();
+    assert_eq!(
+        (
+            first_dev.queue_position,
+            second_dev.queue_position,
+            fast.queue_position
+        ),
+        (0, 1, 0),
+        "dev jobs are not ahead of a schnell job"
+    );
+    assert!(matches!(
+        service.wait(&fast.id, OWNER).await.unwrap(),
+        JobResult::Succeeded(_)
+    ));
+    service.wait_idle().await;
+    assert_eq!((dev.calls(), schnell.calls()), (2, 1));
+    assert_eq!(schnell.requests()[0].num_inference_steps(), 4);
+}
+
+#[test]
+fn a_recovered_job_runs_on_the_model_of_its_variant_with_that_variants_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServiceConfig {
+        capacity: 4,
+        retention: Duration::from_secs(60),
+    };
+    let accepted = {
+        let rt = runtime();
+        let (models, _, _) = two_models(Duration::from_secs(600));
+        let store = RedbStore::open(dir.path()).unwrap();
+        let service = GenerationService::with_models(models, Arc::new(SeedResults), store, config);
+        rt.block_on(async {
+            let dev = service.submit(submission(20)).unwrap();
+            let schnell = service.submit(schnell_submission()).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            [(dev.id, dev.seed), (schnell.id, schnell.seed)]
+        })
+    };
+    let rt = runtime();
+    let (models, dev, schnell) = two_models(Duration::ZERO);
+    let store = RedbStore::open(dir.path()).unwrap();
+    let service = GenerationService::with_models(models, Arc::new(SeedResults), store, config);
+    rt.block_on(async {
+        assert_eq!(service.recover(None).unwrap(), 2);
+        for (id, seed) in &accepted {
+            match service.wait(id, OWNER).await.unwrap() {
+                JobResult::Succeeded(stored) => assert_eq!(stored.body, seed.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    assert_eq!((dev.calls(), schnell.calls()), (1, 1));
+    assert_eq!(dev.requests()[0].num_inference_steps(), 20);
+    assert_eq!(schnell.requests()[0].num_inference_steps(), 4);
+    assert_eq!(schnell.requests()[0].seed(), Some(accepted[1].1));
+}
+
+#[test]
+fn a_recovered_job_of_a_model_no_longer_served_fails_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServiceConfig {
+        capacity: 4,
+        retention: Duration::from_secs(60),
+    };
+    let id = {
+        let rt = runtime();
+        let (models, _, _) = two_models(Duration::from_secs(600));
+        let store = RedbStore::open(dir.path()).unwrap();
+        let service = GenerationService::with_models(models, Arc::new(SeedResults), store, config);
+        rt.block_on(async { service.submit(schnell_submission()).unwrap().id })
+    };
+    let rt = runtime();
+    let dev_only = Arc::new(FakeGenerator::new().serving(fake_model("tiny-dev", &variant::DEV)));
+    let store = RedbStore::open(dir.path()).unwrap();
+    let service = GenerationService::with_models(
+        ServedModels::by_variant(vec![dev_only.clone() as Arc<dyn Generator>]),
+        Arc::new(SeedResults),
+        store,
+        config,
+    );
+    rt.block_on(async {
+        assert_eq!(service.recover(None).unwrap(), 1);
+        match service.wait(&id, OWNER).await.unwrap() {
+            JobResult::Failed(JobFailure::Generator(GeneratorError::InvalidRequest {
+                message,
+                ..
+            })) => assert!(message.contains("\"schnell\""), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    });
+    assert_eq!(dev_only.calls(), 0);
 }

@@ -1,10 +1,11 @@
 //! How the durable store writes its values: job records, webhook deliveries and idempotency
-//! records as JSON, the request as the API's body (seed drawn) checked again on the way back.
+//! records as JSON, the request as the API's body (seed drawn) checked again on the way back, by
+//! the rules of its model's variant.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use flux_types::{GeneratorError, LogLine, QueueProgress, parse_request};
+use flux_types::{GeneratorError, LogLine, QueueProgress, VariantSpec, parse_request_for};
 use serde::{Deserialize, Serialize};
 
 use super::store_error;
@@ -196,7 +197,9 @@ pub(super) fn decode_job(bytes: &[u8]) -> Result<JobRecord, ServiceError> {
         .ok_or_else(|| ServiceError::Store(format!("a stored job id {:?}", stored.id)))?;
     let body = serde_json::to_vec(&stored.request)
         .map_err(|error| store_error("re-encode request", error))?;
-    let request = parse_request(&body)
+    // Checked by the rules of the route it was accepted on (a schnell job's steps and guidance).
+    let variant = VariantSpec::named(&stored.model).unwrap_or(VariantSpec::dev());
+    let request = parse_request_for(&body, variant)
         .map_err(|error| store_error(&format!("the stored request of job {id}"), error))?;
     let state = match stored.state {
         StoredState::Queued => JobState::Queued,

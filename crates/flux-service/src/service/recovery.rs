@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{GenerationService, log_line};
 use crate::error::ServiceError;
 use crate::job::{JobId, JobState};
+use crate::models::ModelLookup;
 
 /// How often a job queued again after a restart looks whether the generator is ready.
 const READY_POLL: Duration = Duration::from_millis(20);
@@ -50,11 +51,20 @@ impl GenerationService {
         Ok(recovered)
     }
 
-    /// A recovered job waits for the generator to be ready and, if it came beyond the admission
-    /// bound, for a place. `false` when it ended meanwhile (cancelled).
+    /// A recovered job waits for its model's generator to be ready and, if it came beyond the
+    /// admission bound, for a place. `false` when it ended meanwhile (cancelled); a job of a
+    /// model the server does not serve starts at once (and fails saying so).
     pub(super) async fn wait_to_start(&self, id: &JobId) -> bool {
-        while !self.inner.generator.is_ready() {
-            tokio::time::sleep(READY_POLL).await;
+        let model = match self.inner.jobs.get(id) {
+            Ok(Some(record)) => record.model,
+            _ => return false,
+        };
+        loop {
+            match self.inner.models.lookup(&model) {
+                ModelLookup::Served(generator) if generator.is_ready() => break,
+                ModelLookup::NotServed => break,
+                _ => tokio::time::sleep(READY_POLL).await,
+            }
         }
         let has_place = match self.live().jobs.get(id) {
             Some(job) => job.place.is_some(),
