@@ -96,12 +96,14 @@ impl Backend {
         local: &crate::local::LocalOptions,
     ) -> Result<Arc<dyn Generator>, FacadeError> {
         match self {
-            Self::Local { model_dir } => {
-                let dir = match model_dir {
-                    Some(dir) => dir.clone(),
-                    None => crate::bundled::bundled_model_dir()?,
-                };
-                Ok(Arc::new(crate::local::LocalGenerator::start(&dir, local)?))
+            Self::Local {
+                model_dir: Some(dir),
+            } => Ok(Arc::new(crate::local::LocalGenerator::start(dir, local)?)),
+            Self::Local { model_dir: None } => {
+                let dir = crate::bundled::bundled_model_dir()?;
+                let generator = crate::local::LocalGenerator::start(&dir, local)?
+                    .with_id(crate::bundled::BUNDLED_MODEL_ID);
+                Ok(Arc::new(generator))
             }
             _ => self.start_remote(),
         }

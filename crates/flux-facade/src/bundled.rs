@@ -17,6 +17,10 @@ use crate::error::FacadeError;
 
 include!(concat!(env!("OUT_DIR"), "/bundled_model.rs"));
 
+/// The bundled model's id in model listings (`GET /api/v1/models`): its folder in the cache adds
+/// a content hash, which says nothing to a reader.
+pub const BUNDLED_MODEL_ID: &str = "tiny-flux-dev";
+
 /// Whether this build carries the bundled model.
 pub fn has_bundled_model() -> bool {
     !BUNDLED_FILES.is_empty()

@@ -14,9 +14,10 @@ use flux_core::config::SessionConfig;
 use flux_core::engine::{Engine, Job, JobHandle, ProgressCallback};
 use flux_core::model::source::BuildOptions;
 use flux_core::pipeline::{GenerationParams, PipelineOutput};
+use flux_core::tensors::FloatType;
 use flux_types::{
-    BoxFuture, Generation, GenerationTimings, Generator, GeneratorError, Progress, ProgressFn,
-    ValidRequest,
+    BoxFuture, Generation, GenerationTimings, Generator, GeneratorError, ModelInfo, Progress,
+    ProgressFn, ValidRequest, VariantSpec,
 };
 use tokio::sync::oneshot;
 
@@ -53,6 +54,8 @@ impl Default for LocalOptions {
 pub struct LocalGenerator {
     engine: Engine,
     model_dir: PathBuf,
+    /// The loaded model's facts (its id: the folder's name).
+    model: Option<ModelInfo>,
 }
 
 impl LocalGenerator {
@@ -68,18 +71,30 @@ impl LocalGenerator {
         if let Some(limit) = options.memory_limit {
             engine.set_memory_limit(limit);
         }
+        let model = model_info(model_dir, &engine);
         Ok(Self {
             engine,
             model_dir: model_dir.to_path_buf(),
+            model,
         })
+    }
+
+    /// Names the model `id` in listings instead of its folder's name.
+    #[must_use]
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        if let Some(model) = &mut self.model {
+            model.id = id.into();
+        }
+        self
     }
 
     /// The bundled tiny model (extracted to the cache on first use) with default options.
     pub fn bundled() -> Result<Self, FacadeError> {
-        Self::start(
+        Ok(Self::start(
             &crate::bundled::bundled_model_dir()?,
             &LocalOptions::default(),
-        )
+        )?
+        .with_id(crate::bundled::BUNDLED_MODEL_ID))
     }
 
     /// Jobs waiting in the engine's queue now.
@@ -191,6 +206,36 @@ impl Generator for LocalGenerator {
     fn describe(&self) -> String {
         format!("local flux-core engine, model {}", self.model_dir.display())
     }
+
+    fn model(&self) -> Option<ModelInfo> {
+        self.model.clone()
+    }
+}
+
+/// The facts of the model `engine` loaded from `model_dir`. Its id is the folder's name as the
+/// user gave it (`/models/FLUX.1-schnell` is `FLUX.1-schnell`, even when the graphs were built
+/// into the cache), or `flux-<variant>` for a path without one.
+fn model_info(model_dir: &Path, engine: &Engine) -> Option<ModelInfo> {
+    let description = engine.description()?;
+    let variant = VariantSpec::named(description.variant.spec().name)?;
+    let id = model_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("flux-{}", variant.name));
+    let precision = match description.transformer_precision {
+        FloatType::F32 => "fp32",
+        FloatType::F16 => "fp16",
+        FloatType::Bf16 => "bf16",
+    };
+    Some(ModelInfo {
+        id,
+        variant,
+        text_length: u32::try_from(description.text_length).ok(),
+        precision: Some(precision.to_owned()),
+        device: Some(description.execution_provider.to_string()),
+        safety_checker: Some(description.safety_checker_path.is_some()),
+    })
 }
 
 fn into_generation(output: PipelineOutput, seed: u64) -> Generation {

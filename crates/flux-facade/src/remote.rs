@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use flux_remote::{ClientError, FluxClient};
 use flux_types::{
     BoxFuture, ErrorCode, GeneratedImage, Generation, GenerationTimings, Generator, GeneratorError,
-    Progress, ProgressFn, ValidRequest,
+    ModelInfo, Progress, ProgressFn, ValidRequest, VariantSpec,
 };
 
 use crate::error::FacadeError;
@@ -218,6 +218,24 @@ impl Generator for RemoteGenerator {
     fn describe(&self) -> String {
         format!("remote flux server at {}", self.client.base_url())
     }
+
+    /// The server's dev model (the route this generator calls), named by the server's URL; what
+    /// the server runs it on is not known here.
+    fn model(&self) -> Option<ModelInfo> {
+        Some(remote_model(self.client.base_url().to_owned()))
+    }
+}
+
+/// A remote backend's model: the dev route of `id`, with nothing else known.
+fn remote_model(id: String) -> ModelInfo {
+    ModelInfo {
+        id,
+        variant: VariantSpec::dev(),
+        text_length: None,
+        precision: None,
+        device: None,
+        safety_checker: None,
+    }
 }
 
 /// Maps a client error to the generator error a caller (or a server fronting this generator)
@@ -373,6 +391,20 @@ impl Generator for FailoverGenerator {
 
     fn describe(&self) -> String {
         format!("failover over [{}]", self.descriptions.join(", "))
+    }
+
+    /// The dev model of the servers behind it, named by their ids (`failover:URL,URL`).
+    fn model(&self) -> Option<ModelInfo> {
+        let ids: Vec<String> = self
+            .remotes
+            .iter()
+            .map(|remote| {
+                remote
+                    .model()
+                    .map_or_else(|| remote.describe(), |model| model.id)
+            })
+            .collect();
+        Some(remote_model(format!("failover:{}", ids.join(","))))
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use flux_types::{BoxFuture, Generation, Generator, GeneratorError, ProgressFn, ValidRequest};
+use flux_types::{
+    BoxFuture, Generation, Generator, GeneratorError, ModelInfo, ProgressFn, ValidRequest,
+};
 
 /// Not ready until [`StartingGenerator::started`] hands it the backend; from then on, that
 /// backend. Generation requests before then fail with [`GeneratorError::NotReady`] (a server
@@ -61,6 +63,11 @@ impl Generator for StartingGenerator {
             None => format!("{} (starting)", self.description),
         }
     }
+
+    /// `None` until the backend has started: a server routes nothing to it before then.
+    fn model(&self) -> Option<ModelInfo> {
+        self.backend.get().and_then(|backend| backend.model())
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +89,16 @@ mod tests {
         }
         .validate()
         .unwrap()
+    }
+
+    #[test]
+    fn reports_no_model_until_started_then_the_backends() {
+        let starting = StartingGenerator::new("local:/models/flux");
+        assert_eq!(starting.model(), None);
+        let model =
+            flux_types::test_util::fake_model("schnell-folder", &flux_types::variant::SCHNELL);
+        assert!(starting.started(Arc::new(FakeGenerator::new().serving(model.clone()))));
+        assert_eq!(starting.model(), Some(model));
     }
 
     #[test]

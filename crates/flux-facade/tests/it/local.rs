@@ -188,3 +188,30 @@ async fn a_full_queue_is_overloaded_at_once() -> anyhow::Result<()> {
     assert_eq!(after.images.len(), 1);
     Ok(())
 }
+
+/// What `Generator::model` reports for a loaded folder: its name, its variant and whether it has
+/// a safety checker (the schnell fixture has none), and for the bundled model its short id.
+#[test]
+fn a_local_model_reports_its_folder_variant_and_safety_checker() -> anyhow::Result<()> {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let schnell = LocalGenerator::start(
+        &fixtures.join("tiny-flux-schnell"),
+        &LocalOptions::default(),
+    )?;
+    let model = schnell.model().context("a loaded model reports itself")?;
+    ensure!(model.id == "tiny-flux-schnell", "{model:?}");
+    ensure!(model.variant.name == "schnell", "{model:?}");
+    ensure!(model.safety_checker == Some(false), "{model:?}");
+    ensure!(
+        model.precision.as_deref() == Some("fp32") && model.device.as_deref() == Some("cpu"),
+        "{model:?}"
+    );
+    ensure!(model.text_length.is_some_and(|n| n > 0), "{model:?}");
+
+    let dev = LocalGenerator::bundled()?;
+    let model = dev.model().context("a loaded model reports itself")?;
+    ensure!(model.id == bundled::BUNDLED_MODEL_ID, "{model:?}");
+    ensure!(model.variant.name == "dev", "{model:?}");
+    ensure!(model.safety_checker == Some(true), "{model:?}");
+    Ok(())
+}

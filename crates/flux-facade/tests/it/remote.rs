@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use flux_facade::{
     Backend, FailoverGenerator, GenerateRequest, Generator, GeneratorError, ImageSize,
     LocalGenerator, LocalOptions, Progress, ProgressFn, RemoteGenerator, ValidRequest, bundled,
@@ -304,6 +304,35 @@ async fn a_failover_backend_does_not_wait_on_a_server_that_is_not_ready() -> any
         started.elapsed() < Duration::from_secs(10),
         "the failover took {:?}",
         started.elapsed()
+    );
+    Ok(())
+}
+
+/// A remote backend names its server and serves its dev route; what the server runs it on is not
+/// known here. A failover names every server.
+#[test]
+fn remote_backends_report_the_dev_model_of_their_servers() -> anyhow::Result<()> {
+    let one = RemoteGenerator::new("http://127.0.0.1:9", None)?;
+    let model = one.model().context("a remote backend reports its model")?;
+    ensure!(
+        model.id == "http://127.0.0.1:9" && model.variant.name == "dev",
+        "{model:?}"
+    );
+    ensure!(
+        model.text_length.is_none()
+            && model.precision.is_none()
+            && model.device.is_none()
+            && model.safety_checker.is_none(),
+        "{model:?}"
+    );
+    let failover = FailoverGenerator::new(vec![
+        RemoteGenerator::for_failover("http://a.test:1", None)?,
+        RemoteGenerator::for_failover("http://b.test:2", None)?,
+    ]);
+    let model = failover.model().context("a failover reports its model")?;
+    ensure!(
+        model.id == "failover:http://a.test:1,http://b.test:2" && model.variant.name == "dev",
+        "{model:?}"
     );
     Ok(())
 }
