@@ -41,6 +41,8 @@ mod metrics;
 #[cfg(feature = "server")]
 mod observe;
 #[cfg(feature = "server")]
+mod ops;
+#[cfg(feature = "server")]
 mod playground;
 #[cfg(feature = "server")]
 mod preflight;
@@ -51,6 +53,8 @@ mod rate_limit;
 #[cfg(feature = "server")]
 mod results;
 mod routes;
+#[cfg(feature = "server")]
+mod served_models;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]
@@ -74,7 +78,9 @@ pub use config::{
 pub use error::{ClientError, RemoteError};
 #[cfg(feature = "server")]
 pub use files::FileDurability;
-pub use routes::{FILES_PATH, GENERATE_PATH, QUEUE_PATH};
+#[cfg(feature = "server")]
+pub use flux_service::ServedModels;
+pub use routes::{FILES_PATH, GENERATE_PATH, QUEUE_PATH, SYNC_PREFIX};
 #[cfg(feature = "server")]
 pub use server::{AppState, router};
 #[cfg(feature = "server")]

@@ -17,10 +17,9 @@ use crate::idempotency::{Begin, FilesWrittenFrom};
 use crate::preflight::{authenticate, preflight};
 use crate::rate_limit::RateLimitState;
 use crate::routes::QUEUE_PATH;
+use crate::served_models::{model_ready, route_variant};
 use crate::server::{AppState, IDEMPOTENT_REPLAYED, json_response, read_valid_body, submit};
 
-/// Models this server answers on (one generator, the dev route).
-const SERVED_MODELS: &[&str] = &["dev"];
 /// Queue submits keep their idempotency records apart from the sync route's (a NUL never
 /// appears in a header's key).
 const QUEUE_KEY_PREFIX: &str = "queue\0";
@@ -30,18 +29,6 @@ fn with_rate(mut response: Response, rate_state: Option<RateLimitState>) -> Resp
         rate_state.write_headers(response.headers_mut());
     }
     response
-}
-
-fn served(model: &str) -> Result<(), ApiErrorResponse> {
-    if SERVED_MODELS.contains(&model) {
-        Ok(())
-    } else {
-        Err(ApiErrorResponse::new(
-            ErrorCode::NotFound,
-            format!("this server does not serve the model {model:?}"),
-            None,
-        ))
-    }
 }
 
 fn job_url(state: &AppState, model: &str, id: &JobId) -> String {
@@ -86,8 +73,8 @@ async fn submit_authorized(
     request: Request,
 ) -> Result<Response, ApiErrorResponse> {
     let webhook_url = crate::webhooks::webhook_param(request.uri().query());
-    served(model)?;
-    let (body, valid) = read_valid_body(state, request).await?;
+    let variant = route_variant(state, model)?;
+    let (body, valid) = read_valid_body(state, request, variant).await?;
     let webhook = match &webhook_url {
         Some(url) => Some(
             crate::webhooks::check_target(url, &state.inner.webhooks.config)
@@ -134,7 +121,7 @@ async fn submit_authorized(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Ok(response);
     }
-    if !state.inner.generator.is_ready() {
+    if !model_ready(state, variant) {
         return Err(ApiErrorResponse::not_ready());
     }
     if !valid.sync_mode() && !state.inner.files.is_healthy().await {
@@ -145,7 +132,7 @@ async fn submit_authorized(
         Submission {
             request: valid,
             owner: caller.owner(),
-            model: model.to_owned(),
+            model: variant.name.to_owned(),
             // A queued job may wait and run as long as a sync request may.
             deadline: Some(state.inner.request_timeout),
             on_finish: None,
@@ -189,7 +176,7 @@ fn job_route(
     let (caller, rate_state) =
         authenticate(state, request).map_err(|refused| refused.into_response_now())?;
     let refuse = |error: ApiErrorResponse| with_rate(error.into_response(), rate_state);
-    served(model).map_err(refuse)?;
+    route_variant(state, model).map_err(refuse)?;
     let id = JobId::parse(id).ok_or_else(|| refuse(ApiErrorResponse::not_found()))?;
     let owner = caller.owner();
     match state.inner.service.record(&id, owner) {
@@ -382,28 +369,4 @@ pub(crate) async fn cancel_job(
         Err(error) => service_error(error).into_response(),
     };
     with_rate(response, rate_state)
-}
-
-/// `GET /api/v1/models`: what this server serves (one generator, on the dev routes).
-pub(crate) async fn list_models(
-    state: axum::extract::State<AppState>,
-    request: Request,
-) -> Response {
-    let state = state.0;
-    let (_caller, rate_state) = match authenticate(&state, &request) {
-        Ok(found) => found,
-        Err(refused) => return refused.into_response_now(),
-    };
-    let models = serde_json::json!({
-        "models": SERVED_MODELS
-            .iter()
-            .map(|variant| serde_json::json!({
-                "id": state.inner.generator.describe(),
-                "variant": variant,
-                "sync_path": format!("/api/v1/flux/{variant}"),
-                "queue_path": format!("{QUEUE_PATH}/{variant}"),
-            }))
-            .collect::<Vec<_>>()
-    });
-    with_rate(json_of(StatusCode::OK, &models), rate_state)
 }

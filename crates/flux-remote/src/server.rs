@@ -1,5 +1,6 @@
-//! The axum router and its handlers: `POST /api/v1/flux/dev`, the file route and the operations
-//! endpoints, in front of any `Generator` (the process around it is in `serving`).
+//! The axum router and its handlers: `POST /api/v1/flux/{variant}`, the file route and the
+//! operations endpoints, in front of any `Generator`, or one per variant (the process around it
+//! is in `serving`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,15 +8,17 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use flux_service::{
-    FinishHook, GenerationService, JobId, JobResult, Owner, ServiceConfig, ServiceError, Submission,
+    FinishHook, GenerationService, JobId, JobResult, Owner, ServedModels, ServiceConfig,
+    ServiceError, Submission,
 };
-use flux_types::{ErrorCode, Generator, ValidRequest, parse_request};
+use flux_types::variant::VARIANTS;
+use flux_types::{ErrorCode, Generator, ValidRequest, VariantSpec, parse_request_for};
 
 use crate::api_error::ApiErrorResponse;
 use crate::auth::{ApiKeys, Caller, sha256};
@@ -24,19 +27,17 @@ use crate::config::ServerConfig;
 use crate::error::RemoteError;
 use crate::files::FileStore;
 use crate::idempotency::{Begin, FilesWrittenFrom, IdempotencyStore};
-use crate::metrics::{Metrics, Snapshot};
+use crate::metrics::Metrics;
 use crate::observe::observe;
+use crate::ops;
 use crate::preflight::preflight;
 use crate::queue_routes;
 use crate::rate_limit::RateLimiterByKey;
 use crate::results::FileResults;
-use crate::routes::QUEUE_PATH;
-use crate::routes::{FILES_PATH, GENERATE_PATH};
+use crate::routes::{FILES_PATH, QUEUE_PATH, SYNC_PREFIX};
+use crate::served_models::{self, model_ready, route_variant};
 use crate::stores::Stores;
 use crate::webhooks::{Deliverer, webhook_body};
-
-/// The committed OpenAPI document, served as is.
-const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 
 pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
@@ -47,7 +48,6 @@ pub struct AppState {
 }
 
 pub(crate) struct Shared {
-    pub(crate) generator: Arc<dyn Generator>,
     pub(crate) keys: ApiKeys,
     pub(crate) auth_throttle: AuthThrottle,
     pub(crate) trust_forwarded_for: bool,
@@ -70,7 +70,7 @@ pub(crate) struct Shared {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("generator", &self.inner.generator.describe())
+            .field("models", &self.inner.service.models().describe())
             .field("keys", &self.inner.keys)
             .field("queue_depth", &self.inner.queue_depth)
             .field("public_base_url", &self.inner.public_base_url)
@@ -79,11 +79,21 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the state from a validated configuration. `public_base_url` is the base of image
-    /// URLs (see [`ServerConfig::public_base_url`]). Creates the files directory.
+    /// Builds the state from a validated configuration, with `generator` on the dev routes.
+    /// `public_base_url` is the base of image URLs (see [`ServerConfig::public_base_url`]).
+    /// Creates the files directory.
     pub fn new(
         config: &ServerConfig,
         generator: Arc<dyn Generator>,
+        public_base_url: String,
+    ) -> Result<Self, RemoteError> {
+        Self::with_models(config, ServedModels::dev(generator), public_base_url)
+    }
+
+    /// As [`AppState::new`], serving each of `models` on its variant's routes.
+    pub fn with_models(
+        config: &ServerConfig,
+        models: ServedModels,
         public_base_url: String,
     ) -> Result<Self, RemoteError> {
         config.validate()?;
@@ -101,8 +111,8 @@ impl AppState {
             public_base_url: public_base_url.clone(),
         });
         let stores = Stores::open(config)?;
-        let service = GenerationService::new(
-            Arc::clone(&generator),
+        let service = GenerationService::with_models(
+            models,
             results,
             stores.jobs,
             ServiceConfig {
@@ -140,7 +150,6 @@ impl AppState {
         }
         Ok(AppState {
             inner: Arc::new(Shared {
-                generator,
                 keys: ApiKeys::new(&config.api_keys, config.allow_unauthenticated),
                 auth_throttle: AuthThrottle::default(),
                 trust_forwarded_for: config.trust_forwarded_for,
@@ -229,9 +238,16 @@ impl AppState {
 /// The API's routes on `state`, with request ids, logging and metrics. Use with
 /// `tower::ServiceExt::oneshot` in tests, or serve it with [`Server`](crate::Server).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route(GENERATE_PATH, post(generate))
-        .route("/api/v1/models", get(queue_routes::list_models))
+    // One route per variant (not `{model}`), so that metrics and logs name the variant's path.
+    let mut sync_routes = Router::new();
+    for variant in VARIANTS {
+        sync_routes = sync_routes.route(
+            &served_models::sync_path(variant),
+            post(move |state: State<AppState>, request: Request| generate(state, variant, request)),
+        );
+    }
+    sync_routes
+        .route("/api/v1/models", get(served_models::list_models))
         .route(
             &format!("{QUEUE_PATH}/{{model}}"),
             post(queue_routes::submit_job),
@@ -252,11 +268,11 @@ pub fn router(state: AppState) -> Router {
             &format!("{QUEUE_PATH}/{{model}}/requests/{{id}}/cancel"),
             put(queue_routes::cancel_job),
         )
-        .route(&format!("{FILES_PATH}/{{file}}"), get(serve_file))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+        .route(&format!("{FILES_PATH}/{{file}}"), get(ops::serve_file))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
         .merge(crate::playground::routes(state.inner.playground))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -275,7 +291,14 @@ async fn method_not_allowed(
     uri: Uri,
 ) -> ApiErrorResponse {
     let path = uri.path();
-    let allow = if path == GENERATE_PATH {
+    let sync_model = path
+        .strip_prefix(SYNC_PREFIX)
+        .and_then(|rest| rest.strip_prefix('/'));
+    let allow = if let Some(model) = sync_model {
+        // The route of a variant this server does not serve is no route at all.
+        if let Err(not_served) = route_variant(&state, model) {
+            return not_served;
+        }
         Some("POST")
     } else if let Some(rest) = path.strip_prefix(QUEUE_PATH) {
         let segments = rest.split('/').count();
@@ -297,47 +320,6 @@ async fn method_not_allowed(
     ApiErrorResponse::method_not_allowed(method.as_str(), path, allow.map(str::to_owned))
 }
 
-async fn health() -> Response {
-    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
-}
-
-async fn ready(State(state): State<AppState>) -> Response {
-    if state.is_draining() {
-        return ApiErrorResponse::shutting_down().into_response();
-    }
-    if !state.inner.generator.is_ready() {
-        return ApiErrorResponse::not_ready().into_response();
-    }
-    if !state.inner.files.is_healthy().await {
-        return ApiErrorResponse::storage_unavailable().into_response();
-    }
-    json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    // Probed (at most once a second) so that a folder that broke while idle shows too.
-    let storage_healthy = state.inner.files.is_healthy().await;
-    let ready = !state.is_draining() && state.inner.generator.is_ready() && storage_healthy;
-    let text = state.inner.metrics.render(&Snapshot {
-        in_queue: state.in_queue(),
-        capacity: state.inner.queue_depth,
-        ready,
-        storage: state.inner.files.stats(),
-    });
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        text,
-    )
-        .into_response()
-}
-
-async fn openapi() -> Response {
-    json_response(StatusCode::OK, OPENAPI_JSON.as_bytes().to_vec())
-}
-
 pub(crate) fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut response = (status, body.into()).into_response();
     response.headers_mut().insert(
@@ -347,59 +329,41 @@ pub(crate) fn json_response(status: StatusCode, body: impl Into<Body>) -> Respon
     response
 }
 
-async fn serve_file(
+/// `POST /api/v1/flux/{variant}`: the header checks (authentication, rate limit, ...), then the
+/// request itself; the rate-limit state is reported on whatever the answer is.
+async fn generate(
     State(state): State<AppState>,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    variant: &'static VariantSpec,
+    request: Request,
 ) -> Response {
-    let Ok(Path(name)) = name else {
-        return ApiErrorResponse::not_found().into_response();
-    };
-    match state.inner.files.read(&name).await {
-        Some((bytes, kind)) => (
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(kind.content_type()),
-                ),
-                (
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("private, max-age=3600"),
-                ),
-                (
-                    header::X_CONTENT_TYPE_OPTIONS,
-                    HeaderValue::from_static("nosniff"),
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
-        None => ApiErrorResponse::not_found().into_response(),
-    }
-}
-
-/// `POST /api/v1/flux/dev`: the header checks (authentication, rate limit, ...), then the request
-/// itself; the rate-limit state is reported on whatever the answer is.
-async fn generate(State(state): State<AppState>, request: Request) -> Response {
     let admitted = match preflight(&state, &request) {
         Ok(admitted) => admitted,
         Err(refused) => return (*refused).answer(&state, request).await,
     };
-    let mut response =
-        match generate_authorized(&state, admitted.caller, admitted.idempotency_key, request).await
-        {
-            Ok(response) => response,
-            Err(refusal) => refusal.into_response(),
-        };
+    let mut response = match generate_authorized(
+        &state,
+        variant.name,
+        admitted.caller,
+        admitted.idempotency_key,
+        request,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(),
+    };
     if let Some(rate_state) = admitted.rate_state {
         rate_state.write_headers(response.headers_mut());
     }
     response
 }
 
-/// Reads the body within the read timeout and validates it as a generation request.
+/// Reads the body within the read timeout and validates it as a generation request for
+/// `variant`'s route.
 pub(crate) async fn read_valid_body(
     state: &AppState,
     request: Request,
+    variant: &VariantSpec,
 ) -> Result<(Bytes, ValidRequest), ApiErrorResponse> {
     let read_timeout = state.inner.read_timeout;
     let body = tokio::time::timeout(read_timeout, Bytes::from_request(request, &()))
@@ -425,7 +389,7 @@ pub(crate) async fn read_valid_body(
                 )
             }
         })?;
-    let valid = parse_request(&body).map_err(|refusal| {
+    let valid = parse_request_for(&body, variant).map_err(|refusal| {
         let error = refusal.to_api_error();
         ApiErrorResponse::new(error.code, error.message, error.param)
     })?;
@@ -434,11 +398,13 @@ pub(crate) async fn read_valid_body(
 
 async fn generate_authorized(
     state: &AppState,
+    model: &str,
     caller: Caller,
     idempotency_key: Option<String>,
     request: Request,
 ) -> Result<Response, ApiErrorResponse> {
-    let (body, valid) = read_valid_body(state, request).await?;
+    let variant = route_variant(state, model)?;
+    let (body, valid) = read_valid_body(state, request, variant).await?;
     let reservation = match idempotency_key {
         None => None,
         Some(key) => match state.inner.idempotency.begin(caller, key, sha256(&body)) {
@@ -482,7 +448,7 @@ async fn generate_authorized(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Ok(response);
     }
-    if !state.inner.generator.is_ready() {
+    if !model_ready(state, variant) {
         return Err(ApiErrorResponse::not_ready());
     }
     // No generation for images that could not be stored.
@@ -509,7 +475,7 @@ async fn generate_authorized(
         Submission {
             request: valid,
             owner,
-            model: "dev".to_owned(),
+            model: variant.name.to_owned(),
             deadline: None,
             on_finish,
             keep_record: false,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flux_service::ServedModels;
 use flux_types::Generator;
 use tokio::net::TcpListener;
 
@@ -23,11 +24,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates `config`, binds its listen address and prepares the state. Refuses to start
-    /// without API keys unless `allow_unauthenticated` is set, and warns loudly when it is.
+    /// Validates `config`, binds its listen address and prepares the state, with `generator`
+    /// on the dev routes. Refuses to start without API keys unless `allow_unauthenticated` is
+    /// set, and warns loudly when it is.
     pub async fn bind(
         config: ServerConfig,
         generator: Arc<dyn Generator>,
+    ) -> Result<Server, RemoteError> {
+        Self::bind_models(config, ServedModels::dev(generator)).await
+    }
+
+    /// As [`Server::bind`], serving each of `models` on its variant's routes (see
+    /// [`ServedModels::by_variant`]).
+    pub async fn bind_models(
+        config: ServerConfig,
+        models: ServedModels,
     ) -> Result<Server, RemoteError> {
         config.validate()?;
         let listener =
@@ -42,7 +53,7 @@ impl Server {
             source,
         })?;
         let public_base_url = config.public_base_url(local_addr)?;
-        let state = AppState::new(&config, generator, public_base_url.clone())?;
+        let state = AppState::with_models(&config, models, public_base_url.clone())?;
         if config.allow_unauthenticated {
             tracing::warn!(
                 "AUTHENTICATION IS OFF: --allow-unauthenticated is set, requests without an API \
@@ -57,7 +68,7 @@ impl Server {
         tracing::info!(
             listen = %local_addr,
             public_url = %public_base_url,
-            generator = %state.inner.generator.describe(),
+            models = %state.inner.service.models().describe(),
             api_keys = config.api_keys.len(),
             queue_depth = config.queue_depth,
             rate_limit = %config.rate_limit.map(|r| r.to_string()).unwrap_or_else(|| "off".to_owned()),

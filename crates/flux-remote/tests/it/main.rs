@@ -13,6 +13,7 @@ mod hardening_auth;
 mod hardening_connections;
 mod hardening_storage;
 mod loopback;
+mod models;
 mod playground;
 mod queue_client;
 mod queue_routes;
