@@ -30,9 +30,10 @@ pub struct BackendArgs {
     /// hub), BFL single files (flux1-dev.safetensors + ae.safetensors with the diffusers text
     /// encoders, tokenizers and scheduler beside them), or ONNX graphs in the FLUX.1-dev ONNX
     /// layout. Checkpoints are built into ONNX graphs once and cached. Same as
-    /// `--backend local:DIR`. Default: the tiny model bundled in the binary.
-    #[arg(long, env = "FLUX_MODEL", value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    /// `--backend local:DIR`. `flux serve` takes it more than once, one model per variant (each
+    /// on its own route); FLUX_MODEL names one. Default: the tiny model bundled in the binary.
+    #[arg(long, env = "FLUX_MODEL", value_name = "DIR", action = clap::ArgAction::Append)]
+    pub model: Vec<PathBuf>,
 
     /// Where a local model runs: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature
     /// (refused, never silently run on the CPU, when CUDA cannot be used). [default: cpu]
@@ -115,7 +116,7 @@ impl BackendArgs {
         };
         if sources.backend
             && !sources.model
-            && self.model.is_some()
+            && !self.model.is_empty()
             && !self.backend.as_deref().is_some_and(names_plain_local)
         {
             self.backend = None;
@@ -129,14 +130,21 @@ impl BackendArgs {
             && self.backend.is_some()
             && !matches!(backend, Backend::Local { model_dir: None })
         {
-            self.model = None;
+            self.model.clear();
         }
-        let backend = match (&self.model, backend) {
-            (None, backend) => backend,
-            (Some(dir), Backend::Local { model_dir: None }) => Backend::Local {
+        let backend = match (self.model.as_slice(), backend) {
+            ([], backend) => backend,
+            ([dir], Backend::Local { model_dir: None }) => Backend::Local {
                 model_dir: Some(dir.clone()),
             },
-            (Some(dir), other) => {
+            ([_, _, ..], _) => {
+                return Err(BadInput(
+                    "--model is given more than once: only `flux serve` serves several models"
+                        .to_owned(),
+                )
+                .into());
+            }
+            ([dir], other) => {
                 let (model, spec) = if sources.model {
                     ("FLUX_MODEL", "FLUX_BACKEND")
                 } else {

@@ -1,4 +1,5 @@
-//! `flux serve`: the HTTP API over a local model (the bundled one by default) or a remote backend.
+//! `flux serve`: the HTTP API over local models (the bundled one by default; one per variant with
+//! `--model` repeated) or a remote backend.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -10,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::BoolishValueParser;
-use flux_facade::{Backend, LocalOptions, StartingGenerator};
-use flux_remote::{FileDurability, RateLimit, Server, ServerConfig, ShutdownSignals};
+use flux_facade::{Backend, Generator, LocalOptions, StartingGenerator};
+use flux_remote::{FileDurability, RateLimit, ServedModels, Server, ServerConfig, ShutdownSignals};
 
 use crate::BadInput;
 use crate::generate::BackendArgs;
@@ -23,12 +24,15 @@ Examples:
   flux serve --allow-unauthenticated
   flux serve --api-key-file keys.txt --listen 0.0.0.0:8080 --public-url https://flux.example.com
   FLUX_API_KEYS=$(openssl rand -hex 24) flux serve --model /models/FLUX.1-dev-onnx --queue-depth 4
+  flux serve --model /models/FLUX.1-dev --model /models/FLUX.1-schnell --allow-unauthenticated
   flux serve --backend https://upstream.example.com --allow-unauthenticated
 
   curl -s http://127.0.0.1:8080/api/v1/flux/dev -H 'Content-Type: application/json' \\
        -H \"Authorization: Bearer $FLUX_API_KEY\" -d '{\"prompt\": \"a red fox in the snow\", \"seed\": 42}'
 
-Every flag also reads the environment variable shown. Without API keys the server refuses to start
+Each --model serves on the route of its variant (/api/v1/flux/dev, /api/v1/flux/schnell and their
+queue twins); two models of one variant are refused. Every flag also reads the environment
+variable shown. Without API keys the server refuses to start
 unless --allow-unauthenticated is given; keys must be at least 16 characters. SIGTERM or Ctrl-C
 drains: running and queued generations finish and are answered, open connections get
 --drain-timeout to finish, then the server exits.")]
@@ -171,59 +175,114 @@ pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
     config
         .validate()
         .map_err(|error| BadInput(error.to_string()))?;
-    let backend = args.backend.resolve()?;
-    // The engine's own queue must hold everything the server admits, so that an admitted request
-    // is never refused by the layer below.
+    let backends = resolve_backends(&mut args.backend)?;
+    // Each engine's own queue must hold everything the server admits, so that an admitted
+    // request is never refused by the layer below.
     let options = args.backend.local_options(config.queue_depth)?;
     let runtime = crate::runtime()?;
     // Listen first, then load: a taken port is reported at once, not after a model load of
     // minutes, and while the model loads `/health` answers and requests get 503 `not_ready` (an
     // orchestrator's liveness probe does not kill a server that is still loading).
-    let starting = StartingGenerator::new(backend.to_string());
-    let result = runtime.block_on(serve_while_starting(
-        config,
-        backend,
-        options,
-        starting.clone(),
-    ));
-    // The backend is released here, on this thread, outside the runtime: a local engine is
+    let starting: Vec<_> = backends
+        .into_iter()
+        .map(|backend| (StartingGenerator::new(backend.to_string()), backend))
+        .collect();
+    let stand_ins = starting
+        .iter()
+        .map(|(stand_in, _)| stand_in.clone())
+        .collect();
+    let result = runtime.block_on(serve_while_starting(config, starting, options));
+    // The backends are released here, on this thread, outside the runtime: a local engine is
     // joined (its sessions closed) before the process exits.
-    drop(starting);
+    drop::<Vec<Arc<StartingGenerator>>>(stand_ins);
     // A signal during the model load ends the server; the load itself is not waited for.
     runtime.shutdown_background();
     result
 }
 
+/// The backends the flags name: one per `--model` folder, or the one `--backend` names.
+fn resolve_backends(args: &mut BackendArgs) -> anyhow::Result<Vec<Backend>> {
+    if args.model.len() <= 1 {
+        return Ok(vec![args.resolve()?]);
+    }
+    let folders = std::mem::take(&mut args.model);
+    let mut backends = Vec::with_capacity(folders.len());
+    for folder in &folders {
+        args.model = vec![folder.clone()];
+        backends.push(args.resolve()?);
+    }
+    args.model = folders;
+    Ok(backends)
+}
+
+/// Starts every backend (at once, each on a blocking thread) and checks that no two serve the
+/// same variant; then hands each to its stand-in, so that the server routes nothing before all
+/// are loaded and checked.
+async fn start_all(
+    starting: Vec<(Arc<StartingGenerator>, Backend)>,
+    options: LocalOptions,
+) -> anyhow::Result<()> {
+    let mut loads = Vec::with_capacity(starting.len());
+    for (stand_in, backend) in starting {
+        let options = options.clone();
+        let description = backend.to_string();
+        let load = tokio::task::spawn_blocking(move || backend.start_with(&options));
+        loads.push((stand_in, description, load));
+    }
+    let mut started: Vec<(Arc<StartingGenerator>, String, Arc<dyn Generator>)> = Vec::new();
+    for (stand_in, description, load) in loads {
+        let generator = load
+            .await
+            .context("the backend start-up task failed")?
+            .with_context(|| format!("cannot start backend {description}"))?;
+        started.push((stand_in, description, generator));
+    }
+    for (index, (_, description, generator)) in started.iter().enumerate() {
+        let variant = generator.model().map(|model| model.variant);
+        let earlier = started[..index]
+            .iter()
+            .find(|(_, _, other)| other.model().map(|model| model.variant) == variant);
+        if let (Some(variant), Some((_, first, _))) = (variant, earlier) {
+            return Err(BadInput(format!(
+                "{first} and {description} are both FLUX.1-{variant} models; a server serves one \
+                 model per variant (on /api/v1/flux/{variant}): give one of each"
+            ))
+            .into());
+        }
+    }
+    for (stand_in, _, generator) in started {
+        stand_in.started(generator);
+    }
+    Ok(())
+}
+
 async fn serve_while_starting(
     config: ServerConfig,
-    backend: Backend,
+    starting: Vec<(Arc<StartingGenerator>, Backend)>,
     options: LocalOptions,
-    starting: Arc<StartingGenerator>,
 ) -> anyhow::Result<()> {
     // Both signals are listened for from the start, so that a second one during the drain is
     // never missed (one sent before a listener exists would be).
     let mut signals = ShutdownSignals::new().context("cannot listen for SIGINT and SIGTERM")?;
-    let server = Server::bind(config, starting.clone()).await?;
+    let models = ServedModels::by_variant(
+        starting
+            .iter()
+            .map(|(stand_in, _)| Arc::clone(stand_in) as Arc<dyn Generator>)
+            .collect(),
+    );
+    let server = Server::bind_models(config, models).await?;
     let address = server.local_addr()?;
     // Scripts and tests read the bound address (port 0) from this line, then wait for the
     // "ready" line before they send work.
     print_line(&format!("flux server listening on http://{address}"))?;
 
-    let description = backend.to_string();
     let start_failed = Arc::new(AtomicBool::new(false));
     let start_failure = Arc::new(tokio::sync::Notify::new());
     let loading = {
         let (start_failed, start_failure) = (start_failed.clone(), start_failure.clone());
         tokio::spawn(async move {
-            let started = tokio::task::spawn_blocking(move || backend.start_with(&options))
-                .await
-                .context("the backend start-up task failed")
-                .and_then(|started| {
-                    started.with_context(|| format!("cannot start backend {description}"))
-                });
-            match started {
-                Ok(generator) => {
-                    starting.started(generator);
+            match start_all(starting, options).await {
+                Ok(()) => {
                     if let Err(error) = print_line("flux server ready") {
                         // The server serves all the same; only a reader of stdout misses it.
                         tracing::warn!(error = %format!("{error:#}"), "cannot print the ready line");

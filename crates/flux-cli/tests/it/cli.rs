@@ -46,7 +46,7 @@ fn flux() -> Command {
     command
 }
 
-fn run_in(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+pub(crate) fn run_in(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
     Ok(flux()
         .args(args)
         .current_dir(dir)

@@ -6,5 +6,6 @@ mod memory;
 mod model_build;
 mod playground;
 mod restart;
+mod serve_models;
 mod serve_queue;
 mod webdriver;
