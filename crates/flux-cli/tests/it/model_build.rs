@@ -278,7 +278,7 @@ fn serve_on_a_diffusers_folder_answers_a_generation() -> anyhow::Result<()> {
         stream.set_read_timeout(Some(Duration::from_secs(120)))?;
         write!(
             stream,
-            "POST /api/v1/flux/dev HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /api/v1/flux/schnell HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
         let mut answer = String::new();
