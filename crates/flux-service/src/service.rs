@@ -1,96 +1,32 @@
 //! [`GenerationService`]: submit, status, events, wait, cancel, over a generator, a job store and
 //! a result store.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use flux_types::{
-    BoxFuture, Generation, Generator, GeneratorError, LogLine, Progress, ProgressFn, QueueProgress,
-    ValidRequest,
-};
+use flux_types::{Generator, GeneratorError, LogLine, Progress, ProgressFn, QueueProgress};
 use tokio::sync::{Semaphore, broadcast};
-use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::clock::rfc3339_millis;
 use crate::error::ServiceError;
 use crate::events::JobEvents;
-use crate::job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
+use crate::job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner};
 use crate::models::{ModelLookup, ServedModels};
 use crate::queue_eta::{Place, QueueClock};
 use crate::store::{JobRecord, JobStore};
 
+mod live;
 mod recovery;
+mod submission;
+
+use live::{Live, LiveJob};
+pub use submission::{
+    Cancelled, CompletionListener, FinishHook, ResultStore, ServiceConfig, Submission, Submitted,
+};
 
 /// Events a slow status-stream reader may fall behind by before it re-reads the current status.
 const EVENT_BUFFER: usize = 256;
-
-/// Turns a finished generation into a stored result (files written, body serialized).
-pub trait ResultStore: Send + Sync + 'static {
-    /// `started` is when the job was handed to the generator.
-    fn store<'a>(
-        &'a self,
-        request: &'a ValidRequest,
-        generation: Generation,
-        started: Instant,
-    ) -> BoxFuture<'a, Result<StoredResult, JobFailure>>;
-}
-
-/// Called once with a job's result, before anyone waiting on the job hears of it; dropped unrun
-/// when the job is cancelled.
-pub type FinishHook = Box<dyn FnOnce(&JobResult) + Send>;
-
-/// Told of every job's end (after its record says so), e.g. to queue its webhook.
-pub type CompletionListener = Arc<dyn Fn(&JobRecord) + Send + Sync>;
-
-/// The service's limits.
-#[derive(Debug, Clone, Copy)]
-pub struct ServiceConfig {
-    /// Queued + running jobs at most.
-    pub capacity: usize,
-    /// How long completed job records are kept.
-    pub retention: Duration,
-}
-
-/// One job to submit.
-pub struct Submission {
-    pub request: ValidRequest,
-    pub owner: Owner,
-    pub model: String,
-    /// A job still unfinished this long after its submit fails as timed out.
-    pub deadline: Option<Duration>,
-    pub on_finish: Option<FinishHook>,
-    /// Whether the record outlives the job's end (for the queue API); a sync request's record
-    /// is forgotten once its waiter has the result.
-    pub keep_record: bool,
-    /// Where to POST the job's end.
-    pub webhook: Option<String>,
-}
-
-impl std::fmt::Debug for Submission {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Submission")
-            .field("model", &self.model)
-            .field("deadline", &self.deadline)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A job accepted.
-#[derive(Debug)]
-pub struct Submitted {
-    pub id: JobId,
-    /// Jobs ahead of it when it was accepted.
-    pub queue_position: u32,
-    pub seed: u64,
-    /// Its status changes from the start: waiting on these never misses the end.
-    pub events: JobEvents,
-}
-
-/// What a cancel did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cancelled;
 
 /// The generation service. Cheap to clone.
 #[derive(Clone)]
@@ -115,52 +51,6 @@ struct Inner {
     config: ServiceConfig,
     live: Mutex<Live>,
     listener: Mutex<Option<CompletionListener>>,
-}
-
-/// Jobs not yet completed: their event channels, abort handles and queue order.
-#[derive(Default)]
-struct Live {
-    jobs: HashMap<JobId, LiveJob>,
-    /// Queued jobs by submit order.
-    queued: BTreeMap<u64, JobId>,
-    next_seq: u64,
-}
-
-struct LiveJob {
-    /// The variant it runs on: only jobs of the same model are ahead of it in the queue.
-    model: String,
-    events: broadcast::Sender<JobStatus>,
-    abort: Option<AbortHandle>,
-    seq: u64,
-    keep_record: bool,
-    /// The job's admission place: freed when the job completes, cancelled ones at once. `None`
-    /// only for a job queued again after a restart beyond the bound, until a place frees.
-    place: Option<Place>,
-}
-
-impl Live {
-    /// Queued jobs of the same model ahead of it (each model has its own engine).
-    fn position(&self, id: &JobId) -> Option<u32> {
-        let job = self.jobs.get(id)?;
-        self.queued.get(&job.seq)?;
-        let ahead = self
-            .queued
-            .range(..job.seq)
-            .filter(|(_, other)| {
-                self.jobs
-                    .get(other)
-                    .is_some_and(|other| other.model == job.model)
-            })
-            .count();
-        Some(u32::try_from(ahead).unwrap_or(u32::MAX))
-    }
-
-    fn leave_queue(&mut self, id: &JobId) -> bool {
-        match self.jobs.get(id) {
-            Some(job) => self.queued.remove(&job.seq).is_some(),
-            None => false,
-        }
-    }
 }
 
 fn log_line(message: impl Into<String>) -> LogLine {

@@ -1,0 +1,77 @@
+//! What the service is given and what it answers: the result store it writes through, the hooks,
+//! its limits, a submission, and what a submit and a cancel give back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flux_types::{BoxFuture, Generation, ValidRequest};
+
+use crate::events::JobEvents;
+use crate::job::{JobFailure, JobId, JobResult, Owner, StoredResult};
+use crate::store::JobRecord;
+
+/// Turns a finished generation into a stored result (files written, body serialized).
+pub trait ResultStore: Send + Sync + 'static {
+    /// `started` is when the job was handed to the generator.
+    fn store<'a>(
+        &'a self,
+        request: &'a ValidRequest,
+        generation: Generation,
+        started: Instant,
+    ) -> BoxFuture<'a, Result<StoredResult, JobFailure>>;
+}
+
+/// Called once with a job's result, before anyone waiting on the job hears of it; dropped unrun
+/// when the job is cancelled.
+pub type FinishHook = Box<dyn FnOnce(&JobResult) + Send>;
+
+/// Told of every job's end (after its record says so), e.g. to queue its webhook.
+pub type CompletionListener = Arc<dyn Fn(&JobRecord) + Send + Sync>;
+
+/// The service's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceConfig {
+    /// Queued + running jobs at most.
+    pub capacity: usize,
+    /// How long completed job records are kept.
+    pub retention: Duration,
+}
+
+/// One job to submit.
+pub struct Submission {
+    pub request: ValidRequest,
+    pub owner: Owner,
+    pub model: String,
+    /// A job still unfinished this long after its submit fails as timed out.
+    pub deadline: Option<Duration>,
+    pub on_finish: Option<FinishHook>,
+    /// Whether the record outlives the job's end (for the queue API); a sync request's record
+    /// is forgotten once its waiter has the result.
+    pub keep_record: bool,
+    /// Where to POST the job's end.
+    pub webhook: Option<String>,
+}
+
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("model", &self.model)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A job accepted.
+#[derive(Debug)]
+pub struct Submitted {
+    pub id: JobId,
+    /// Jobs ahead of it when it was accepted.
+    pub queue_position: u32,
+    pub seed: u64,
+    /// Its status changes from the start: waiting on these never misses the end.
+    pub events: JobEvents,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
