@@ -12,6 +12,7 @@
 mod host;
 mod memory;
 mod options;
+mod peak_memory;
 mod pipeline;
 mod python;
 mod queue;
@@ -96,6 +97,41 @@ fn plan(choice: ModelChoice, quick: bool, root: &Path) -> ModelPlan {
     }
 }
 
+/// The diffusers folder of each model, loaded as `flux serve --model DIR` loads it (through the
+/// model builder's graphs): the bundled model's folder for tiny, the medium model's when
+/// `generate.py --medium` wrote one.
+fn bench_peak_memory(
+    choice: ModelChoice,
+    options: &Options,
+    root: &Path,
+    results: &mut BenchResults,
+) -> Result<()> {
+    let dir = match choice {
+        ModelChoice::Tiny => root.join("fixtures").join("tiny-flux-dev-diffusers"),
+        ModelChoice::Medium => root
+            .join(".cache")
+            .join("models")
+            .join("medium-flux-dev-diffusers"),
+    };
+    if !dir.join("model_index.json").is_file() {
+        results.notes.push(format!(
+            "peak memory of the {} model not measured: no diffusers folder at {} \
+             (`python tools/tiny-flux/generate.py --medium` writes it)",
+            choice.name(),
+            dir.display()
+        ));
+        return Ok(());
+    }
+    let requests: &[(u32, u32, u32)] = if options.quick {
+        &peak_memory::QUICK_REQUESTS
+    } else {
+        &peak_memory::REQUESTS
+    };
+    let entry = peak_memory::run_all(choice.name(), &dir, requests, options.threads)?;
+    results.peak_memory.push(entry);
+    Ok(())
+}
+
 fn tiny_dir(root: &Path) -> PathBuf {
     root.join("fixtures").join("tiny-flux-dev")
 }
@@ -171,6 +207,7 @@ fn run(args: &[String]) -> Result<()> {
         server: None,
         queue: None,
         soak: None,
+        peak_memory: Vec::new(),
         step_profiles: Vec::new(),
         gpu: GpuSection {
             measured: false,
@@ -245,6 +282,9 @@ fn run(args: &[String]) -> Result<()> {
             if options.soak {
                 results.soak = Some(run_soak(&plan, &options)?);
             }
+        }
+        if options.peak_memory {
+            bench_peak_memory(choice, &options, &root, &mut results)?;
         }
         results.duration_seconds = started.elapsed().as_secs_f64();
         results.write(&result_path)?;

@@ -33,6 +33,8 @@ options:
   --no-server        skip the HTTP server benchmark
   --no-queue         skip the queue API benchmark (submit → 202, step → SSE event)
   --no-soak          skip the memory-over-requests run
+  --no-peak-memory   skip the peak RSS per request size (512² to 2048² x4, one process each;
+                     --quick: 512² and 1024²)
   --soak-requests N  sequential requests of the memory run (default 1000, --quick 100)
   --cuda             measure the GPU section (needs a CUDA device; refused where there is none)
 
@@ -71,6 +73,7 @@ pub(crate) struct Options {
     pub(crate) server: bool,
     pub(crate) queue: bool,
     pub(crate) soak: bool,
+    pub(crate) peak_memory: bool,
     pub(crate) soak_requests: usize,
     pub(crate) cuda: bool,
 }
@@ -89,6 +92,7 @@ impl Options {
         let mut server = true;
         let mut queue = true;
         let mut soak = true;
+        let mut peak_memory = true;
         let mut soak_requests = None;
         let mut cuda = false;
         let mut iter = args.iter();
@@ -112,6 +116,7 @@ impl Options {
                 "--no-server" => server = false,
                 "--no-queue" => queue = false,
                 "--no-soak" => soak = false,
+                "--no-peak-memory" => peak_memory = false,
                 "--soak-requests" => {
                     soak_requests = Some(parse_positive(
                         "--soak-requests",
@@ -157,6 +162,7 @@ impl Options {
             server,
             queue,
             soak,
+            peak_memory,
             soak_requests: soak_requests.unwrap_or(if quick { 100 } else { 1000 }),
             cuda,
         })

@@ -48,6 +48,9 @@ pub struct BenchResults {
     #[serde(default)]
     pub queue: Option<QueueResults>,
     pub soak: Option<SoakResults>,
+    /// Peak RSS per request size, one process per request (absent from runs before it was measured).
+    #[serde(default)]
+    pub peak_memory: Vec<PeakMemoryEntry>,
     /// One transformer step of each model split into attention, linear layers and the rest, in
     /// ONNX Runtime and in torch (with the peers only).
     #[serde(default)]
@@ -103,6 +106,31 @@ pub struct WorkerDocument {
     pub load_seconds: f64,
     pub peak_rss_bytes: u64,
     pub runs: Vec<RunResult>,
+}
+
+/// One model's peak memory per request size ([`super::peak_memory`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeakMemoryEntry {
+    pub model: String,
+    /// The folder loaded (a diffusers folder goes through the model builder).
+    pub path: String,
+    pub results: Vec<PeakMemoryResult>,
+}
+
+/// One 1-step request in a fresh process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeakMemoryResult {
+    pub width: u32,
+    pub height: u32,
+    pub images: u32,
+    pub rss_after_load_bytes: u64,
+    /// `VmHWM` at the end: the request's peak (the process did nothing else).
+    pub peak_rss_bytes: u64,
+    /// `VmRSS` after the answer: what the arenas gave back.
+    pub rss_after_bytes: u64,
+    /// flux-core's admission estimate for the same request (`MemoryModel::estimated_peak`).
+    pub estimated_peak_bytes: u64,
+    pub seconds: f64,
 }
 
 /// Repeated measurements of one size and step count (warm-up excluded).

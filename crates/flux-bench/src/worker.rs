@@ -29,6 +29,8 @@ pub enum WorkerSpec {
     Overload(ServerSpec),
     /// The queue API: submit → 202, step → SSE event.
     Queue(ServerSpec),
+    /// One request's peak RSS.
+    PeakMemory(super::peak_memory::PeakMemorySpec),
 }
 
 /// Entry point of `flux-bench worker <spec-json>` (the child side).
@@ -45,6 +47,9 @@ pub fn run(args: &[String]) -> Result<()> {
             serde_json::to_string(&super::server::measure_overload(&spec)?)?
         }
         WorkerSpec::Queue(spec) => serde_json::to_string(&super::queue::measure(&spec)?)?,
+        WorkerSpec::PeakMemory(spec) => {
+            serde_json::to_string(&super::peak_memory::measure(&spec)?)?
+        }
     };
     println!("{RESULT_PREFIX}{result}");
     Ok(())

@@ -8,11 +8,13 @@ use anyhow::{Context, Result};
 
 use super::results::{BenchResults, RunResult, StepSplit, implementation, stage};
 
+mod peak_memory;
 mod plot;
 mod sections;
 #[cfg(test)]
 mod tests;
 
+use self::peak_memory::peak_memory_section;
 use self::plot::draw_plot;
 use self::sections::{
     memory_table, pipeline_tables, queue_section, server_section, soak_section, step_profiles,
@@ -182,6 +184,7 @@ fn markdown(results: &BenchResults, source: &Path, docs: &Path, plot_note: Optio
         }
     }
     memory_table(&mut out, results);
+    peak_memory_section(&mut out, results);
     server_section(&mut out, results);
     queue_section(&mut out, results);
     soak_section(&mut out, results);

@@ -1,7 +1,7 @@
 //! The report's number formats, tables and plot on synthetic results.
 
 use super::*;
-use crate::results::{LatencyStats, QueueResults};
+use crate::results::{LatencyStats, PeakMemoryEntry, PeakMemoryResult, QueueResults};
 
 #[test]
 fn number_formats() {
@@ -108,6 +108,32 @@ fn synthetic_results() -> BenchResults {
             step_to_event_durable: None,
         }),
         soak: None,
+        peak_memory: vec![PeakMemoryEntry {
+            model: "tiny".to_owned(),
+            path: "fixtures/tiny-flux-dev-diffusers".to_owned(),
+            results: vec![
+                PeakMemoryResult {
+                    width: 2048,
+                    height: 2048,
+                    images: 4,
+                    rss_after_load_bytes: 100 << 20,
+                    peak_rss_bytes: 1400 << 20,
+                    rss_after_bytes: 200 << 20,
+                    estimated_peak_bytes: 2800 << 20,
+                    seconds: 120.0,
+                },
+                PeakMemoryResult {
+                    width: 512,
+                    height: 512,
+                    images: 1,
+                    rss_after_load_bytes: 100 << 20,
+                    peak_rss_bytes: 400 << 20,
+                    rss_after_bytes: 120 << 20,
+                    estimated_peak_bytes: 300 << 20,
+                    seconds: 1.0,
+                },
+            ],
+        }],
         step_profiles: vec![StepProfile {
             model: "medium".to_owned(),
             width: 512,
@@ -163,6 +189,14 @@ fn renders_tables_targets_and_plot() -> Result<()> {
     assert!(text.contains("least 3.00× over 2 runs | met |"), "{text}");
     assert!(text.contains("(../bench-results/latest.json)"), "{text}");
     assert!(text.contains("- a note"));
+    assert!(
+        text.contains("| tiny | 2048×2048 ×4 | 100 | 1400 | 200 | 2800 | 2.00 | 120.0 |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| tiny | 512×512 ×1 | 100 | 400 | 120 | 300 | 0.75 (under) | 1.0 |"),
+        "{text}"
+    );
     assert!(
         text.contains("| step → SSE event, in memory | 1 | 0.400 | 0.400 | 0.400 | 0.400 |"),
         "{text}"
