@@ -262,6 +262,26 @@ def sample_sigmas(rng_t: torch.Generator, b: int, seq_len: int) -> torch.Tensor:
     return e / (e + (1 / u - 1))
 
 
+TRAINED = ("transformer", "clip", "t5")
+
+
+def swap_in(models, ema: dict | None) -> dict | None:
+    """Load the EMA weights into the trained modules; returns the live weights to swap back."""
+    if ema is None:
+        return None
+    backup = {}
+    for name in TRAINED:
+        backup[name] = {k: v.detach().clone() for k, v in models[name].state_dict().items()}
+        models[name].load_state_dict(ema[name], strict=True)
+    return backup
+
+
+def swap_out(models, backup: dict | None) -> None:
+    if backup is not None:
+        for name in TRAINED:
+            models[name].load_state_dict(backup[name], strict=True)
+
+
 def save_folder(models, out: Path, clip_tok, t5_tok, tok_src: Path, ema=None) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
@@ -269,18 +289,18 @@ def save_folder(models, out: Path, clip_tok, t5_tok, tok_src: Path, ema=None) ->
     if tmp.exists():
         shutil.rmtree(tmp)
     transformer = models["transformer"]
-    backup = None
-    if ema is not None:
-        backup = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
-        transformer.load_state_dict(ema, strict=True)
+    # The EMA of the transformer and of the text encoders together: an averaged transformer fed by
+    # the live (faster-moving) text encoders reads embeddings it was never averaged over.
+    backup = swap_in(models, ema)
     tiny.write_json(tmp / "scheduler" / "scheduler_config.json", tiny.scheduler_config(True))
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(tmp / "scheduler")),
         vae=models["vae"], text_encoder=models["clip"], tokenizer=clip_tok, text_encoder_2=models["t5"],
         tokenizer_2=t5_tok, transformer=transformer)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
-    if backup is not None:
-        transformer.load_state_dict(backup, strict=True)
+    swap_out(models, backup)
+    # flux-rs reads the T5 length the model was trained with from here (FLUX's default is 512).
+    tiny.write_json(tmp / "flux-rs-model.json", {"text_length": T5_LEN})
     # The tokenizer folders exactly as built (FLUX.1-dev's file set), not transformers' re-save.
     for name in ("tokenizer", "tokenizer_2"):
         shutil.rmtree(tmp / name)
@@ -288,6 +308,115 @@ def save_folder(models, out: Path, clip_tok, t5_tok, tok_src: Path, ema=None) ->
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, c4 = x.shape
+    x = x.view(b, h // 16, w // 16, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, h // 8, w // 8)
+
+
+@torch.no_grad()
+def sample(models, clip_tok, t5_tok, prompts: list[str], w: int, h: int, steps: int, guidance: float,
+           seed: int) -> list[np.ndarray]:
+    """FluxPipeline's sampling, written out: shifted linspace sigmas, Euler, same latent packing."""
+    b = len(prompts)
+    g = torch.Generator("cpu").manual_seed(seed)
+    x = pack(torch.randn(b, 16, h // 8, w // 8, generator=g))
+    seq = x.shape[1]
+    m = (1.15 - 0.5) / (4096 - 256)
+    e = math.exp(seq * m + (0.5 - 256 * m))
+    base = np.linspace(1.0, 1.0 / steps, steps)
+    sig = [e / (e + (1 / s - 1)) for s in base] + [0.0]
+    pooled, text = encode_text(models, clip_tok, t5_tok, prompts)
+    ids = img_ids(h // 16, w // 16)
+    for i in range(steps):
+        t = torch.full((b,), sig[i])
+        v = models["transformer"](hidden_states=x, timestep=t, guidance=torch.full((b,), guidance),
+                                  pooled_projections=pooled, encoder_hidden_states=text,
+                                  txt_ids=torch.zeros(T5_LEN, 3), img_ids=ids, return_dict=False)[0]
+        x = x + (sig[i + 1] - sig[i]) * v
+    z = unpack(x, h, w) / VAE_SCALING + VAE_SHIFT
+    img = models["vae"].decode(z).sample.clamp(-1, 1)
+    return [((im.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8) for im in img]
+
+
+def monitor(models, clip_tok, t5_tok, n: int) -> str:
+    """Held-out agreement on n prompts (256x256, 12 steps, guidance 3.5): progress while training."""
+    import detect
+
+    per: dict[str, list[bool]] = {}
+    pairs = scenes.eval_prompts(n, seed=777)
+    imgs = []
+    for i in range(0, n, 8):
+        chunk = pairs[i:i + 8]
+        imgs += sample(models, clip_tok, t5_tok, [p for p, _ in chunk], 256, 256, 12, 3.5, seed=5 + i)
+    for img, (_, scene) in zip(imgs, pairs):
+        res, _ = detect.score(img, scene.attributes())
+        for k, v in res.items():
+            per.setdefault(k, []).append(bool(v))
+    total = sum(len(v) for v in per.values())
+    ok = sum(sum(v) for v in per.values())
+    return f"{ok}/{total} = {ok / max(1, total):.3f} " + " ".join(
+        f"{k} {sum(v)}/{len(v)}" for k, v in sorted(per.items()))
+
+
+ATTRIBUTE_CLASSES = {
+    "colour": scenes.COLOUR_NAMES,
+    "background": scenes.COLOUR_NAMES + [None],
+    "shape": scenes.SHAPES,
+    "count": [1, 2, 3],
+    "size": scenes.SIZES + [None],
+    "position": list(scenes.POSITIONS) + [None],
+}
+
+
+def attribute_labels(scene: scenes.Scene) -> dict[str, int]:
+    stated = {"colour": scene.colour, "shape": scene.shape, "count": scene.count,
+              "background": scene.background if scene.states_background else None,
+              "size": scene.size if scene.states_size else None,
+              "position": scene.position if scene.states_position else None}
+    return {k: ATTRIBUTE_CLASSES[k].index(v) for k, v in stated.items()}
+
+
+def pretrain_text(models, clip_tok, t5_tok, minutes: float, rng: random.Random, batch: int = 128) -> str:
+    """Teach both text encoders to read a prompt before the transformer sees them: linear heads on
+    CLIP's pooled output and on T5's mean token must recover every stated attribute (which colour
+    is the background, the count, the place, ...).  Text only, so thousands of steps a minute; the
+    transformer then starts from embeddings that already separate what a scene depends on."""
+    heads = torch.nn.ModuleDict({
+        f"{enc}_{k}": torch.nn.Linear(64, len(v)) for enc in ("clip", "t5") for k, v in ATTRIBUTE_CLASSES.items()})
+    params = list(heads.parameters()) + list(models["clip"].parameters()) + list(models["t5"].parameters())
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
+    models["clip"].train()
+    models["t5"].train()
+    t0 = time.time()
+    step, acc = 0, {}
+    while time.time() - t0 < minutes * 60:
+        sc = [scenes.sample_scene(rng, held_out=False) for _ in range(batch)]
+        prompts = [scenes.make_prompt(rng, s) for s in sc]
+        labels = [attribute_labels(s) for s in sc]
+        pooled, text = encode_text(models, clip_tok, t5_tok, prompts)
+        mask = (t5_tok(prompts, padding="max_length", max_length=T5_LEN, truncation=True,
+                       return_tensors="pt").attention_mask.float())[..., None]
+        t5_mean = (text * mask).sum(1) / mask.sum(1)
+        loss = 0.0
+        for enc, feat in (("clip", pooled), ("t5", t5_mean)):
+            for k in ATTRIBUTE_CLASSES:
+                y = torch.tensor([lab[k] for lab in labels])
+                logits = heads[f"{enc}_{k}"](feat)
+                loss = loss + torch.nn.functional.cross_entropy(logits, y)
+                acc[f"{enc}_{k}"] = (logits.argmax(-1) == y).float().mean().item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            log(f"text step {step} loss {loss.item():.3f} clip acc " + " ".join(
+                f"{k} {acc['clip_' + k]:.2f}" for k in ATTRIBUTE_CLASSES))
+        step += 1
+    summary = " ".join(f"{k} {v:.2f}" for k, v in acc.items())
+    log(f"text encoders pretrained: {step} steps; accuracy {summary}")
+    return summary
 
 
 def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, rng: random.Random) -> dict:
@@ -298,9 +427,15 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
     opt = torch.optim.AdamW([{"params": list(transformer.parameters()), "scale": 1.0},
                              {"params": text_params, "scale": args.text_lr_scale}],
                             lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+    ema = {name: {k: v.detach().clone() for k, v in models[name].state_dict().items()} for name in TRAINED}
     rng_t = torch.Generator("cpu").manual_seed(args.seed + 3)
-    tiers = [(128, 16, 0.6), (192, 7, 0.22), (320, 3, 0.12), (640, 1, 0.04), (1024, 1, 0.01)]
+    # (shorter side, batch, share of steps).  A small object is 0.15 of the shorter side: about two
+    # latent pixels at 128 px, five at 256 px, so the shapes are learnt at 192-384 px; the larger
+    # sizes teach where "left" is on a wide canvas (positions are absolute token indices).
+    tiers = [(128, 16, 0.25), (192, 8, 0.3), (256, 5, 0.25), (384, 2, 0.13), (640, 1, 0.05), (1024, 1, 0.02)]
+    if args.tiers == "small":
+        # Cheaper steps, more scenes per minute: colours, places and counts before shapes.
+        tiers = [(128, 16, 0.45), (192, 8, 0.35), (256, 5, 0.14), (384, 2, 0.04), (640, 1, 0.02)]
     if args.smoke:
         tiers = [(128, 8, 0.7), (256, 2, 0.3)]
     for m in ("clip", "t5"):
@@ -327,7 +462,11 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
             x0 = pack((z - VAE_SHIFT) * VAE_SCALING)
         seq = x0.shape[1]
         sigma = sample_sigmas(rng_t, b, seq)
-        if args.high_noise > 0:
+        if frac < args.curriculum:
+            # First the prompt alone: at sigma 0.8-1 the target is mostly the prompt's mean picture,
+            # so the whole step's gradient teaches the text path before the model learns to denoise.
+            sigma = 0.8 + 0.2 * torch.rand(b, generator=rng_t)
+        elif args.high_noise > 0:
             # The prompt decides the picture at high noise only (below ~0.7 the layout is already in
             # x_t), and logit-normal sampling rarely goes there: without this the text is learnt late.
             high = torch.rand(b, generator=rng_t) < args.high_noise
@@ -347,8 +486,12 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for k, v in transformer.state_dict().items():
-                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            for name in TRAINED:
+                for k, v in models[name].state_dict().items():
+                    if v.dtype.is_floating_point:
+                        ema[name][k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                    else:
+                        ema[name][k].copy_(v)
         losses.append(loss.item())
         stats["steps"] = step + 1
         stats["samples"] += b
@@ -360,6 +503,12 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
             for m in ("clip", "t5"):
                 models[m].eval()
             save_folder(models, out, clip_tok, t5_tok, tok_src, ema)
+            if args.monitor:
+                backup = swap_in(models, ema)
+                transformer.eval()
+                log(f"monitor at step {step + 1}: {monitor(models, clip_tok, t5_tok, args.monitor)}")
+                swap_out(models, backup)
+                transformer.train()
             for m in ("clip", "t5"):
                 models[m].train()
             last_save = time.time()
@@ -387,6 +536,13 @@ def main() -> int:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--text-minutes", type=float, default=0.0,
+                    help="time budget of teaching the text encoders the scene attributes first")
+    ap.add_argument("--curriculum", type=float, default=0.0,
+                    help="fraction of the transformer stage's time trained at sigma 0.8-1 only")
+    ap.add_argument("--tiers", choices=["default", "small"], default="default", help="training sizes")
+    ap.add_argument("--monitor", type=int, default=16,
+                    help="held-out prompts sampled (12 steps, 256 px) at every checkpoint; 0: none")
     ap.add_argument("--high-noise", type=float, default=0.4,
                     help="fraction of samples whose sigma is drawn uniform in [0.7, 1] (text conditioning)")
     ap.add_argument("--text-lr-scale", type=float, default=2.0, help="text encoders' learning rate / --lr")
@@ -453,6 +609,8 @@ def main() -> int:
     for p in models["vae"].parameters():
         p.requires_grad_(False)
     t_vae = time.time() - t_vae
+    if args.text_minutes > 0:
+        pretrain_text(models, clip_tok, t5_tok, args.text_minutes, random.Random(args.seed + 5))
     stats = train_transformer(models, clip_tok, t5_tok, args, args.out, tok_src, random.Random(args.seed + 2))
     t = time.time()
     for p in models["vae"].decoder.parameters():
