@@ -198,10 +198,11 @@ impl Deliverer {
         })
     }
 
-    /// Queues a delivery and wakes the loop.
+    /// Queues a delivery, unless one with its id (its job's) is already pending, and wakes the
+    /// loop.
     pub(crate) fn enqueue(&self, delivery: WebhookDelivery) {
-        match self.outbox.put(delivery) {
-            Ok(()) => self.wake.notify_one(),
+        match self.outbox.put_new(delivery) {
+            Ok(_inserted) => self.wake.notify_one(),
             Err(error) => tracing::error!(%error, "cannot queue a webhook"),
         }
     }

@@ -1,6 +1,10 @@
 //! The webhook outbox: deliveries waiting to be made, behind a trait (the one-machine outbox is
 //! in memory; a durable one keeps them across restarts). Whoever delivers takes the due ones,
 //! tries each, and puts it back with its next attempt time, or removes it.
+//!
+//! A job has at most one delivery, whose id is derived from the job's id, so queuing it twice
+//! (a restart re-creating a delivery whose queuing it did not see acknowledged) never makes a
+//! second one with another `webhook-id`: [`Outbox::put_new`] leaves a pending one as it is.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,7 +17,7 @@ use crate::error::ServiceError;
 /// One webhook delivery: the same `id` (the `webhook-id` header) on every attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookDelivery {
-    /// `msg_` + 128 random bits in hex.
+    /// `msg_` + the job's id (128 random bits in hex): one job, one `webhook-id`.
     pub id: String,
     pub job: String,
     pub url: String,
@@ -26,11 +30,11 @@ pub struct WebhookDelivery {
 }
 
 impl WebhookDelivery {
+    /// The delivery of `job`'s end, due now; its id is [`WebhookDelivery::id_for`] `job`.
     pub fn new(job: String, url: String, body: Bytes) -> Self {
-        let bits: u128 = rand::random();
         let now = SystemTime::now();
         WebhookDelivery {
-            id: format!("msg_{bits:032x}"),
+            id: Self::id_for(&job),
             job,
             url,
             body,
@@ -39,12 +43,21 @@ impl WebhookDelivery {
             next_attempt_at: now,
         }
     }
+
+    /// The delivery id (`webhook-id`) of a job's webhook: the same however often it is made.
+    pub fn id_for(job: &str) -> String {
+        format!("msg_{job}")
+    }
 }
 
 /// Where pending deliveries wait.
 pub trait Outbox: Send + Sync + 'static {
     /// Inserts or replaces (by id).
     fn put(&self, delivery: WebhookDelivery) -> Result<(), ServiceError>;
+    /// Inserts unless a delivery with its id is pending (one being retried keeps its attempts
+    /// and schedule); returns whether it inserted. Durable before it returns, in a durable
+    /// outbox. A key-value store does this with a create-if-absent.
+    fn put_new(&self, delivery: WebhookDelivery) -> Result<bool, ServiceError>;
     /// Deliveries whose next attempt is due at `now`.
     fn due(&self, now: SystemTime) -> Result<Vec<WebhookDelivery>, ServiceError>;
     /// The earliest next attempt of any pending delivery.
@@ -71,6 +84,15 @@ impl Outbox for MemoryOutbox {
     fn put(&self, delivery: WebhookDelivery) -> Result<(), ServiceError> {
         self.lock().insert(delivery.id.clone(), delivery);
         Ok(())
+    }
+
+    fn put_new(&self, delivery: WebhookDelivery) -> Result<bool, ServiceError> {
+        let mut pending = self.lock();
+        if pending.contains_key(&delivery.id) {
+            return Ok(false);
+        }
+        pending.insert(delivery.id.clone(), delivery);
+        Ok(true)
     }
 
     fn due(&self, now: SystemTime) -> Result<Vec<WebhookDelivery>, ServiceError> {

@@ -249,6 +249,20 @@ impl Outbox for RedbStore {
         })
     }
 
+    fn put_new(&self, delivery: WebhookDelivery) -> Result<bool, ServiceError> {
+        let value = serde_json::to_vec(&StoredDelivery::from(&delivery))
+            .map_err(|error| store_error("encode delivery", error))?;
+        // The look and the insert in one write transaction: nothing comes between them.
+        self.write(true, |txn| {
+            let mut table = txn.open_table(OUTBOX)?;
+            if table.get(delivery.id.as_str())?.is_some() {
+                return Ok(false);
+            }
+            table.insert(delivery.id.as_str(), value.as_slice())?;
+            Ok(true)
+        })
+    }
+
     fn due(&self, now: SystemTime) -> Result<Vec<WebhookDelivery>, ServiceError> {
         Ok(self
             .deliveries()?
