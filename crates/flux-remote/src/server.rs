@@ -124,6 +124,7 @@ impl AppState {
         {
             let webhooks = Arc::clone(&webhooks);
             let metrics = Arc::clone(&metrics);
+            // Err leaves the job's webhook owed: a restart queues it again, with the same id.
             service.set_completion_listener(Arc::new(move |record| {
                 if let Some(url) = &record.webhook
                     && let Some(body) = webhook_body(record, metrics.mean_generation())
@@ -132,12 +133,14 @@ impl AppState {
                         record.id.to_string(),
                         url.clone(),
                         body,
-                    ));
+                    ))?;
                 }
+                Ok(())
             }));
         }
         if let Some(dir) = &config.data_dir {
-            // After the completion listener, so that a recovered job's end queues its webhook.
+            // After the completion listener, so that a recovered job's end queues its webhook, and
+            // so does that of a job whose end was committed just before the old process died.
             let recovered = service
                 .recover(Some(config.request_timeout))
                 .map_err(|error| RemoteError::DataDir {

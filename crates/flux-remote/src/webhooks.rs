@@ -1,14 +1,16 @@
 //! Webhooks (`?fal_webhook=URL` on a submit): the SSRF guard at submit, the signed body queued in
 //! the outbox when the job ends, and the delivery loop: retries on a non-2xx answer or a
 //! connection error, the first soon, then with jittered exponential backoff for a bounded time;
-//! a 410 stops them; the same `webhook-id` on every attempt.
+//! a 410 stops them; the same `webhook-id` on every attempt. A job's delivery id is derived from
+//! its id, and queuing leaves a pending one alone, so a restart that queues again the webhook of
+//! a job that ended just before a crash (`GenerationService::recover`) never makes a second one.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use flux_service::{JobRecord, JobResult, JobState, Outbox, WebhookDelivery};
+use flux_service::{JobRecord, JobResult, JobState, Outbox, ServiceError, WebhookDelivery};
 use flux_types::{ErrorBody, ErrorCode};
 use tokio::sync::Notify;
 
@@ -198,12 +200,18 @@ impl Deliverer {
         })
     }
 
-    /// Queues a delivery, unless one with its id (its job's) is already pending, and wakes the
-    /// loop.
-    pub(crate) fn enqueue(&self, delivery: WebhookDelivery) {
+    /// Queues a delivery, unless one with its id is already pending (a restart queuing again a
+    /// job's webhook whose queuing it did not see recorded), and wakes the loop.
+    pub(crate) fn enqueue(&self, delivery: WebhookDelivery) -> Result<(), ServiceError> {
         match self.outbox.put_new(delivery) {
-            Ok(_inserted) => self.wake.notify_one(),
-            Err(error) => tracing::error!(%error, "cannot queue a webhook"),
+            Ok(_inserted) => {
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot queue a webhook");
+                Err(error)
+            }
         }
     }
 

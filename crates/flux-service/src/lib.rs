@@ -8,7 +8,8 @@
 //! (NATS, S3) can replace the one-machine implementations without touching the handlers.
 //! [`ServedModels`] is the model registry: one generator per variant, each job run on its
 //! variant's. [`RedbStore`] is the durable one-machine store (job records, webhook outbox, idempotency
-//! records); [`GenerationService::recover`] queues again, after a restart, what it had accepted.
+//! records); [`GenerationService::recover`] queues again, after a restart, what it had accepted,
+//! and the webhooks of jobs that ended just before the crash with their delivery not yet queued.
 
 mod clock;
 mod error;

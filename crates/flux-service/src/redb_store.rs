@@ -13,6 +13,15 @@
 //! jobs (`keep_record: false`) are never worth an fsync either: a restart drops them, so the sync
 //! route pays no fsync for its record.
 //!
+//! A webhook is never lost between a job's end and its delivery being queued, though the two are
+//! separate commits (the job store and the outbox are separate traits, so that a deployment can
+//! keep them apart, a NATS bucket and a stream, with no transaction across them): the record
+//! carries a `webhook_owed` mark from its submit, cleared by a durable commit only after the
+//! delivery is in the outbox; a restart re-creates the delivery of every completed job still
+//! owing one (`GenerationService::recover`). Its id is derived from the job's, and the outbox's
+//! `put_new` leaves a pending one alone, so a crash between the two never makes a second delivery
+//! with another `webhook-id`.
+//!
 //! Values are JSON; the request is kept as the API's JSON body (with its seed drawn) and checked
 //! again by `parse_request` when read back.
 
@@ -217,24 +226,11 @@ impl JobStore for RedbStore {
     }
 
     fn unfinished(&self) -> Result<Vec<JobRecord>, ServiceError> {
-        let values = self.read(|txn| {
-            let table = txn.open_table(JOBS)?;
-            let mut values = Vec::new();
-            for entry in table.iter()? {
-                let (_id, value) = entry?;
-                values.push(value.value().to_vec());
-            }
-            Ok(values)
-        })?;
-        let mut unfinished = Vec::new();
-        for value in values {
-            match decode_job(&value) {
-                Ok(record) if !record.state.is_terminal() => unfinished.push(record),
-                Ok(_) => {}
-                Err(error) => tracing::error!(%error, "unreadable job record left in place"),
-            }
-        }
-        Ok(unfinished)
+        self.jobs_where(|record| !record.state.is_terminal())
+    }
+
+    fn owing_webhooks(&self) -> Result<Vec<JobRecord>, ServiceError> {
+        self.jobs_where(|record| record.state.is_terminal() && record.webhook_owed)
     }
 }
 
@@ -288,6 +284,31 @@ impl Outbox for RedbStore {
 }
 
 impl RedbStore {
+    /// Every readable job record that `keep` accepts (an unreadable one is logged and left).
+    fn jobs_where(
+        &self,
+        keep: impl Fn(&JobRecord) -> bool,
+    ) -> Result<Vec<JobRecord>, ServiceError> {
+        let values = self.read(|txn| {
+            let table = txn.open_table(JOBS)?;
+            let mut values = Vec::new();
+            for entry in table.iter()? {
+                let (_id, value) = entry?;
+                values.push(value.value().to_vec());
+            }
+            Ok(values)
+        })?;
+        let mut kept = Vec::new();
+        for value in values {
+            match decode_job(&value) {
+                Ok(record) if keep(&record) => kept.push(record),
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "unreadable job record left in place"),
+            }
+        }
+        Ok(kept)
+    }
+
     fn deliveries(&self) -> Result<Vec<WebhookDelivery>, ServiceError> {
         let values = self.read(|txn| {
             let table = txn.open_table(OUTBOX)?;

@@ -142,6 +142,7 @@ impl GenerationService {
             request,
             state: JobState::Queued,
             logs: vec![log_line("accepted")],
+            webhook_owed: webhook.is_some(),
             webhook,
             submitted_at: SystemTime::now(),
             completed_at: None,
@@ -349,15 +350,7 @@ impl GenerationService {
             && changed
         {
             self.publish(&live, record);
-            let listener = self
-                .inner
-                .listener
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            if let Some(listener) = listener {
-                listener(record);
-            }
+            self.tell_listener(record);
         }
         if let Some(job) = live.jobs.remove(id)
             && !job.keep_record

@@ -23,6 +23,9 @@ pub struct JobRecord {
     pub logs: Vec<LogLine>,
     /// Where to POST the job's end (`?fal_webhook=`), when asked.
     pub webhook: Option<String>,
+    /// Whether the job's webhook is still owed: set at submit when `webhook` is, cleared only
+    /// once the completion listener has queued the delivery (see `GenerationService::recover`).
+    pub webhook_owed: bool,
     pub submitted_at: SystemTime,
     pub completed_at: Option<SystemTime>,
     /// Whether the record outlives the job's end (queue jobs). A sync job's record is forgotten
@@ -47,6 +50,9 @@ pub trait JobStore: Send + Sync + 'static {
     fn expire(&self, retention: Duration, now: SystemTime) -> Result<usize, ServiceError>;
     /// Every record not yet completed (queued or running), for the restart of a durable store.
     fn unfinished(&self) -> Result<Vec<JobRecord>, ServiceError>;
+    /// Every completed record whose webhook is still owed (`webhook_owed`), for the restart of
+    /// a durable store.
+    fn owing_webhooks(&self) -> Result<Vec<JobRecord>, ServiceError>;
 }
 
 /// Records in memory: lost with the process.
@@ -106,6 +112,15 @@ impl JobStore for MemoryJobStore {
             .lock()
             .values()
             .filter(|record| !record.state.is_terminal())
+            .cloned()
+            .collect())
+    }
+
+    fn owing_webhooks(&self) -> Result<Vec<JobRecord>, ServiceError> {
+        Ok(self
+            .lock()
+            .values()
+            .filter(|record| record.state.is_terminal() && record.webhook_owed)
             .cloned()
             .collect())
     }

@@ -29,6 +29,9 @@ pub(super) struct StoredJob {
     state: StoredState,
     logs: Vec<LogLine>,
     webhook: Option<String>,
+    /// Absent in records written before the mark existed: nothing owed.
+    #[serde(default)]
+    webhook_owed: bool,
     submitted_at: SystemTime,
     completed_at: Option<SystemTime>,
     keep_record: bool,
@@ -175,6 +178,7 @@ pub(super) fn encode_job(record: &JobRecord) -> Result<Vec<u8>, ServiceError> {
         state,
         logs: record.logs.clone(),
         webhook: record.webhook.clone(),
+        webhook_owed: record.webhook_owed,
         submitted_at: record.submitted_at,
         completed_at: record.completed_at,
         keep_record: record.keep_record,
@@ -223,6 +227,7 @@ pub(super) fn decode_job(bytes: &[u8]) -> Result<JobRecord, ServiceError> {
         state,
         logs: stored.logs,
         webhook: stored.webhook,
+        webhook_owed: stored.webhook_owed,
         submitted_at: stored.submitted_at,
         completed_at: stored.completed_at,
         keep_record: stored.keep_record,

@@ -25,8 +25,13 @@ pub trait ResultStore: Send + Sync + 'static {
 /// when the job is cancelled.
 pub type FinishHook = Box<dyn FnOnce(&JobResult) + Send>;
 
-/// Told of every job's end (after its record says so), e.g. to queue its webhook.
-pub type CompletionListener = Arc<dyn Fn(&JobRecord) + Send + Sync>;
+/// Told of every job's end (after its record says so), e.g. to queue its webhook; and, after a
+/// restart, of every completed job whose webhook is still owed (`JobRecord::webhook_owed`).
+/// `Ok` says the webhook, if the record asks for one, is queued for good (in the outbox, with
+/// [`WebhookDelivery::id_for`](crate::WebhookDelivery::id_for) its job as its id): the mark is
+/// then cleared. On `Err` it stays, and the next recovery tells the listener again.
+pub type CompletionListener =
+    Arc<dyn Fn(&JobRecord) -> Result<(), crate::error::ServiceError> + Send + Sync>;
 
 /// The service's limits.
 #[derive(Debug, Clone, Copy)]
