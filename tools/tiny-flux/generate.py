@@ -1129,6 +1129,12 @@ def gen_medium(folder: Path) -> None:
     counts["vae_decoder"] = sum(p.numel() for p in models["vae"].decoder.parameters())
     print("  parameters: " + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in counts.items()))
     write_json(folder / "parameters.json", counts)
+    # The same weights as a diffusers folder (beside it), for what runs through the model builder's
+    # graphs: the bench's peak memory per request size (issue 18).
+    diffusers_dir = folder.with_name(folder.name + "-diffusers")
+    formats.write_diffusers(folder, diffusers_dir, models)
+    write_json(diffusers_dir / "flux-rs-model.json", {"text_length": MEDIUM.text_length})
+    print(f"  diffusers folder: {diffusers_dir}")
     # The classifier only sees 224x224 images, so the tiny one serves the medium model too.
     safety = DEFAULT_OUT / "tiny-flux-dev" / "safety_checker" / "model.onnx"
     if safety.is_file():
