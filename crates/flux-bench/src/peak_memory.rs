@@ -58,8 +58,12 @@ pub fn measure(spec: &PeakMemorySpec) -> Result<PeakMemoryResult> {
         output_format: OutputFormat::Jpeg,
         run_safety_checker: false,
     };
-    let estimate = MemoryModel::of_folder(&pipeline.description().root, pipeline.vae_path())
-        .estimated_peak(&params);
+    let estimate = MemoryModel::of_folder(
+        &pipeline.description().root,
+        pipeline.vae_path(),
+        &pipeline.description().transformer_path,
+    )
+    .estimated_peak(&params);
     let started = Instant::now();
     let output = pipeline
         .generate(&params, &mut |_, _| StepControl::Continue)

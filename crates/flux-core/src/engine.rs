@@ -236,7 +236,11 @@ impl Engine {
                 let pipeline = FluxPipeline::load_with(&model_dir, &config, &build)?;
                 // The description leaves the thread once; the pipeline never does.
                 let description = pipeline.description().clone();
-                let memory = MemoryModel::of_folder(&description.root, pipeline.vae_path());
+                let memory = MemoryModel::of_folder(
+                    &description.root,
+                    pipeline.vae_path(),
+                    &description.transformer_path,
+                );
                 let _ = loaded_sender.send((description, memory));
                 Ok(pipeline)
             },

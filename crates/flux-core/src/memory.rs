@@ -10,7 +10,9 @@
 //! - the VAE decoder, one image at a time: bytes per output pixel, growing with its width, which
 //!   is read from the size of its graph (weights grow with the square of the width), so it holds
 //!   for ONNX folders we did not build too;
-//! - per image of the batch: latents, the transformer's activations, the f32 and u8 images.
+//! - per image of the batch: latents, the f32 and u8 images, and the transformer's activations,
+//!   which grow with its width, read from the size of its graph the same way (the batch runs
+//!   through the transformer at once).
 //!
 //! It is an envelope (ONNX Runtime's arena grows in powers of two), never below what was
 //! measured.
@@ -25,9 +27,13 @@ const BASE_BYTES: u64 = 192 << 20;
 /// VAE bytes per output pixel per square root of the VAE graph's bytes (fitted: the tiny VAE,
 /// 1.15 MB, peaked at up to ~450 B/px; FLUX.1's 198 MB fp32 decoder gives ~6.7 KiB/px).
 const VAE_BYTES_PER_PIXEL_PER_SQRT_BYTE: f64 = 0.48;
-/// Per image of the batch, per output pixel: the f32 image (12 B), its u8 copy and encoding, the
-/// latents and the transformer's activations (fitted: +135 MiB per 2048² image measured).
+/// Per image of the batch, per output pixel: the f32 image (12 B), its u8 copy and encoding and
+/// the latents (fitted on the tiny model: +135 MiB per 2048² image measured).
 const IMAGE_BYTES_PER_PIXEL: u64 = 48;
+/// Per image of the batch, per output pixel, per square root of the transformer graph's bytes:
+/// its activations (fitted on the medium model, 285 MB of weights: +774 MiB per extra 2048² image
+/// measured, 193 B/px; this gives 202 B/px there and 7 B/px for the tiny one).
+const TRANSFORMER_BYTES_PER_PIXEL_PER_SQRT_BYTE: f64 = 0.012;
 
 /// What the estimate needs to know about a loaded model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,15 +42,22 @@ pub struct MemoryModel {
     pub graph_bytes: u64,
     /// Bytes of the VAE decoder's graph files.
     pub vae_bytes: u64,
+    /// Bytes of the transformer's graph files (weights included).
+    pub transformer_bytes: u64,
 }
 
 impl MemoryModel {
-    /// Reads the sizes of `root`'s files (the loaded ONNX folder) and of the VAE graph's folder.
-    pub fn of_folder(root: &Path, vae_graph: &Path) -> Self {
-        let vae_dir = vae_graph.parent().unwrap_or(root);
+    /// Reads the sizes of `root`'s files (the loaded ONNX folder) and of the VAE's and the
+    /// transformer's graph folders.
+    pub fn of_folder(root: &Path, vae_graph: &Path, transformer_graph: &Path) -> Self {
+        let graph_folder_bytes = |graph: &Path| {
+            let dir = graph.parent().unwrap_or(root);
+            folder_bytes(dir).max(file_bytes(graph))
+        };
         Self {
             graph_bytes: folder_bytes(root),
-            vae_bytes: folder_bytes(vae_dir).max(file_bytes(vae_graph)),
+            vae_bytes: graph_folder_bytes(vae_graph),
+            transformer_bytes: graph_folder_bytes(transformer_graph),
         }
     }
 
@@ -53,7 +66,9 @@ impl MemoryModel {
         let pixels = u64::from(params.width) * u64::from(params.height);
         let vae_per_pixel = VAE_BYTES_PER_PIXEL_PER_SQRT_BYTE * (self.vae_bytes as f64).sqrt();
         let vae = (vae_per_pixel * pixels as f64) as u64;
-        let images = IMAGE_BYTES_PER_PIXEL * pixels * u64::from(params.num_images.max(1));
+        let per_image = IMAGE_BYTES_PER_PIXEL as f64
+            + TRANSFORMER_BYTES_PER_PIXEL_PER_SQRT_BYTE * (self.transformer_bytes as f64).sqrt();
+        let images = (per_image * pixels as f64) as u64 * u64::from(params.num_images.max(1));
         BASE_BYTES + 2 * self.graph_bytes + vae + images
     }
 
@@ -180,6 +195,7 @@ mod tests {
         let tiny = MemoryModel {
             graph_bytes: 6_882_350,
             vae_bytes: 1_150_505,
+            transformer_bytes: 340_000,
         };
         for (side, images, measured_mib) in [
             (512, 1, 213),
@@ -200,11 +216,41 @@ mod tests {
         }
     }
 
+    /// The medium model's measured peaks (78 M parameters, through the builder's graphs:
+    /// `flux-bench`'s peak memory per request size, docs/memory.md) are under the estimate; the
+    /// estimate without the transformer term was under the 2048² × 4 peak (5910 MiB vs 7559).
+    #[test]
+    fn the_estimate_covers_the_medium_models_measured_peaks() {
+        let medium = MemoryModel {
+            graph_bytes: 311_631_766,
+            vae_bytes: 5_146_983,
+            transformer_bytes: 285_155_280,
+        };
+        for (side, images, measured_mib) in [
+            (512, 1, 655),
+            (1024, 1, 1576),
+            (1280, 1, 2522),
+            (2048, 1, 5238),
+            (2048, 4, 7559),
+        ] {
+            let estimate = medium.estimated_peak(&params(side, images)) >> 20;
+            assert!(
+                estimate >= measured_mib,
+                "{side}² × {images}: {estimate} MiB"
+            );
+            assert!(
+                estimate <= 2 * measured_mib,
+                "{side}² × {images}: {estimate} MiB"
+            );
+        }
+    }
+
     #[test]
     fn a_job_over_the_limit_is_refused_with_both_numbers() {
         let model = MemoryModel {
             graph_bytes: 1 << 20,
             vae_bytes: 1 << 20,
+            transformer_bytes: 1 << 20,
         };
         let job = params(2048, 4);
         let needed = model.estimated_peak(&job);
