@@ -22,8 +22,10 @@ pub(crate) struct Graph {
     pub(crate) session: Session,
     float_inputs: HashMap<String, FloatType>,
     id_inputs: HashMap<String, IdType>,
-    /// Run options asking ONNX Runtime to shrink the CPU arena after each run (the VAE's).
+    /// Run options asking ONNX Runtime to shrink the CPU arena after the run (CPU graphs).
     shrink_arena: Option<RunOptions>,
+    /// Whether every run shrinks the arena (the VAE's); the others only on [`Self::run_and_shrink`].
+    shrink_every_run: bool,
 }
 
 impl std::fmt::Debug for Graph {
@@ -66,23 +68,26 @@ impl Graph {
         // far more at real widths) and the CPU arena keeps its peak for ever, so after one
         // large request the process stayed that much larger. Shrinking the arena after each VAE
         // run returns it (measured: same decode time, 228 MiB idle after a 2048² request
-        // instead of 1113 MiB); without an arena at all the VAE ran about 2x slower.
-        let shrink_arena =
-            if label == VAE_LABEL && config.execution_provider == ExecutionProvider::Cpu {
-                let mut options = RunOptions::new().map_err(|source| FluxError::Ort {
+        // instead of 1113 MiB); without an arena at all the VAE ran about 2x slower. The
+        // transformer's arena grows the same way with the tokens and the batch (3.4 GiB kept
+        // after a 2048² × 4 request on the medium model), but it runs once per step, and giving
+        // its pages back after every step would fault them in again on the next: it shrinks
+        // after the last step only ([`Self::run_and_shrink`]).
+        let shrink_arena = if config.execution_provider == ExecutionProvider::Cpu {
+            let mut options = RunOptions::new().map_err(|source| FluxError::Ort {
+                stage: label,
+                source,
+            })?;
+            options
+                .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+                .map_err(|source| FluxError::Ort {
                     stage: label,
                     source,
                 })?;
-                options
-                    .set("memory.enable_memory_arena_shrinkage", "cpu:0")
-                    .map_err(|source| FluxError::Ort {
-                        stage: label,
-                        source,
-                    })?;
-                Some(options)
-            } else {
-                None
-            };
+            Some(options)
+        } else {
+            None
+        };
         Ok(Self {
             label,
             path: path.to_owned(),
@@ -90,6 +95,7 @@ impl Graph {
             float_inputs,
             id_inputs,
             shrink_arena,
+            shrink_every_run: label == VAE_LABEL,
         })
     }
 
@@ -100,9 +106,29 @@ impl Graph {
         inputs: impl Into<SessionInputs<'i, 'v, N>>,
         session_time: &mut Duration,
     ) -> Result<RunOutputs<'s>> {
+        let shrink = self.shrink_every_run;
+        self.run_inner(inputs, session_time, shrink)
+    }
+
+    /// As [`Self::run`], then gives the CPU arena's free memory back to the system (the last
+    /// denoising step: the activations kept for the next step are not needed any more).
+    pub(crate) fn run_and_shrink<'s, 'i, 'v: 'i, const N: usize>(
+        &'s mut self,
+        inputs: impl Into<SessionInputs<'i, 'v, N>>,
+        session_time: &mut Duration,
+    ) -> Result<RunOutputs<'s>> {
+        self.run_inner(inputs, session_time, true)
+    }
+
+    fn run_inner<'s, 'i, 'v: 'i, const N: usize>(
+        &'s mut self,
+        inputs: impl Into<SessionInputs<'i, 'v, N>>,
+        session_time: &mut Duration,
+        shrink: bool,
+    ) -> Result<RunOutputs<'s>> {
         let stage = self.label;
         let started = Instant::now();
-        let outputs = match &self.shrink_arena {
+        let outputs = match self.shrink_arena.as_ref().filter(|_| shrink) {
             Some(options) => self.session.run_with_options(inputs, options),
             None => self.session.run(inputs),
         }
