@@ -215,6 +215,17 @@ impl ApiErrorResponse {
         .retry_after(Duration::from_secs(5))
     }
 
+    /// The job store cannot be reached (a fleet's NATS server is down or restarting): nothing was
+    /// done; retry shortly.
+    pub fn job_store_unavailable() -> Self {
+        Self::new(
+            ErrorCode::NotReady,
+            "the job queue cannot be reached right now; nothing was done, retry shortly",
+            None,
+        )
+        .retry_after(Duration::from_secs(1))
+    }
+
     /// The files folder cannot take the images (full, read-only, unusable): a server fault that no
     /// generation is blamed for.
     pub fn storage_unavailable() -> Self {

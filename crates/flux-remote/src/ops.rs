@@ -20,7 +20,10 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     if state.is_draining() {
         return ApiErrorResponse::shutting_down().into_response();
     }
-    // Ready once every model is loaded.
+    // Ready once every model is loaded (and, on a fleet's API node, its job queue reachable).
+    if !state.inner.service.is_connected() {
+        return ApiErrorResponse::job_store_unavailable().into_response();
+    }
     if !state.inner.service.models().all_ready() {
         return ApiErrorResponse::not_ready().into_response();
     }
@@ -33,7 +36,10 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     // Probed (at most once a second) so that a folder that broke while idle shows too.
     let storage_healthy = state.inner.files.is_healthy().await;
-    let ready = !state.is_draining() && state.inner.service.models().all_ready() && storage_healthy;
+    let ready = !state.is_draining()
+        && state.inner.service.is_connected()
+        && state.inner.service.models().all_ready()
+        && storage_healthy;
     let text = state.inner.metrics.render(&Snapshot {
         in_queue: state.in_queue(),
         capacity: state.inner.queue_depth,

@@ -8,7 +8,9 @@ use axum::extract::{Path, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use flux_service::{JobId, JobResult, JobState, JobStatus, Owner, ServiceError, Submission};
+use flux_service::{
+    IdempotencyScope, JobId, JobResult, JobState, JobStatus, Owner, ServiceError, Submission,
+};
 use flux_types::{CancelAccepted, ErrorCode, QueueState, QueueStatus, QueueSubmitted};
 
 use crate::api_error::ApiErrorResponse;
@@ -75,6 +77,10 @@ async fn submit_authorized(
     let webhook_url = crate::webhooks::webhook_param(request.uri().query());
     let variant = route_variant(state, model)?;
     let (body, valid) = read_valid_body(state, request, variant).await?;
+    let idempotency = idempotency_key.as_ref().map(|key| IdempotencyScope {
+        key: format!("{QUEUE_KEY_PREFIX}{key}"),
+        body_digest: sha256(&body),
+    });
     let webhook = match &webhook_url {
         Some(url) => Some(
             crate::webhooks::check_target(url, &state.inner.webhooks.config)
@@ -138,8 +144,10 @@ async fn submit_authorized(
             on_finish: None,
             keep_record: true,
             webhook,
+            idempotency,
         },
-    )?;
+    )
+    .await?;
     let url = job_url(state, model, &submitted.id);
     let answer = QueueSubmitted {
         request_id: submitted.id.to_string(),
@@ -154,6 +162,14 @@ async fn submit_authorized(
         ApiErrorResponse::inference_failed()
     })?;
     let body = axum::body::Bytes::from(body);
+    if submitted.replayed {
+        // Another API node of the fleet accepted this key first: the same job.
+        let mut response = json_response(StatusCode::ACCEPTED, body);
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        return Ok(response);
+    }
     if let Some(reservation) = reservation {
         reservation.complete(
             body.clone(),
@@ -167,7 +183,7 @@ async fn submit_authorized(
 /// Authentication, the model, and the id, for the routes that name a job. The error is the
 /// answer, returned at once.
 #[allow(clippy::result_large_err)]
-fn job_route(
+fn job_route_checks(
     state: &AppState,
     request: &Request,
     model: &str,
@@ -178,9 +194,23 @@ fn job_route(
     let refuse = |error: ApiErrorResponse| with_rate(error.into_response(), rate_state);
     route_variant(state, model).map_err(refuse)?;
     let id = JobId::parse(id).ok_or_else(|| refuse(ApiErrorResponse::not_found()))?;
-    let owner = caller.owner();
-    match state.inner.service.record(&id, owner) {
+    Ok((caller.owner(), id, rate_state))
+}
+
+/// [`job_route_checks`], then the job itself: it must be the caller's and of this model.
+async fn job_route(
+    state: &AppState,
+    checked: Result<(Owner, JobId, Option<RateLimitState>), Response>,
+    model: &str,
+) -> Result<(Owner, JobId, Option<RateLimitState>), Response> {
+    let (owner, id, rate_state) = checked?;
+    let refuse = |error: ApiErrorResponse| with_rate(error.into_response(), rate_state);
+    match state.inner.service.record(&id, owner).await {
         Ok(record) if record.model == model => Ok((owner, id, rate_state)),
+        Err(ServiceError::Unavailable(message)) => {
+            tracing::warn!(%message, "the job store is unavailable");
+            Err(refuse(ApiErrorResponse::job_store_unavailable()))
+        }
         _ => Err(refuse(ApiErrorResponse::not_found())),
     }
 }
@@ -230,6 +260,10 @@ fn service_error(error: ServiceError) -> ApiErrorResponse {
             "the job has already completed; there is nothing to cancel",
             None,
         ),
+        ServiceError::Unavailable(message) => {
+            tracing::warn!(%message, "the job store is unavailable");
+            ApiErrorResponse::job_store_unavailable()
+        }
         other => {
             tracing::error!(error = %other, "job service failed");
             ApiErrorResponse::inference_failed()
@@ -254,11 +288,17 @@ pub(crate) async fn job_status(
     request: Request,
 ) -> Response {
     let state = state.0;
-    let (owner, id, rate_state) = match job_route(&state, &request, &model, &id) {
+    let (owner, id, rate_state) = match job_route(
+        &state,
+        job_route_checks(&state, &request, &model, &id),
+        &model,
+    )
+    .await
+    {
         Ok(found) => found,
         Err(response) => return response,
     };
-    let response = match state.inner.service.status(&id, owner) {
+    let response = match state.inner.service.status(&id, owner).await {
         Ok(status) => json_of(
             StatusCode::OK,
             &wire_status(&state, &model, status, wants_logs(&request)),
@@ -276,11 +316,17 @@ pub(crate) async fn job_status_stream(
     request: Request,
 ) -> Response {
     let state = state.0;
-    let (owner, id, rate_state) = match job_route(&state, &request, &model, &id) {
+    let (owner, id, rate_state) = match job_route(
+        &state,
+        job_route_checks(&state, &request, &model, &id),
+        &model,
+    )
+    .await
+    {
         Ok(found) => found,
         Err(response) => return response,
     };
-    let events = match state.inner.service.events(&id, owner) {
+    let events = match state.inner.service.events(&id, owner).await {
         Ok(events) => events,
         Err(error) => return with_rate(service_error(error).into_response(), rate_state),
     };
@@ -312,11 +358,17 @@ pub(crate) async fn job_result(
     request: Request,
 ) -> Response {
     let state = state.0;
-    let (owner, id, rate_state) = match job_route(&state, &request, &model, &id) {
+    let (owner, id, rate_state) = match job_route(
+        &state,
+        job_route_checks(&state, &request, &model, &id),
+        &model,
+    )
+    .await
+    {
         Ok(found) => found,
         Err(response) => return response,
     };
-    let response = match state.inner.service.record(&id, owner) {
+    let response = match state.inner.service.record(&id, owner).await {
         Err(error) => service_error(error).into_response(),
         Ok(record) => match record.state {
             JobState::Completed(JobResult::Succeeded(stored)) => {
@@ -357,11 +409,17 @@ pub(crate) async fn cancel_job(
     request: Request,
 ) -> Response {
     let state = state.0;
-    let (owner, id, rate_state) = match job_route(&state, &request, &model, &id) {
+    let (owner, id, rate_state) = match job_route(
+        &state,
+        job_route_checks(&state, &request, &model, &id),
+        &model,
+    )
+    .await
+    {
         Ok(found) => found,
         Err(response) => return response,
     };
-    let response = match state.inner.service.cancel(&id, owner) {
+    let response = match state.inner.service.cancel(&id, owner).await {
         Ok(_) => {
             tracing::info!(job = %id, "job cancelled");
             json_of(StatusCode::ACCEPTED, &CancelAccepted::requested())

@@ -14,8 +14,8 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use flux_service::{
-    FinishHook, GenerationService, JobId, JobResult, Owner, ServedModels, ServiceConfig,
-    ServiceError, Submission,
+    FinishHook, GenerationService, IdempotencyScope, JobId, JobResult, JobService, Owner,
+    ServedModels, ServiceConfig, ServiceError, Submission,
 };
 use flux_types::variant::VARIANTS;
 use flux_types::{ErrorCode, Generator, ValidRequest, VariantSpec, parse_request_for};
@@ -52,7 +52,7 @@ pub(crate) struct Shared {
     pub(crate) auth_throttle: AuthThrottle,
     pub(crate) trust_forwarded_for: bool,
     pub(crate) rate_limiter: Option<RateLimiterByKey>,
-    pub(crate) service: GenerationService,
+    pub(crate) service: Arc<dyn JobService>,
     pub(crate) queue_depth: usize,
     pub(crate) files: Arc<FileStore>,
     pub(crate) idempotency: Arc<IdempotencyStore>,
@@ -151,7 +151,63 @@ impl AppState {
                 tracing::info!(recovered, data_dir = %dir.display(), "jobs accepted before a restart queued again");
             }
         }
-        Ok(AppState {
+        let idempotency = match stores.idempotency {
+            Some(log) => IdempotencyStore::durable(config.retention, log),
+            None => IdempotencyStore::new(config.retention),
+        };
+        Ok(Self::assemble(
+            config,
+            Arc::new(service),
+            files,
+            idempotency,
+            metrics,
+            public_base_url,
+            webhooks,
+        ))
+    }
+
+    /// The state of an API node whose jobs live elsewhere (a fleet's [`JobService`]): images are
+    /// served from `config.files_dir` (the fleet's shared image folder), and nothing is recovered
+    /// at start (the fleet keeps its jobs).
+    pub fn with_jobs(
+        config: &ServerConfig,
+        jobs: Arc<dyn JobService>,
+        public_base_url: String,
+    ) -> Result<Self, RemoteError> {
+        config.validate()?;
+        let files = Arc::new(FileStore::with_quota(
+            &config.files_dir,
+            config.retention,
+            config.file_durability,
+            config.files_quota,
+        )?);
+        let metrics = Arc::new(Metrics::default());
+        let public_base_url = public_base_url.trim_end_matches('/').to_owned();
+        let webhooks = Deliverer::new(
+            Arc::new(flux_service::MemoryOutbox::default()),
+            config.webhooks.clone(),
+        );
+        Ok(Self::assemble(
+            config,
+            jobs,
+            files,
+            IdempotencyStore::new(config.retention),
+            metrics,
+            public_base_url,
+            webhooks,
+        ))
+    }
+
+    fn assemble(
+        config: &ServerConfig,
+        service: Arc<dyn JobService>,
+        files: Arc<FileStore>,
+        idempotency: Arc<IdempotencyStore>,
+        metrics: Arc<Metrics>,
+        public_base_url: String,
+        webhooks: Arc<Deliverer>,
+    ) -> AppState {
+        AppState {
             inner: Arc::new(Shared {
                 keys: ApiKeys::new(&config.api_keys, config.allow_unauthenticated),
                 auth_throttle: AuthThrottle::default(),
@@ -160,10 +216,7 @@ impl AppState {
                 service,
                 queue_depth: config.queue_depth,
                 files,
-                idempotency: match stores.idempotency {
-                    Some(log) => IdempotencyStore::durable(config.retention, log),
-                    None => IdempotencyStore::new(config.retention),
-                },
+                idempotency,
                 metrics,
                 public_base_url,
                 request_timeout: config.request_timeout,
@@ -174,7 +227,7 @@ impl AppState {
                 webhooks,
                 playground: config.playground,
             }),
-        })
+        }
     }
 
     /// Stops admitting generations: new ones are answered 503 `shutting_down`.
@@ -408,6 +461,10 @@ async fn generate_authorized(
 ) -> Result<Response, ApiErrorResponse> {
     let variant = route_variant(state, model)?;
     let (body, valid) = read_valid_body(state, request, variant).await?;
+    let idempotency = idempotency_key.as_ref().map(|key| IdempotencyScope {
+        key: key.clone(),
+        body_digest: sha256(&body),
+    });
     let reservation = match idempotency_key {
         None => None,
         Some(key) => match state.inner.idempotency.begin(caller, key, sha256(&body)) {
@@ -483,10 +540,12 @@ async fn generate_authorized(
             on_finish,
             keep_record: false,
             webhook: None,
+            idempotency,
         },
-    )?;
+    )
+    .await?;
     let _cancel = (!outlives_client).then(|| CancelOnDrop {
-        service: state.inner.service.clone(),
+        service: Arc::clone(&state.inner.service),
         id: submitted.id.clone(),
         owner,
     });
@@ -519,7 +578,7 @@ async fn generate_authorized(
 }
 
 /// Admits a job, or answers 429 `overloaded` with when the queue frees its next place.
-pub(crate) fn submit(
+pub(crate) async fn submit(
     state: &AppState,
     submission: Submission,
 ) -> Result<flux_service::Submitted, ApiErrorResponse> {
@@ -527,6 +586,7 @@ pub(crate) fn submit(
         .inner
         .service
         .submit(submission)
+        .await
         .map_err(|error| match error {
             ServiceError::Overloaded => ApiErrorResponse::new(
                 ErrorCode::Overloaded,
@@ -534,6 +594,15 @@ pub(crate) fn submit(
                 None,
             )
             .retry_after(state.next_place_hint()),
+            ServiceError::IdempotencyMismatch => ApiErrorResponse::with_param(
+                ErrorCode::IdempotencyMismatch,
+                "Idempotency-Key",
+                "this Idempotency-Key was already used with a different request body",
+            ),
+            ServiceError::Unavailable(message) => {
+                tracing::warn!(%message, "the job store is unavailable; nothing was queued");
+                ApiErrorResponse::job_store_unavailable()
+            }
             other => {
                 tracing::error!(error = %other, "cannot submit a job");
                 ApiErrorResponse::inference_failed()
@@ -543,15 +612,23 @@ pub(crate) fn submit(
 
 /// Cancels a sync job whose client went away (its handler was dropped) or timed out.
 struct CancelOnDrop {
-    service: GenerationService,
+    service: Arc<dyn JobService>,
     id: JobId,
     owner: Owner,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        // Already completed is the usual case: nothing to do then.
-        let _ = self.service.cancel(&self.id, self.owner);
+        let service = Arc::clone(&self.service);
+        let id = self.id.clone();
+        let owner = self.owner;
+        // Already completed is the usual case: nothing to do then. A fleet's cancel is a round
+        // trip to NATS, so it runs after the handler is gone.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = service.cancel(&id, owner).await;
+            });
+        }
     }
 }
 

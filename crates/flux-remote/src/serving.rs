@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flux_service::ServedModels;
+use flux_service::{JobService, ServedModels};
 use flux_types::Generator;
 use tokio::net::TcpListener;
 
@@ -40,6 +40,29 @@ impl Server {
         config: ServerConfig,
         models: ServedModels,
     ) -> Result<Server, RemoteError> {
+        Self::bind_with(config, |config, public_base_url| {
+            AppState::with_models(config, models, public_base_url)
+        })
+        .await
+    }
+
+    /// Binds an API node whose jobs run elsewhere (a fleet's [`JobService`]); the job service is
+    /// told the server's public base URL once it is known (image URLs are built on it).
+    pub async fn bind_jobs(
+        config: ServerConfig,
+        jobs: Arc<dyn JobService>,
+    ) -> Result<Server, RemoteError> {
+        Self::bind_with(config, |config, public_base_url| {
+            jobs.set_public_base_url(&public_base_url);
+            AppState::with_jobs(config, jobs, public_base_url)
+        })
+        .await
+    }
+
+    async fn bind_with(
+        config: ServerConfig,
+        state: impl FnOnce(&ServerConfig, String) -> Result<AppState, RemoteError>,
+    ) -> Result<Server, RemoteError> {
         config.validate()?;
         let listener =
             TcpListener::bind(config.listen)
@@ -53,7 +76,7 @@ impl Server {
             source,
         })?;
         let public_base_url = config.public_base_url(local_addr)?;
-        let state = AppState::with_models(&config, models, public_base_url.clone())?;
+        let state = state(&config, public_base_url.clone())?;
         if config.allow_unauthenticated {
             tracing::warn!(
                 "AUTHENTICATION IS OFF: --allow-unauthenticated is set, requests without an API \

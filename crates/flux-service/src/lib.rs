@@ -16,6 +16,7 @@ mod error;
 mod events;
 mod idempotency;
 mod job;
+mod jobs;
 mod models;
 mod outbox;
 mod queue_eta;
@@ -25,15 +26,17 @@ mod store;
 
 pub use clock::rfc3339_millis;
 pub use error::ServiceError;
-pub use events::JobEvents;
+pub use events::{JobEvents, StatusStream};
 pub use idempotency::{IdempotencyLog, IdempotencyRecord};
 pub use job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
+pub use jobs::JobService;
 pub use models::{Listed, ModelLookup, ServedModels};
 pub use outbox::{MemoryOutbox, Outbox, WebhookDelivery};
 pub use queue_eta::{Place, QueueClock};
 pub use redb_store::{DATABASE_FILE, RedbStore};
+pub use redb_store::{decode_job_record, encode_job_record};
 pub use service::{
-    Cancelled, CompletionListener, FinishHook, GenerationService, ResultStore, ServiceConfig,
-    Submission, Submitted,
+    Cancelled, CompletionListener, FinishHook, GenerationService, IdempotencyScope, ResultStore,
+    ServiceConfig, Submission, Submitted,
 };
 pub use store::{JobRecord, JobStore, MemoryJobStore};

@@ -388,3 +388,15 @@ impl IdempotencyLog for RedbStore {
         Ok(records)
     }
 }
+
+/// A job record as JSON (the request as the API's body, seed drawn), for another store that
+/// keeps records as bytes (a fleet's key-value bucket).
+pub fn encode_job_record(record: &JobRecord) -> Result<Vec<u8>, ServiceError> {
+    encode_job(record)
+}
+
+/// A job record from [`encode_job_record`]'s JSON, its request checked again by its variant's
+/// rules.
+pub fn decode_job_record(bytes: &[u8]) -> Result<JobRecord, ServiceError> {
+    decode_job(bytes)
+}

@@ -22,7 +22,8 @@ mod submission;
 
 use live::{Live, LiveJob};
 pub use submission::{
-    Cancelled, CompletionListener, FinishHook, ResultStore, ServiceConfig, Submission, Submitted,
+    Cancelled, CompletionListener, FinishHook, IdempotencyScope, ResultStore, ServiceConfig,
+    Submission, Submitted,
 };
 
 /// Events a slow status-stream reader may fall behind by before it re-reads the current status.
@@ -132,6 +133,7 @@ impl GenerationService {
             on_finish,
             keep_record,
             webhook,
+            idempotency: _,
         } = submission;
         let request = request.with_drawn_seed();
         let seed = request.seed().unwrap_or_default();
@@ -156,6 +158,7 @@ impl GenerationService {
             queue_position,
             seed,
             events,
+            replayed: false,
         })
     }
 
@@ -189,11 +192,12 @@ impl GenerationService {
         );
         let position = live.position(&id).unwrap_or_default();
         let events = JobEvents {
-            service: self.clone(),
+            service: Some(self.clone()),
             owner,
             id,
             first: None,
             receiver: Some(receiver),
+            stream: None,
             done: false,
         };
         Ok((position, events))
@@ -418,11 +422,12 @@ impl GenerationService {
         let current = self.status_of(&live, &record);
         let receiver = live.jobs.get(id).map(|job| job.events.subscribe());
         Ok(JobEvents {
-            service: self.clone(),
+            service: Some(self.clone()),
             owner,
             id: id.clone(),
             first: Some(current),
             receiver,
+            stream: None,
             done: false,
         })
     }

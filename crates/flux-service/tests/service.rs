@@ -100,6 +100,7 @@ fn submission(steps: u32) -> Submission {
         on_finish: None,
         keep_record: true,
         webhook: None,
+        idempotency: None,
     }
 }
 

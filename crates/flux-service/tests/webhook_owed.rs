@@ -58,6 +58,7 @@ fn with_webhook(url: &str) -> Submission {
         on_finish: None,
         keep_record: true,
         webhook: Some(url.to_owned()),
+        idempotency: None,
     }
 }
 

@@ -55,6 +55,18 @@ pub struct Submission {
     pub keep_record: bool,
     /// Where to POST the job's end.
     pub webhook: Option<String>,
+    /// The caller's `Idempotency-Key`, for a deployment that keeps idempotency in its job store
+    /// (a fleet, where two API nodes may get the same key at once). This process's service
+    /// leaves it to the transport's idempotency store.
+    pub idempotency: Option<IdempotencyScope>,
+}
+
+/// An `Idempotency-Key` as the transport scopes it (a route prefix), with the digest of the body
+/// it came with: the same key with another body is a mismatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyScope {
+    pub key: String,
+    pub body_digest: [u8; 32],
 }
 
 impl std::fmt::Debug for Submission {
@@ -75,6 +87,8 @@ pub struct Submitted {
     pub seed: u64,
     /// Its status changes from the start: waiting on these never misses the end.
     pub events: JobEvents,
+    /// Whether this is the job an earlier submit with the same `Idempotency-Key` made.
+    pub replayed: bool,
 }
 
 /// What a cancel did.

@@ -1,0 +1,29 @@
+//! flux-rs scale-out over NATS JetStream: stateless API nodes and `flux worker` processes.
+//!
+//! Each served model has a work-queue stream with one shared durable pull consumer; the job's
+//! record in a key-value bucket is the source of truth (every change a compare-and-set on its
+//! revision), images go to a shared store, and any API node answers any job. [`FleetJobs`] is
+//! the API node's job service (behind flux-service's `JobService`, so the HTTP layer is the
+//! same), [`Worker`] runs one engine's jobs.
+
+mod api;
+mod error;
+mod fleet;
+mod images;
+mod record;
+mod records;
+mod registry;
+mod resolve;
+pub mod servers;
+mod watch;
+mod worker;
+
+pub use api::FleetJobs;
+pub use error::ClusterError;
+pub use fleet::{
+    Fleet, FleetSettings, JOBS_BUCKET, MODELS_BUCKET, WORKERS_CONSUMER, job_subject, jobs_stream,
+};
+pub use images::{FolderImages, ImageStore, image_name};
+pub use record::FleetRecord;
+pub use records::{Changed, Records};
+pub use worker::{Worker, WorkerConfig};

@@ -1,0 +1,106 @@
+//! A job's record in the fleet's key-value bucket: flux-service's job record (the same JSON the
+//! one-machine store writes) with what a fleet adds: the attempt, the worker running it, its last
+//! heartbeat, and the digest of the body of an idempotent submit.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use flux_service::{JobRecord, decode_job_record, encode_job_record};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClusterError;
+
+/// One job's record, as the bucket holds it.
+#[derive(Debug, Clone)]
+pub struct FleetRecord {
+    pub job: JobRecord,
+    /// Attempts started (0 while it waits for its first).
+    pub attempt: u32,
+    /// The worker running the current attempt.
+    pub worker: Option<String>,
+    /// When that worker last said it is alive (while running).
+    pub heartbeat: SystemTime,
+    /// SHA-256 of the request body when it was submitted with an `Idempotency-Key`.
+    pub body_digest: Option<[u8; 32]>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    job: serde_json::Value,
+    attempt: u32,
+    worker: Option<String>,
+    heartbeat_ms: u64,
+    body_digest: Option<[u8; 32]>,
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+impl FleetRecord {
+    /// A new job's record: nothing attempted yet.
+    pub fn new(job: JobRecord, body_digest: Option<[u8; 32]>) -> Self {
+        FleetRecord {
+            heartbeat: job.submitted_at,
+            job,
+            attempt: 0,
+            worker: None,
+            body_digest,
+        }
+    }
+
+    pub fn encode(&self) -> Result<Bytes, ClusterError> {
+        let job = encode_job_record(&self.job).map_err(|error| ClusterError::Decode {
+            what: "a job record",
+            message: error.to_string(),
+        })?;
+        let job: serde_json::Value =
+            serde_json::from_slice(&job).map_err(|error| decode("a job record", error))?;
+        let wire = Wire {
+            job,
+            attempt: self.attempt,
+            worker: self.worker.clone(),
+            heartbeat_ms: millis(self.heartbeat),
+            body_digest: self.body_digest,
+        };
+        serde_json::to_vec(&wire)
+            .map(Bytes::from)
+            .map_err(|error| decode("a fleet record", error))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<FleetRecord, ClusterError> {
+        let wire: Wire =
+            serde_json::from_slice(bytes).map_err(|error| decode("a fleet record", error))?;
+        let job = serde_json::to_vec(&wire.job).map_err(|error| decode("a job record", error))?;
+        let job = decode_job_record(&job).map_err(|error| ClusterError::Decode {
+            what: "a job record",
+            message: error.to_string(),
+        })?;
+        Ok(FleetRecord {
+            job,
+            attempt: wire.attempt,
+            worker: wire.worker,
+            heartbeat: UNIX_EPOCH + Duration::from_millis(wire.heartbeat_ms),
+            body_digest: wire.body_digest,
+        })
+    }
+
+    /// Whether the current attempt is `worker`'s `attempt`.
+    pub fn is_attempt(&self, worker: &str, attempt: u32) -> bool {
+        self.attempt == attempt && self.worker.as_deref() == Some(worker)
+    }
+
+    /// How long since the last sign of life of its attempt (or since its submit).
+    pub fn silent_for(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.heartbeat).unwrap_or_default()
+    }
+}
+
+fn decode(what: &'static str, error: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Decode {
+        what,
+        message: error.to_string(),
+    }
+}

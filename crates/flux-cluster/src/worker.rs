@@ -1,0 +1,603 @@
+//! A `flux worker`: one engine taking one job at a time from its model's queue.
+//!
+//! For each message: the record decides. A completed job is acked; a job another live worker is
+//! running is put back for later; otherwise the worker claims the next attempt with a
+//! compare-and-set, runs it while sending progress acks and heartbeats, and writes the end with a
+//! compare-and-set that holds only while the attempt is still its own. It acks only once the
+//! record is terminal, so a worker that was stopped past `ack_wait` and wakes up (a zombie)
+//! changes nothing: its attempt is no longer the record's, it writes nothing and acks nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use flux_service::{JobFailure, JobId, JobResult, JobState, StoredResult};
+use flux_types::{
+    GenerateResponse, Generation, Generator, GeneratorError, ImageRef, LogLine, ProgressFn,
+    QueueProgress, Timings,
+};
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc};
+
+use crate::error::ClusterError;
+use crate::fleet::{Fleet, webhook_subject};
+use crate::images::{IMAGE_REF_SCHEME, ImageStore, image_name};
+use crate::record::FleetRecord;
+use crate::records::{Changed, Records};
+use crate::registry::register;
+
+/// How long one pull waits for a job before it looks at the shutdown signal again.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// A failed attempt that may succeed on another try comes back after this.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A worker's settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's name in job records and logs.
+    pub name: String,
+    /// A job still running this long after its attempt began fails as timed out.
+    pub job_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// A worker named by a random suffix.
+    pub fn named_randomly(job_timeout: Duration) -> Self {
+        WorkerConfig {
+            name: format!("worker-{:08x}", rand::random::<u32>()),
+            job_timeout,
+        }
+    }
+}
+
+/// A worker of one model.
+pub struct Worker {
+    fleet: Fleet,
+    records: Records,
+    generator: Arc<dyn Generator>,
+    images: Arc<dyn ImageStore>,
+    config: WorkerConfig,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.config.name)
+            .field("generator", &self.generator.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the record says to do with a delivered message.
+enum Claim {
+    /// Run this attempt.
+    Run(FleetRecord, u32),
+    /// Completed: ack (after queuing its webhook, if still owed).
+    Done(FleetRecord),
+    /// Another worker is running it and was alive this long ago: put it back until its lease
+    /// would run out.
+    Busy(Duration),
+    /// No record (expired or forgotten): drop the message.
+    Gone,
+}
+
+fn log_line(message: impl Into<String>) -> LogLine {
+    LogLine {
+        message: message.into(),
+        timestamp: flux_service::rfc3339_millis(SystemTime::now()),
+    }
+}
+
+/// A task stopped when its handle goes: an attempt dropped half-way (its worker stopping) takes
+/// its heartbeats with it, so its job is redelivered.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn retryable(error: &GeneratorError) -> bool {
+    matches!(
+        error,
+        GeneratorError::Inference { .. }
+            | GeneratorError::Remote { .. }
+            | GeneratorError::NotReady
+            | GeneratorError::ShuttingDown
+            | GeneratorError::Overloaded { .. }
+    )
+}
+
+impl Worker {
+    pub fn new(
+        fleet: Fleet,
+        generator: Arc<dyn Generator>,
+        images: Arc<dyn ImageStore>,
+        config: WorkerConfig,
+    ) -> Self {
+        Worker {
+            records: Records::new(fleet.jobs.clone()),
+            fleet,
+            generator,
+            images,
+            config,
+        }
+    }
+
+    /// Waits for the engine, registers its model, then takes jobs until `shutdown` resolves
+    /// (the job under way is finished first).
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ClusterError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        while !self.generator.is_ready() {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        let info = self.generator.model().ok_or_else(|| ClusterError::Server {
+            server: "worker",
+            message: format!(
+                "the generator {} reports no model",
+                self.generator.describe()
+            ),
+        })?;
+        let model = info.variant.name;
+        let (_stream, mut consumer) = self.fleet.model_queue(model).await?;
+        register(&self.fleet.models, &info).await?;
+        tracing::info!(worker = %self.config.name, model = %info.id, variant = model, "worker taking jobs");
+        loop {
+            let batch = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                batch = consumer.fetch().max_messages(1).expires(FETCH_WAIT).messages() => batch,
+            };
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot pull a job; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok((_, again)) = self.fleet.model_queue(model).await {
+                        consumer = again;
+                    }
+                    continue;
+                }
+            };
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(message) => self.handle(message).await,
+                    Err(error) => {
+                        tracing::debug!(%error, "a pull ended");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, message: jetstream::Message) {
+        let Some(id) = message.subject.rsplit('.').next().and_then(JobId::parse) else {
+            tracing::warn!(subject = %message.subject, "a job message without a job id; dropped");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        };
+        let claim = match self.claim(&id).await {
+            Ok(claim) => claim,
+            Err(error) => {
+                tracing::warn!(%error, job = %id, "cannot claim a job; it comes back later");
+                let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
+                return;
+            }
+        };
+        match claim {
+            Claim::Gone => {
+                let _ = message.double_ack().await;
+            }
+            Claim::Busy(silent_for) => {
+                let later = self.fleet.settings.lease().saturating_sub(silent_for)
+                    + Duration::from_millis(100);
+                let _ = message.ack_with(AckKind::Nak(Some(later))).await;
+            }
+            Claim::Done(record) => {
+                self.queue_webhook(&record).await;
+                let _ = message.double_ack().await;
+            }
+            Claim::Run(record, attempt) => self.run_attempt(message, record, attempt).await,
+        }
+    }
+
+    async fn claim(&self, id: &JobId) -> Result<Claim, ClusterError> {
+        let lease = self.fleet.settings.lease();
+        let max_deliver = self.fleet.settings.max_deliver;
+        let now = SystemTime::now();
+        let name = self.config.name.clone();
+        let mut decision = None;
+        let changed = self
+            .records
+            .update(id.as_str(), |record| {
+                if record.job.state.is_terminal() {
+                    decision = Some(false);
+                    return false;
+                }
+                let running_elsewhere = matches!(record.job.state, JobState::Running(_))
+                    && record.worker.as_deref() != Some(&name)
+                    && record.silent_for(now) < lease;
+                if running_elsewhere {
+                    decision = None;
+                    return false;
+                }
+                decision = Some(true);
+                if record.attempt >= max_deliver {
+                    record.job.state = JobState::Completed(JobResult::Failed(JobFailure::Generator(
+                        GeneratorError::Inference {
+                            detail: format!(
+                                "gave up after {max_deliver} attempts (each worker stopped or failed)"
+                            ),
+                        },
+                    )));
+                    record.job.completed_at = Some(now);
+                    record
+                        .job
+                        .logs
+                        .push(log_line(format!("failed: gave up after {max_deliver} attempts")));
+                    return true;
+                }
+                record.attempt += 1;
+                record.worker = Some(name.clone());
+                record.heartbeat = now;
+                let total_steps = record.job.request.num_inference_steps();
+                record.job.state = JobState::Running(QueueProgress {
+                    step: 0,
+                    total_steps,
+                });
+                record.job.logs.push(log_line(format!(
+                    "started on {name} (attempt {} of {max_deliver})",
+                    record.attempt
+                )));
+                true
+            })
+            .await?;
+        Ok(match changed {
+            Changed::Missing => Claim::Gone,
+            Changed::Unchanged(record, _) if decision == Some(false) => Claim::Done(record),
+            Changed::Unchanged(record, _) => Claim::Busy(record.silent_for(SystemTime::now())),
+            Changed::Written(record, _) if record.job.state.is_terminal() => Claim::Done(record),
+            Changed::Written(record, _) => {
+                let attempt = record.attempt;
+                Claim::Run(record, attempt)
+            }
+        })
+    }
+
+    async fn run_attempt(&self, message: jetstream::Message, record: FleetRecord, attempt: u32) {
+        let id = record.job.id.clone();
+        let message = Arc::new(message);
+        let abort = Arc::new(Notify::new());
+        let guard = AbortOnDrop(tokio::spawn(self.guard(
+            Arc::clone(&message),
+            id.clone(),
+            attempt,
+            Arc::clone(&abort),
+        )));
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let progress: ProgressFn = Arc::new(move |progress| {
+            let _ = progress_tx.send(progress);
+        });
+        let writer = tokio::spawn(self.progress_writer(id.clone(), attempt, progress_rx));
+        let started = std::time::Instant::now();
+        let generation = tokio::select! {
+            generated = tokio::time::timeout(
+                self.config.job_timeout,
+                self.generator.generate(record.job.request.clone(), Some(progress)),
+            ) => Some(generated),
+            () = abort.notified() => None,
+        };
+        drop(guard);
+        // The writer ends once the generation (holding the sender) is dropped.
+        let _ = writer.await;
+        let result = match generation {
+            None => {
+                tracing::info!(job = %id, attempt, "attempt stopped: the job was cancelled or went to another worker");
+                if let Ok(Some((now, _))) = self.records.get(id.as_str()).await
+                    && now.job.state.is_terminal()
+                {
+                    let _ = message.double_ack().await;
+                }
+                return;
+            }
+            Some(Err(_elapsed)) => JobResult::Failed(JobFailure::TimedOut {
+                limit_secs: self.config.job_timeout.as_secs(),
+            }),
+            Some(Ok(Err(error)))
+                if retryable(&error) && attempt < self.fleet.settings.max_deliver =>
+            {
+                tracing::warn!(%error, job = %id, attempt, "attempt failed; the job is tried again");
+                self.release(&id, attempt, &error).await;
+                let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
+                return;
+            }
+            Some(Ok(Err(error))) => {
+                tracing::error!(%error, job = %id, attempt, "generation failed");
+                JobResult::Failed(JobFailure::Generator(error))
+            }
+            Some(Ok(Ok(generation))) => {
+                match self.store(&record, attempt, generation, started).await {
+                    Ok(stored) => JobResult::Succeeded(stored),
+                    Err(failure) => JobResult::Failed(failure),
+                }
+            }
+        };
+        self.finish(&message, &id, attempt, result).await;
+    }
+
+    /// Progress acks (so the message is not redelivered while the job runs) and heartbeats in
+    /// the record; stops the attempt when the record says it is no longer this worker's (the
+    /// job was cancelled, or went elsewhere while this worker was stopped).
+    fn guard(
+        &self,
+        message: Arc<jetstream::Message>,
+        id: JobId,
+        attempt: u32,
+        abort: Arc<Notify>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let records = self.records.clone();
+        let name = self.config.name.clone();
+        let every = (self.fleet.settings.ack_wait / 4).max(Duration::from_millis(50));
+        async move {
+            let mut watch = records.kv.watch(id.as_str()).await.ok();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                let changed = match watch.as_mut() {
+                    Some(watch) => tokio::select! {
+                        _ = tick.tick() => false,
+                        entry = watch.next() => matches!(entry, Some(Ok(_))),
+                    },
+                    None => {
+                        tick.tick().await;
+                        false
+                    }
+                };
+                if !changed {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+                let now = SystemTime::now();
+                let beat = records
+                    .update(id.as_str(), |record| {
+                        if changed
+                            || record.job.state.is_terminal()
+                            || !record.is_attempt(&name, attempt)
+                        {
+                            return false;
+                        }
+                        record.heartbeat = now;
+                        true
+                    })
+                    .await;
+                let still_mine = match &beat {
+                    Ok(Changed::Written(..)) => true,
+                    Ok(Changed::Unchanged(record, _)) => {
+                        !record.job.state.is_terminal() && record.is_attempt(&name, attempt)
+                    }
+                    Ok(Changed::Missing) => false,
+                    // NATS unreachable: keep going, the record decides at the end.
+                    Err(_) => true,
+                };
+                if !still_mine {
+                    abort.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn progress_writer(
+        &self,
+        id: JobId,
+        attempt: u32,
+        mut progress: mpsc::UnboundedReceiver<flux_types::Progress>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let records = self.records.clone();
+        let name = self.config.name.clone();
+        async move {
+            while let Some(mut step) = progress.recv().await {
+                // Only the latest step matters when writes fall behind.
+                while let Ok(later) = progress.try_recv() {
+                    step = later;
+                }
+                let now = SystemTime::now();
+                let written = records
+                    .update(id.as_str(), |record| {
+                        if record.job.state.is_terminal() || !record.is_attempt(&name, attempt) {
+                            return false;
+                        }
+                        record.heartbeat = now;
+                        record.job.state = JobState::Running(QueueProgress {
+                            step: step.step,
+                            total_steps: step.total_steps,
+                        });
+                        record
+                            .job
+                            .logs
+                            .push(log_line(format!("step {}/{}", step.step, step.total_steps)));
+                        true
+                    })
+                    .await;
+                if let Err(error) = written {
+                    tracing::debug!(%error, job = %id, "cannot record a job's progress");
+                }
+            }
+        }
+    }
+
+    /// Puts a failed attempt's job back in the queue state (its message is redelivered).
+    async fn release(&self, id: &JobId, attempt: u32, error: &GeneratorError) {
+        let name = self.config.name.clone();
+        let line = log_line(format!("attempt {attempt} failed ({error}); tried again"));
+        let _ = self
+            .records
+            .update(id.as_str(), |record| {
+                if record.job.state.is_terminal() || !record.is_attempt(&name, attempt) {
+                    return false;
+                }
+                record.job.state = JobState::Queued;
+                record.worker = None;
+                record.job.logs.push(line.clone());
+                true
+            })
+            .await;
+    }
+
+    /// Writes the attempt's images (names per attempt, never overwritten) and its result body,
+    /// whose image references the answering API node resolves.
+    async fn store(
+        &self,
+        record: &FleetRecord,
+        attempt: u32,
+        generation: Generation,
+        started: std::time::Instant,
+    ) -> Result<StoredResult, JobFailure> {
+        let expected = record.job.request.num_images() as usize;
+        if generation.images.len() != expected || generation.has_nsfw_concepts.len() != expected {
+            tracing::error!(job = %record.job.id, "the generator returned the wrong number of images");
+            return Err(JobFailure::BadGeneration);
+        }
+        let written_from = std::time::Instant::now();
+        let written_from_wall = SystemTime::now();
+        let mut images = Vec::with_capacity(expected);
+        for (index, image) in generation.images.into_iter().enumerate() {
+            let extension = match image.content_type.as_str() {
+                "image/jpeg" => "jpg",
+                "image/png" => "png",
+                other => {
+                    tracing::error!(
+                        content_type = other,
+                        "the generator returned an unknown image type"
+                    );
+                    return Err(JobFailure::BadGeneration);
+                }
+            };
+            let name = image_name(record.job.id.as_str(), attempt, index, extension);
+            self.images
+                .put_new(&name, Bytes::from(image.bytes))
+                .await
+                .map_err(|error| {
+                    tracing::error!(%error, job = %record.job.id, "cannot store an image");
+                    JobFailure::Storage
+                })?;
+            images.push(ImageRef {
+                url: format!("{IMAGE_REF_SCHEME}{name}"),
+                width: image.width,
+                height: image.height,
+                content_type: image.content_type,
+            });
+        }
+        let inference = match generation.timings.inference {
+            Duration::ZERO => started.elapsed(),
+            inference => inference,
+        };
+        let body = GenerateResponse {
+            images,
+            seed: generation.seed,
+            has_nsfw_concepts: generation.has_nsfw_concepts,
+            timings: Timings {
+                inference: inference.as_secs_f64(),
+            },
+        };
+        let body = serde_json::to_vec(&body).map_err(|error| {
+            tracing::error!(%error, "cannot serialise a result");
+            JobFailure::BadGeneration
+        })?;
+        Ok(StoredResult {
+            body: Bytes::from(body),
+            written_from,
+            written_from_wall,
+        })
+    }
+
+    /// Writes the attempt's end if the attempt is still the record's, queues the webhook, and
+    /// acks; a zombie (the attempt no longer the record's) writes and acks nothing.
+    async fn finish(
+        &self,
+        message: &jetstream::Message,
+        id: &JobId,
+        attempt: u32,
+        result: JobResult,
+    ) {
+        let name = self.config.name.clone();
+        let line = log_line(match &result {
+            JobResult::Succeeded(_) => "completed".to_owned(),
+            JobResult::Failed(_) => "failed".to_owned(),
+            JobResult::Cancelled => "cancelled".to_owned(),
+        });
+        let now = SystemTime::now();
+        let changed = self
+            .records
+            .update(id.as_str(), |record| {
+                if record.job.state.is_terminal() || !record.is_attempt(&name, attempt) {
+                    return false;
+                }
+                record.job.state = JobState::Completed(result.clone());
+                record.job.completed_at = Some(now);
+                record.job.logs.push(line.clone());
+                true
+            })
+            .await;
+        match changed {
+            Ok(Changed::Written(record, _)) => {
+                tracing::info!(job = %id, attempt, worker = %name, "job completed");
+                self.queue_webhook(&record).await;
+                let _ = message.double_ack().await;
+            }
+            Ok(Changed::Unchanged(record, _)) if record.job.state.is_terminal() => {
+                // Cancelled while it ran: its images are left to the store's retention.
+                let _ = message.double_ack().await;
+            }
+            Ok(_) => {
+                tracing::warn!(job = %id, attempt, "this attempt is no longer the job's: its end is not written");
+            }
+            Err(error) => {
+                // Not acked: the job is redelivered and the next attempt writes its end.
+                tracing::error!(%error, job = %id, "cannot record a job's end");
+            }
+        }
+    }
+
+    /// Publishes the job's webhook delivery (deduplicated by its id, `msg_<job>`) and clears the
+    /// record's owed mark; a crash in between publishes again, to the same id.
+    async fn queue_webhook(&self, record: &FleetRecord) {
+        if !record.job.webhook_owed || record.job.webhook.is_none() {
+            return;
+        }
+        let id = record.job.id.as_str();
+        let delivery = flux_service::WebhookDelivery::id_for(id);
+        let message = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(id.to_owned()))
+            .message_id(&delivery);
+        let published = match self
+            .fleet
+            .js
+            .send_publish(webhook_subject(id), message)
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = published {
+            tracing::error!(%error, job = %id, "cannot queue a webhook; the reaper queues it again");
+            return;
+        }
+        let _ = self
+            .records
+            .update(id, |record| {
+                if !record.job.webhook_owed {
+                    return false;
+                }
+                record.job.webhook_owed = false;
+                true
+            })
+            .await;
+    }
+}

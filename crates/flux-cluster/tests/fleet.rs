@@ -1,0 +1,358 @@
+//! A fleet on a real nats-server, in one process: API-node job services and workers over fake
+//! generators. Each test asserts the fleet's invariant for its case: every accepted job ends in
+//! exactly one terminal outcome, seen the same from every node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use flux_cluster::servers::NatsServer;
+use flux_cluster::{Fleet, FleetJobs, FleetSettings, FolderImages, Worker, WorkerConfig};
+use flux_service::{
+    IdempotencyScope, JobResult, JobService, JobState, Owner, ServiceError, Submission,
+};
+use flux_types::test_util::{FakeGenerator, fake_model};
+use flux_types::{GenerateResponse, GeneratorError, VariantSpec, parse_request_for};
+
+const OWNER: Owner = Owner([7; 32]);
+
+fn settings() -> FleetSettings {
+    FleetSettings {
+        ack_wait: Duration::from_millis(800),
+        max_deliver: 3,
+        queue_depth: 8,
+        retention: Duration::from_secs(600),
+        duplicate_window: Duration::from_secs(120),
+        memory_storage: false,
+    }
+}
+
+struct Harness {
+    nats: NatsServer,
+    images: tempfile::TempDir,
+    _store: tempfile::TempDir,
+    settings: FleetSettings,
+}
+
+impl Harness {
+    fn start(settings: FleetSettings) -> Result<Harness> {
+        let store = tempfile::tempdir()?;
+        let nats = NatsServer::start(store.path()).context("start nats-server")?;
+        Ok(Harness {
+            nats,
+            images: tempfile::tempdir()?,
+            _store: store,
+            settings,
+        })
+    }
+
+    async fn fleet(&self) -> Result<Fleet> {
+        let client = async_nats::connect(self.nats.url()).await?;
+        Ok(Fleet::open(client, self.settings).await?)
+    }
+
+    async fn node(&self) -> Result<FleetJobs> {
+        let client = async_nats::connect(self.nats.url()).await?;
+        let fleet = Fleet::open(client.clone(), self.settings).await?;
+        let images = Arc::new(FolderImages::new(self.images.path())?);
+        Ok(FleetJobs::open(client, fleet, images, "http://api.test".to_owned()).await?)
+    }
+
+    /// Starts a worker over `generator` in a task; abort the handle to kill it (no more acks,
+    /// heartbeats or writes, as a SIGKILL).
+    async fn worker(
+        &self,
+        generator: Arc<FakeGenerator>,
+        name: &str,
+    ) -> Result<tokio::task::JoinHandle<()>> {
+        let fleet = self.fleet().await?;
+        let images = Arc::new(FolderImages::new(self.images.path())?);
+        let worker = Worker::new(
+            fleet,
+            generator,
+            images,
+            WorkerConfig {
+                name: name.to_owned(),
+                job_timeout: Duration::from_secs(60),
+            },
+        );
+        Ok(tokio::spawn(async move {
+            if let Err(error) = worker.run(std::future::pending()).await {
+                panic!("worker failed: {error}");
+            }
+        }))
+    }
+}
+
+fn fake(delay: Duration) -> Arc<FakeGenerator> {
+    Arc::new(
+        FakeGenerator::new()
+            .with_delay(delay)
+            .serving(fake_model("fake-dev", VariantSpec::dev())),
+    )
+}
+
+fn submission(body: &str) -> Result<Submission> {
+    Ok(Submission {
+        request: parse_request_for(body.as_bytes(), VariantSpec::dev())?,
+        owner: OWNER,
+        model: "dev".to_owned(),
+        deadline: None,
+        on_finish: None,
+        keep_record: true,
+        webhook: None,
+        idempotency: None,
+    })
+}
+
+async fn wait_end(
+    node: &FleetJobs,
+    id: &flux_service::JobId,
+    within: Duration,
+) -> Result<JobResult> {
+    let events = node.events(id, OWNER).await?;
+    match tokio::time::timeout(within, events.wait()).await {
+        Ok(result) => Ok(result?),
+        Err(_) => bail!("job {id} did not end within {within:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_on_one_node_is_run_by_a_worker_and_answered_by_another() -> Result<()> {
+    let harness = Harness::start(settings())?;
+    let (a, b) = (harness.node().await?, harness.node().await?);
+    let generator = fake(Duration::from_millis(50));
+    let _worker = harness.worker(Arc::clone(&generator), "w1").await?;
+    let submitted = a
+        .submit(submission(
+            r#"{"prompt": "a red circle", "seed": 42, "num_images": 2}"#,
+        )?)
+        .await?;
+    assert_eq!(submitted.seed, 42);
+    let JobResult::Succeeded(stored) = wait_end(&b, &submitted.id, Duration::from_secs(20)).await?
+    else {
+        bail!("the job did not succeed");
+    };
+    let body: GenerateResponse = serde_json::from_slice(&stored.body)?;
+    assert_eq!(body.images.len(), 2);
+    assert_eq!(body.seed, 42);
+    for image in &body.images {
+        let name = image
+            .url
+            .strip_prefix("http://api.test/api/v1/files/")
+            .with_context(|| format!("an image URL on the API's file route: {}", image.url))?;
+        assert!(
+            harness.images.path().join(name).is_file(),
+            "{name} is in the shared folder"
+        );
+    }
+    // Any node answers, and the same; nobody else's.
+    let status = b.status(&submitted.id, OWNER).await?;
+    assert!(matches!(
+        status.state,
+        JobState::Completed(JobResult::Succeeded(_))
+    ));
+    let record = a.record(&submitted.id, OWNER).await?;
+    assert!(
+        record
+            .logs
+            .iter()
+            .any(|line| line.message.starts_with("started on w1"))
+    );
+    assert!(matches!(
+        b.status(&submitted.id, Owner([8; 32])).await,
+        Err(ServiceError::NotFound)
+    ));
+    assert_eq!(generator.calls(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_and_records_nothing() -> Result<()> {
+    let harness = Harness::start(FleetSettings {
+        queue_depth: 2,
+        ..settings()
+    })?;
+    let node = harness.node().await?;
+    let first = node.submit(submission(r#"{"prompt": "one"}"#)?).await?;
+    let second = node.submit(submission(r#"{"prompt": "two"}"#)?).await?;
+    assert_eq!((first.queue_position, second.queue_position), (0, 1));
+    let refused = node.submit(submission(r#"{"prompt": "three"}"#)?).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Overloaded)),
+        "{refused:?}"
+    );
+    let fleet = harness.fleet().await?;
+    let mut keys = fleet_keys(&fleet).await?;
+    keys.sort();
+    let mut expected = vec![first.id.to_string(), second.id.to_string()];
+    expected.sort();
+    assert_eq!(keys, expected, "only the accepted jobs have records");
+    // A cancelled queued job frees its place at once.
+    node.cancel(&first.id, OWNER).await?;
+    node.submit(submission(r#"{"prompt": "four"}"#)?).await?;
+    Ok(())
+}
+
+async fn fleet_keys(fleet: &Fleet) -> Result<Vec<String>> {
+    use futures::StreamExt as _;
+    let client = fleet.client();
+    let js = async_nats::jetstream::new(client);
+    let kv = js.get_key_value(flux_cluster::JOBS_BUCKET).await?;
+    let mut keys = kv.keys().await?;
+    let mut all = Vec::new();
+    while let Some(key) = keys.next().await {
+        all.push(key?);
+    }
+    Ok(all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_cancelled_stops_within_a_moment_and_ends_cancelled_only() -> Result<()> {
+    let harness = Harness::start(settings())?;
+    let node = harness.node().await?;
+    let generator = fake(Duration::from_secs(30));
+    let _worker = harness.worker(Arc::clone(&generator), "w1").await?;
+    let submitted = node.submit(submission(r#"{"prompt": "slow"}"#)?).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while generator.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        if Instant::now() > deadline {
+            bail!("the job never started");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled_at = Instant::now();
+    node.cancel(&submitted.id, OWNER).await?;
+    while generator.running.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        if cancelled_at.elapsed() > Duration::from_secs(3) {
+            bail!("the generation did not stop after the cancel");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matches!(
+        wait_end(&node, &submitted.id, Duration::from_secs(5)).await?,
+        JobResult::Cancelled
+    ));
+    assert!(matches!(
+        node.cancel(&submitted.id, OWNER).await,
+        Err(ServiceError::AlreadyCompleted)
+    ));
+    // The worker goes on to the next job.
+    generator
+        .delay
+        .lock()
+        .map(|mut delay| *delay = Duration::from_millis(10))
+        .ok();
+    let next = node.submit(submission(r#"{"prompt": "next"}"#)?).await?;
+    assert!(matches!(
+        wait_end(&node, &next.id, Duration::from_secs(20)).await?,
+        JobResult::Succeeded(_)
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_sent_to_two_nodes_at_once_makes_one_job() -> Result<()> {
+    let harness = Harness::start(settings())?;
+    let (a, b) = (harness.node().await?, harness.node().await?);
+    let keyed = |body: &str| -> Result<Submission> {
+        Ok(Submission {
+            idempotency: Some(IdempotencyScope {
+                key: "order-17".to_owned(),
+                body_digest: [body.len() as u8; 32],
+            }),
+            ..submission(body)?
+        })
+    };
+    let body = r#"{"prompt": "a blue star"}"#;
+    let (first, second) = tokio::join!(a.submit(keyed(body)?), b.submit(keyed(body)?));
+    let (first, second) = (first?, second?);
+    assert_eq!(first.id, second.id);
+    assert_eq!(first.seed, second.seed, "one seed, drawn once");
+    assert_eq!(u8::from(first.replayed) + u8::from(second.replayed), 1);
+    let other = b.submit(keyed(r#"{"prompt": "another body"}"#)?).await;
+    assert!(
+        matches!(other, Err(ServiceError::IdempotencyMismatch)),
+        "{other:?}"
+    );
+    let generator = fake(Duration::from_millis(10));
+    let _worker = harness.worker(Arc::clone(&generator), "w1").await?;
+    assert!(matches!(
+        wait_end(&a, &first.id, Duration::from_secs(20)).await?,
+        JobResult::Succeeded(_)
+    ));
+    assert_eq!(generator.calls(), 1, "one job, one generation");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_failing_every_attempt_ends_failed_after_the_last_and_the_worker_goes_on()
+-> Result<()> {
+    let harness = Harness::start(settings())?;
+    let node = harness.node().await?;
+    let generator = Arc::new(
+        FakeGenerator::new()
+            .serving(fake_model("fake-dev", VariantSpec::dev()))
+            .failing_with(GeneratorError::Inference {
+                detail: "the engine crashed".to_owned(),
+            }),
+    );
+    let _worker = harness.worker(Arc::clone(&generator), "w1").await?;
+    let submitted = node.submit(submission(r#"{"prompt": "poison"}"#)?).await?;
+    let result = wait_end(&node, &submitted.id, Duration::from_secs(30)).await?;
+    assert!(matches!(result, JobResult::Failed(_)), "{result:?}");
+    assert_eq!(generator.calls(), 3, "max_deliver attempts");
+    // No orphan message: the stream is empty once the job ended.
+    let fleet = harness.fleet().await?;
+    let (mut stream, _) = fleet.model_queue("dev").await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stream.info().await?.state.messages != 0 {
+        if Instant::now() > deadline {
+            bail!("the poison job's message is still in the stream");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    generator.fail_with(None);
+    let next = node.submit(submission(r#"{"prompt": "fine"}"#)?).await?;
+    assert!(matches!(
+        wait_end(&node, &next.id, Duration::from_secs(20)).await?,
+        JobResult::Succeeded(_)
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_dies_mid_run_is_finished_by_another_once() -> Result<()> {
+    let harness = Harness::start(settings())?;
+    let node = harness.node().await?;
+    let doomed = fake(Duration::from_secs(60));
+    let first = harness.worker(Arc::clone(&doomed), "w1").await?;
+    let submitted = node.submit(submission(r#"{"prompt": "survive"}"#)?).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while doomed.calls() == 0 {
+        if Instant::now() > deadline {
+            bail!("the job never started");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.abort();
+    let rescuer = fake(Duration::from_millis(20));
+    let _second = harness.worker(Arc::clone(&rescuer), "w2").await?;
+    let result = wait_end(&node, &submitted.id, Duration::from_secs(30)).await?;
+    assert!(matches!(result, JobResult::Succeeded(_)), "{result:?}");
+    assert_eq!(rescuer.calls(), 1);
+    let record = node.record(&submitted.id, OWNER).await?;
+    let completions = record
+        .logs
+        .iter()
+        .filter(|line| line.message == "completed")
+        .count();
+    assert_eq!(completions, 1, "one terminal outcome: {:?}", record.logs);
+    assert!(
+        record
+            .logs
+            .iter()
+            .any(|line| line.message.starts_with("started on w2 (attempt 2"))
+    );
+    Ok(())
+}
