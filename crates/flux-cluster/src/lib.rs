@@ -13,6 +13,7 @@ mod images;
 mod record;
 mod records;
 mod registry;
+mod reaper;
 mod resolve;
 pub mod servers;
 mod watch;
@@ -25,5 +26,6 @@ pub use fleet::{
 };
 pub use images::{FolderImages, ImageStore, image_name};
 pub use record::FleetRecord;
+pub use reaper::Reaper;
 pub use records::{Changed, Records};
 pub use worker::{Worker, WorkerConfig};

@@ -1,0 +1,5 @@
+//! placeholder
+
+/// Placeholder until written.
+#[derive(Debug)]
+pub struct Reaper;
