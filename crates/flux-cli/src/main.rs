@@ -9,13 +9,17 @@
 // (`<user data dir>`, bare URLs), not rustdoc markup.
 #![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
+mod api_node;
 mod bytes;
+mod fleet;
 mod generate;
 mod logging;
 mod model;
 mod schema;
 mod serve;
 mod serve_defaults;
+mod worker;
+mod worker_health;
 
 use std::process::ExitCode;
 
@@ -51,7 +55,9 @@ enum Command {
     /// Generate images from a prompt and write them to a folder.
     Generate(generate::GenerateArgs),
     /// Serve the HTTP API (POST /api/v1/flux/dev) over a local model or a remote backend.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Run generations for a fleet: take one model's jobs from NATS JetStream (`--queue`).
+    Worker(worker::WorkerArgs),
     /// Print or write the JSON Schema of the API's wire types, or its OpenAPI document.
     Schema(schema::SchemaArgs),
     /// Build a checkpoint (diffusers folder or BFL files) into ONNX graphs.
@@ -95,7 +101,13 @@ fn main() -> ExitCode {
             if let Some(sub) = subcommand_matches {
                 args.backend.note_sources(sub);
             }
-            serve::run(args, verbose)
+            serve::run(*args, verbose)
+        }
+        Command::Worker(mut args) => {
+            if let Some(sub) = subcommand_matches {
+                args.backend.note_sources(sub);
+            }
+            worker::run(args, verbose)
         }
         Command::Schema(args) => schema::run(args),
         Command::Model(args) => model::run(args),

@@ -49,6 +49,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub backend: BackendArgs,
 
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
+
     /// File with one API key per line (`#` comments allowed). FLUX_API_KEYS (separated by commas
     /// or newlines) adds more.
     #[arg(long, env = "FLUX_API_KEY_FILE", value_name = "FILE")]
@@ -175,6 +178,10 @@ pub fn run(mut args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
     config
         .validate()
         .map_err(|error| BadInput(error.to_string()))?;
+    if let Some(queue) = args.fleet.queue.clone() {
+        let has_model = !args.backend.model.is_empty() || args.backend.backend.is_some();
+        return crate::api_node::run(config, &args.fleet, &queue, has_model);
+    }
     let backends = resolve_backends(&mut args.backend)?;
     // Each engine's own queue must hold everything the server admits, so that an admitted
     // request is never refused by the layer below.
@@ -325,7 +332,7 @@ async fn serve_while_starting(
 const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
 
 /// One line on stdout, flushed at once (scripts wait for it).
-fn print_line(line: &str) -> anyhow::Result<()> {
+pub(crate) fn print_line(line: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")?;
     stdout.flush()?;
@@ -417,7 +424,7 @@ fn parse_byte_size(flag: &str, text: &str) -> anyhow::Result<Option<u64>> {
 }
 
 /// `90s`, `30m`, `24h`, `7d`, or a plain number of seconds.
-fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

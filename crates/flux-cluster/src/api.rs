@@ -316,6 +316,8 @@ impl FleetJobs {
             .map_err(unavailable)?;
         match changed {
             Changed::Written(record, _) => {
+                crate::webhooks::queue_webhook(&self.inner.fleet.js, &self.inner.records, &record)
+                    .await;
                 if was_queued {
                     // Frees its place in the queue at once (a worker would otherwise take it,
                     // see it cancelled and ack it).

@@ -10,13 +10,15 @@ mod api;
 mod error;
 mod fleet;
 mod images;
+mod reaper;
 mod record;
 mod records;
 mod registry;
-mod reaper;
 mod resolve;
 pub mod servers;
+mod stats;
 mod watch;
+mod webhooks;
 mod worker;
 
 pub use api::FleetJobs;
@@ -25,7 +27,9 @@ pub use fleet::{
     Fleet, FleetSettings, JOBS_BUCKET, MODELS_BUCKET, WORKERS_CONSUMER, job_subject, jobs_stream,
 };
 pub use images::{FolderImages, ImageStore, image_name};
+pub use reaper::{ReapReport, Reaper, ReaperConfig};
 pub use record::FleetRecord;
-pub use reaper::Reaper;
 pub use records::{Changed, Records};
+pub use stats::WorkerStats;
+pub use webhooks::FleetWebhooks;
 pub use worker::{Worker, WorkerConfig};

@@ -5,7 +5,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use flux_service::{JobRecord, decode_job_record, encode_job_record};
+use flux_service::{
+    JobFailure, JobRecord, JobResult, JobState, decode_job_record, encode_job_record,
+};
+use flux_types::{GeneratorError, LogLine};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ClusterError;
@@ -90,6 +93,23 @@ impl FleetRecord {
     /// Whether the current attempt is `worker`'s `attempt`.
     pub fn is_attempt(&self, worker: &str, attempt: u32) -> bool {
         self.attempt == attempt && self.worker.as_deref() == Some(worker)
+    }
+
+    /// Ends the job failed because its attempts are spent. A worker's claim and the reaper both
+    /// write it, so a job given up on reads the same whichever of them gave up.
+    pub(crate) fn give_up(&mut self, max_deliver: u32, now: SystemTime) {
+        self.job.state = JobState::Completed(JobResult::Failed(JobFailure::Generator(
+            GeneratorError::Inference {
+                detail: format!(
+                    "gave up after {max_deliver} attempts (each worker stopped or failed)"
+                ),
+            },
+        )));
+        self.job.completed_at = Some(now);
+        self.job.logs.push(LogLine {
+            message: format!("failed: gave up after {max_deliver} attempts"),
+            timestamp: flux_service::rfc3339_millis(now),
+        });
     }
 
     /// How long since the last sign of life of its attempt (or since its submit).

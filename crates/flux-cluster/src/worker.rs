@@ -21,11 +21,12 @@ use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::ClusterError;
-use crate::fleet::{Fleet, webhook_subject};
+use crate::fleet::Fleet;
 use crate::images::{IMAGE_REF_SCHEME, ImageStore, image_name};
 use crate::record::FleetRecord;
 use crate::records::{Changed, Records};
 use crate::registry::register;
+use crate::stats::{AttemptEnd, WorkerStats};
 
 /// How long one pull waits for a job before it looks at the shutdown signal again.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
@@ -39,14 +40,22 @@ pub struct WorkerConfig {
     pub name: String,
     /// A job still running this long after its attempt began fails as timed out.
     pub job_timeout: Duration,
+    /// Counters for its metrics (shared with whoever serves them).
+    pub stats: WorkerStats,
 }
 
 impl WorkerConfig {
-    /// A worker named by a random suffix.
+    /// A worker named by its process id and a random suffix (`worker-<pid>-<hex>`), so that logs
+    /// and job records tell which process ran an attempt.
     pub fn named_randomly(job_timeout: Duration) -> Self {
         WorkerConfig {
-            name: format!("worker-{:08x}", rand::random::<u32>()),
+            name: format!(
+                "worker-{}-{:04x}",
+                std::process::id(),
+                rand::random::<u16>()
+            ),
             job_timeout,
+            stats: WorkerStats::default(),
         }
     }
 }
@@ -150,6 +159,7 @@ impl Worker {
         let (_stream, mut consumer) = self.fleet.model_queue(model).await?;
         register(&self.fleet.models, &info).await?;
         tracing::info!(worker = %self.config.name, model = %info.id, variant = model, "worker taking jobs");
+        self.config.stats.set_taking_jobs(true);
         loop {
             let batch = tokio::select! {
                 () = &mut shutdown => return Ok(()),
@@ -231,18 +241,7 @@ impl Worker {
                 }
                 decision = Some(true);
                 if record.attempt >= max_deliver {
-                    record.job.state = JobState::Completed(JobResult::Failed(JobFailure::Generator(
-                        GeneratorError::Inference {
-                            detail: format!(
-                                "gave up after {max_deliver} attempts (each worker stopped or failed)"
-                            ),
-                        },
-                    )));
-                    record.job.completed_at = Some(now);
-                    record
-                        .job
-                        .logs
-                        .push(log_line(format!("failed: gave up after {max_deliver} attempts")));
+                    record.give_up(max_deliver, now);
                     return true;
                 }
                 record.attempt += 1;
@@ -288,6 +287,7 @@ impl Worker {
         });
         let writer = tokio::spawn(self.progress_writer(id.clone(), attempt, progress_rx));
         let started = std::time::Instant::now();
+        self.config.stats.started();
         let generation = tokio::select! {
             generated = tokio::time::timeout(
                 self.config.job_timeout,
@@ -304,7 +304,10 @@ impl Worker {
                 if let Ok(Some((now, _))) = self.records.get(id.as_str()).await
                     && now.job.state.is_terminal()
                 {
+                    self.config.stats.ended(AttemptEnd::Cancelled);
                     let _ = message.double_ack().await;
+                } else {
+                    self.config.stats.ended(AttemptEnd::Lost);
                 }
                 return;
             }
@@ -316,6 +319,7 @@ impl Worker {
             {
                 tracing::warn!(%error, job = %id, attempt, "attempt failed; the job is tried again");
                 self.release(&id, attempt, &error).await;
+                self.config.stats.ended(AttemptEnd::Retried);
                 let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
                 return;
             }
@@ -548,56 +552,32 @@ impl Worker {
         match changed {
             Ok(Changed::Written(record, _)) => {
                 tracing::info!(job = %id, attempt, worker = %name, "job completed");
+                self.config.stats.ended(match &record.job.state {
+                    JobState::Completed(JobResult::Succeeded(_)) => AttemptEnd::Succeeded,
+                    _ => AttemptEnd::Failed,
+                });
                 self.queue_webhook(&record).await;
                 let _ = message.double_ack().await;
             }
             Ok(Changed::Unchanged(record, _)) if record.job.state.is_terminal() => {
+                self.config.stats.ended(AttemptEnd::Cancelled);
+                self.queue_webhook(&record).await;
                 // Cancelled while it ran: its images are left to the store's retention.
                 let _ = message.double_ack().await;
             }
             Ok(_) => {
+                self.config.stats.ended(AttemptEnd::Lost);
                 tracing::warn!(job = %id, attempt, "this attempt is no longer the job's: its end is not written");
             }
             Err(error) => {
+                self.config.stats.ended(AttemptEnd::Lost);
                 // Not acked: the job is redelivered and the next attempt writes its end.
                 tracing::error!(%error, job = %id, "cannot record a job's end");
             }
         }
     }
 
-    /// Publishes the job's webhook delivery (deduplicated by its id, `msg_<job>`) and clears the
-    /// record's owed mark; a crash in between publishes again, to the same id.
     async fn queue_webhook(&self, record: &FleetRecord) {
-        if !record.job.webhook_owed || record.job.webhook.is_none() {
-            return;
-        }
-        let id = record.job.id.as_str();
-        let delivery = flux_service::WebhookDelivery::id_for(id);
-        let message = jetstream::message::PublishMessage::build()
-            .payload(Bytes::from(id.to_owned()))
-            .message_id(&delivery);
-        let published = match self
-            .fleet
-            .js
-            .send_publish(webhook_subject(id), message)
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = published {
-            tracing::error!(%error, job = %id, "cannot queue a webhook; the reaper queues it again");
-            return;
-        }
-        let _ = self
-            .records
-            .update(id, |record| {
-                if !record.job.webhook_owed {
-                    return false;
-                }
-                record.job.webhook_owed = false;
-                true
-            })
-            .await;
+        crate::webhooks::queue_webhook(&self.fleet.js, &self.records, record).await;
     }
 }

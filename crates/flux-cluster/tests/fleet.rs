@@ -74,6 +74,7 @@ impl Harness {
             WorkerConfig {
                 name: name.to_owned(),
                 job_timeout: Duration::from_secs(60),
+                stats: Default::default(),
             },
         );
         Ok(tokio::spawn(async move {

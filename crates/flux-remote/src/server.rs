@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use flux_service::{
     FinishHook, GenerationService, IdempotencyScope, JobId, JobResult, JobService, Owner,
-    ServedModels, ServiceConfig, ServiceError, Submission,
+    ServedModels, ServiceConfig, ServiceError, Submission, WebhookQueue,
 };
 use flux_types::variant::VARIANTS;
 use flux_types::{ErrorCode, Generator, ValidRequest, VariantSpec, parse_request_for};
@@ -172,6 +172,7 @@ impl AppState {
     pub fn with_jobs(
         config: &ServerConfig,
         jobs: Arc<dyn JobService>,
+        webhooks: Option<Arc<dyn WebhookQueue>>,
         public_base_url: String,
     ) -> Result<Self, RemoteError> {
         config.validate()?;
@@ -183,10 +184,19 @@ impl AppState {
         )?);
         let metrics = Arc::new(Metrics::default());
         let public_base_url = public_base_url.trim_end_matches('/').to_owned();
-        let webhooks = Deliverer::new(
+        let deliverer = Deliverer::new(
             Arc::new(flux_service::MemoryOutbox::default()),
             config.webhooks.clone(),
         );
+        if let Some(queue) = webhooks {
+            // The fleet's deliveries: each API node takes its share from the durable stream.
+            let deliverer = Arc::clone(&deliverer);
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(
+                async move { deliverer.run_queue(queue, metrics.mean_generation()).await },
+            );
+        }
+        let webhooks = deliverer;
         Ok(Self::assemble(
             config,
             jobs,

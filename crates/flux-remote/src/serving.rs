@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flux_service::{JobService, ServedModels};
+use flux_service::{JobService, ServedModels, WebhookQueue};
 use flux_types::Generator;
 use tokio::net::TcpListener;
 
@@ -51,10 +51,11 @@ impl Server {
     pub async fn bind_jobs(
         config: ServerConfig,
         jobs: Arc<dyn JobService>,
+        webhooks: Option<Arc<dyn WebhookQueue>>,
     ) -> Result<Server, RemoteError> {
         Self::bind_with(config, |config, public_base_url| {
             jobs.set_public_base_url(&public_base_url);
-            AppState::with_jobs(config, jobs, public_base_url)
+            AppState::with_jobs(config, jobs, webhooks, public_base_url)
         })
         .await
     }

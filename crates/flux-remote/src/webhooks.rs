@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use flux_service::{JobRecord, JobResult, JobState, Outbox, ServiceError, WebhookDelivery};
+use flux_service::{
+    JobRecord, JobResult, JobState, Outbox, ServiceError, Settle, WebhookDelivery, WebhookQueue,
+};
 use flux_types::{ErrorBody, ErrorCode};
 use tokio::sync::Notify;
 
@@ -46,6 +48,8 @@ impl Default for WebhookConfig {
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(15 * 60);
 /// One attempt's limit (connect + answer).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deliveries from a queue kept elsewhere attempted at once by one API node.
+const QUEUE_CONCURRENCY: usize = 16;
 
 fn refused(message: impl Into<String>) -> ApiErrorResponse {
     ApiErrorResponse::with_param(ErrorCode::InvalidParameter, "fal_webhook", message)
@@ -239,9 +243,73 @@ impl Deliverer {
     }
 
     async fn attempt(&self, mut delivery: WebhookDelivery) {
+        match self.try_deliver(&mut delivery).await {
+            Settle::Done => {
+                if let Err(error) = self.outbox.remove(&delivery.id) {
+                    tracing::error!(%error, "cannot remove a delivered webhook");
+                }
+            }
+            Settle::RetryIn(delay) => {
+                delivery.next_attempt_at = SystemTime::now() + delay;
+                if let Err(error) = self.outbox.put(delivery) {
+                    tracing::error!(%error, "cannot reschedule a webhook");
+                }
+            }
+        }
+    }
+
+    /// Runs for ever over a queue kept elsewhere (a fleet's stream): each due delivery is
+    /// attempted, at most [`QUEUE_CONCURRENCY`] at once, and settled with the queue.
+    pub(crate) async fn run_queue(
+        self: Arc<Self>,
+        queue: Arc<dyn WebhookQueue>,
+        overload_hint: Duration,
+    ) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(QUEUE_CONCURRENCY));
+        loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let item = match queue.next().await {
+                Ok(item) => item,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot take a queued webhook; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let (deliverer, queue) = (Arc::clone(&self), Arc::clone(&queue));
+            tokio::spawn(async move {
+                let outcome = match (
+                    &item.record.webhook,
+                    webhook_body(&item.record, overload_hint),
+                ) {
+                    (Some(url), Some(body)) => {
+                        let mut delivery = WebhookDelivery {
+                            id: WebhookDelivery::id_for(item.record.id.as_str()),
+                            job: item.record.id.to_string(),
+                            url: url.clone(),
+                            body,
+                            attempts: item.attempts,
+                            created_at: item.queued_at,
+                            next_attempt_at: SystemTime::now(),
+                        };
+                        deliverer.try_deliver(&mut delivery).await
+                    }
+                    // No webhook asked, or the job is not completed: nothing to deliver.
+                    _ => Settle::Done,
+                };
+                queue.settle(item, outcome).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// One attempt: `Done` when delivered, refused for good (410, a private target) or given up
+    /// (past the retry window); otherwise when to try again. Counts the attempt in `delivery`.
+    async fn try_deliver(&self, delivery: &mut WebhookDelivery) -> Settle {
         let Some(secret) = &self.config.secret else {
-            let _ = self.outbox.remove(&delivery.id);
-            return;
+            return Settle::Done;
         };
         delivery.attempts += 1;
         // Checked again at each attempt: a name can resolve elsewhere later.
@@ -284,10 +352,7 @@ impl Deliverer {
             } else {
                 tracing::info!(job = %delivery.job, attempts = delivery.attempts, "webhook delivered");
             }
-            if let Err(error) = self.outbox.remove(&delivery.id) {
-                tracing::error!(%error, "cannot remove a delivered webhook");
-            }
-            return;
+            return Settle::Done;
         }
         let delay = self.retry_delay(delivery.attempts);
         tracing::info!(
@@ -297,10 +362,7 @@ impl Deliverer {
             retry_in_ms = delay.as_millis() as u64,
             "webhook not accepted; retrying"
         );
-        delivery.next_attempt_at = SystemTime::now() + delay;
-        if let Err(error) = self.outbox.put(delivery) {
-            tracing::error!(%error, "cannot reschedule a webhook");
-        }
+        Settle::RetryIn(delay)
     }
 
     /// After `attempts` failed attempts: `first_retry` × 2^(attempts-1), capped, jittered into

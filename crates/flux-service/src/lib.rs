@@ -31,7 +31,7 @@ pub use idempotency::{IdempotencyLog, IdempotencyRecord};
 pub use job::{JobFailure, JobId, JobResult, JobState, JobStatus, Owner, StoredResult};
 pub use jobs::JobService;
 pub use models::{Listed, ModelLookup, ServedModels};
-pub use outbox::{MemoryOutbox, Outbox, WebhookDelivery};
+pub use outbox::{MemoryOutbox, Outbox, QueuedWebhook, Settle, WebhookDelivery, WebhookQueue};
 pub use queue_eta::{Place, QueueClock};
 pub use redb_store::{DATABASE_FILE, RedbStore};
 pub use redb_store::{decode_job_record, encode_job_record};

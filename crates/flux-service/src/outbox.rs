@@ -117,3 +117,42 @@ impl Outbox for MemoryOutbox {
         Ok(())
     }
 }
+
+/// A job whose webhook is due, from a queue that keeps deliveries outside this process (a
+/// fleet's durable stream): whoever takes it attempts the delivery and settles it.
+pub struct QueuedWebhook {
+    /// The completed job, its result's URLs resolved.
+    pub record: crate::store::JobRecord,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// When the delivery was first queued (retries stop a bounded time after it).
+    pub queued_at: SystemTime,
+    /// The queue's handle on the item (its message), for [`WebhookQueue::settle`].
+    pub token: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for QueuedWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedWebhook")
+            .field("job", &self.record.id)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an attempt left a queued webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Delivered, refused for good, or given up: never again.
+    Done,
+    /// Not accepted: attempt again after this long.
+    RetryIn(std::time::Duration),
+}
+
+/// Webhook deliveries queued elsewhere, taken one at a time.
+pub trait WebhookQueue: Send + Sync + 'static {
+    /// The next due delivery (waits for one).
+    fn next(&self) -> flux_types::BoxFuture<'_, Result<QueuedWebhook, ServiceError>>;
+    /// Records the attempt's outcome.
+    fn settle(&self, item: QueuedWebhook, outcome: Settle) -> flux_types::BoxFuture<'_, ()>;
+}

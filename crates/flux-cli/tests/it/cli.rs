@@ -26,7 +26,7 @@ fn readme_curl_body() -> anyhow::Result<String> {
     Ok(readme[start..start + length].to_owned())
 }
 
-fn flux() -> Command {
+pub(crate) fn flux() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flux"));
     // The tests choose the backend themselves; a developer's environment must not leak in.
     for name in [

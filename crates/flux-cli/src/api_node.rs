@@ -1,0 +1,63 @@
+//! `flux serve --queue nats://…`: a stateless API node. The HTTP API is the same as a
+//! one-machine server's; its jobs are records and messages in the fleet's NATS JetStream, run by
+//! `flux worker` processes, and its images come from the fleet's shared image store.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use flux_cluster::{FleetJobs, FleetWebhooks, Reaper, ReaperConfig};
+use flux_remote::{Server, ServerConfig, ShutdownSignals};
+
+use crate::BadInput;
+use crate::fleet::{FleetArgs, connect};
+use crate::serve::print_line;
+
+/// Serves the API over the fleet at `queue` until SIGINT/SIGTERM.
+pub fn run(
+    mut config: ServerConfig,
+    fleet: &FleetArgs,
+    queue: &str,
+    has_model: bool,
+) -> anyhow::Result<()> {
+    if has_model {
+        return Err(BadInput(
+            "an API node (--queue) runs no model: give --model to `flux worker` instead".to_owned(),
+        )
+        .into());
+    }
+    let settings = fleet.settings(config.queue_depth, config.retention)?;
+    // The API's file route serves the fleet's shared folder.
+    if let Some(dir) = fleet.image_store.as_deref() {
+        config.files_dir = dir.strip_prefix("file://").unwrap_or(dir).into();
+    }
+    let images = fleet.images(config.files_dir.clone())?;
+    let runtime = crate::runtime()?;
+    let result = runtime.block_on(async move {
+        let mut signals = ShutdownSignals::new().context("cannot listen for SIGINT and SIGTERM")?;
+        let (client, fleet) = connect(queue, settings).await?;
+        let jobs = FleetJobs::open(client, fleet.clone(), images, String::new())
+            .await
+            .context("cannot open the fleet's job records")?;
+        let webhooks = FleetWebhooks::open(jobs.clone())
+            .await
+            .context("cannot open the fleet's webhook stream")?;
+        let server = Server::bind_jobs(config, Arc::new(jobs), Some(Arc::new(webhooks))).await?;
+        let address = server.local_addr()?;
+        print_line(&format!("flux server listening on http://{address}"))?;
+        tracing::info!(queue, "API node of the fleet");
+        // Every API node runs a reaper: each change it makes is a compare-and-set, so several at
+        // once finish a stranded job once.
+        let reaper = Reaper::new(fleet, ReaperConfig::for_settings(&settings));
+        let (stop_reaper, reaper_stopped) = tokio::sync::oneshot::channel::<()>();
+        let reaping = tokio::spawn(reaper.run(async move {
+            let _ = reaper_stopped.await;
+        }));
+        print_line("flux server ready")?;
+        let served = server.run(async move { signals.next().await }).await;
+        let _ = stop_reaper.send(());
+        let _ = reaping.await;
+        served.map_err(anyhow::Error::from)
+    });
+    runtime.shutdown_background();
+    result
+}

@@ -1,0 +1,96 @@
+//! What `flux serve --queue` and `flux worker` share: the fleet's NATS address, its JetStream
+//! settings (every process of a fleet must give the same), and where images go.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use flux_cluster::{Fleet, FleetSettings, FolderImages, ImageStore};
+
+use crate::BadInput;
+
+/// The fleet's flags.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// The fleet's NATS server (JetStream on), e.g. nats://10.0.0.5:4222. With it, `flux serve`
+    /// is a stateless API node: jobs go to `flux worker` processes.
+    #[arg(long, env = "FLUX_QUEUE", value_name = "nats://HOST:PORT")]
+    pub queue: Option<String>,
+
+    /// Where images go: a folder every API node and worker shares (default: the files folder).
+    #[arg(long, env = "FLUX_IMAGE_STORE", value_name = "DIR")]
+    pub image_store: Option<String>,
+
+    /// A job whose worker neither finishes nor reports for this long is redelivered: e.g. 30s.
+    #[arg(
+        long,
+        env = "FLUX_ACK_WAIT",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub ack_wait: String,
+
+    /// Attempts of a job at most (each one a worker that took it and stopped or failed).
+    #[arg(long, env = "FLUX_MAX_ATTEMPTS", value_name = "N", default_value_t = 3)]
+    pub max_attempts: u32,
+}
+
+impl FleetArgs {
+    /// The settings of the fleet's streams and buckets.
+    pub fn settings(
+        &self,
+        queue_depth: usize,
+        retention: Duration,
+    ) -> anyhow::Result<FleetSettings> {
+        if self.max_attempts == 0 {
+            return Err(BadInput("--max-attempts must be at least 1".to_owned()).into());
+        }
+        Ok(FleetSettings {
+            ack_wait: crate::serve::parse_duration("--ack-wait", &self.ack_wait)?,
+            max_deliver: self.max_attempts,
+            queue_depth,
+            retention,
+            ..FleetSettings::default()
+        })
+    }
+
+    /// The image store, `default` when no `--image-store` is given.
+    pub fn images(&self, default: PathBuf) -> anyhow::Result<Arc<dyn ImageStore>> {
+        let dir = match self.image_store.as_deref() {
+            None => default,
+            Some(spec) if spec.starts_with("s3://") || spec.starts_with("nats://") => {
+                return Err(BadInput(format!(
+                    "--image-store {spec}: only a shared folder is supported by this build"
+                ))
+                .into());
+            }
+            Some(spec) => PathBuf::from(spec.strip_prefix("file://").unwrap_or(spec)),
+        };
+        let images = FolderImages::new(&dir)
+            .with_context(|| format!("cannot use {} as the image store", dir.display()))?;
+        Ok(Arc::new(images))
+    }
+}
+
+/// Connects to the fleet's NATS server (retrying while it is down: processes of a fleet start
+/// in any order) and opens its streams and buckets.
+pub async fn connect(
+    url: &str,
+    settings: FleetSettings,
+) -> anyhow::Result<(async_nats::Client, Fleet)> {
+    if !url.starts_with("nats://") {
+        return Err(BadInput(format!("--queue {url}: expected nats://HOST:PORT")).into());
+    }
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .name("flux-rs")
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    let fleet = Fleet::open(client.clone(), settings)
+        .await
+        .with_context(|| format!("cannot set up the fleet's streams on {url}"))?;
+    Ok((client, fleet))
+}

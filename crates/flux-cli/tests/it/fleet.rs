@@ -1,0 +1,477 @@
+//! A fleet of real processes on one machine: a real `nats-server` (from its PyPI wheel), `flux
+//! serve --queue` API nodes and `flux worker` processes on the tiny model, sharing an image
+//! folder. Each test asserts the fleet's invariant for its failure: every accepted job ends in
+//! exactly one terminal outcome, its images decode at the requested size and equal what a
+//! one-machine server makes for the same seed.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use flux_cluster::servers::{NatsServer, signal};
+use serde_json::{Value, json};
+
+use crate::cli::{ServeProcess, flux};
+
+/// Fleet settings every process gets (ack wait short so that failures show within seconds).
+const FLEET_FLAGS: [&str; 4] = ["--ack-wait", "1s", "--max-attempts", "3"];
+
+fn tiny_dev() -> anyhow::Result<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/tiny-flux-dev")
+        .canonicalize()?;
+    path.to_str()
+        .map(str::to_owned)
+        .context("a fixture path that is not UTF-8")
+}
+
+/// A `flux` process of the fleet, killed on drop.
+struct FleetProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    base_url: Option<String>,
+}
+
+impl FleetProcess {
+    /// Runs `flux args` in `cwd` and waits for its `ready` line.
+    fn start(cwd: &Path, args: &[&str], ready: &str) -> anyhow::Result<FleetProcess> {
+        let mut child = flux()
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut stderr = child.stderr.take().context("no stderr")?;
+        let (line_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        let (err_tx, stderr_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            let _ = stderr.read_to_string(&mut all);
+            let _ = err_tx.send(all);
+        });
+        let mut process = FleetProcess {
+            child,
+            lines,
+            stderr: stderr_rx,
+            base_url: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match process.lines.recv_timeout(left) {
+                Ok(line) if line == ready => return Ok(process),
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("flux server listening on ") {
+                        process.base_url = Some(url.to_owned());
+                    }
+                }
+                Err(_) => {
+                    let _ = process.child.kill();
+                    let stderr = process
+                        .stderr
+                        .recv_timeout(Duration::from_secs(5))
+                        .unwrap_or_default();
+                    bail!(
+                        "`flux {}` did not print {ready:?}; stderr: {stderr}",
+                        args.join(" ")
+                    );
+                }
+            }
+        }
+    }
+
+    fn api_node(cwd: &Path, nats: &NatsServer, images: &Path) -> anyhow::Result<FleetProcess> {
+        let images = images.to_str().context("a non-UTF-8 path")?;
+        let url = nats.url();
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-unauthenticated",
+            // The tests poll statuses faster than the default per-key limit allows.
+            "--rate-limit",
+            "off",
+            "--queue",
+            &url,
+            "--image-store",
+            images,
+        ];
+        args.extend(FLEET_FLAGS);
+        FleetProcess::start(cwd, &args, "flux server ready")
+    }
+
+    fn worker(cwd: &Path, nats: &NatsServer, images: &Path) -> anyhow::Result<FleetProcess> {
+        let images = images.to_str().context("a non-UTF-8 path")?;
+        let (url, model) = (nats.url(), tiny_dev()?);
+        let mut args = vec![
+            "worker",
+            "--queue",
+            &url,
+            "--model",
+            &model,
+            "--threads",
+            "1",
+            "--image-store",
+            images,
+        ];
+        args.extend(FLEET_FLAGS);
+        FleetProcess::start(cwd, &args, "flux worker ready")
+    }
+
+    fn url(&self) -> anyhow::Result<&str> {
+        self.base_url.as_deref().context("not an API node")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FleetProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    nats: NatsServer,
+    images: PathBuf,
+}
+
+impl Fleet {
+    fn start() -> anyhow::Result<Fleet> {
+        let dir = tempfile::tempdir()?;
+        let nats = NatsServer::start(&dir.path().join("nats"))?;
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images)?;
+        Ok(Fleet { dir, nats, images })
+    }
+
+    fn api_node(&self) -> anyhow::Result<FleetProcess> {
+        FleetProcess::api_node(self.dir.path(), &self.nats, &self.images)
+    }
+
+    fn worker(&self) -> anyhow::Result<FleetProcess> {
+        FleetProcess::worker(self.dir.path(), &self.nats, &self.images)
+    }
+}
+
+async fn submit(http: &reqwest::Client, node: &str, body: &Value) -> anyhow::Result<String> {
+    let response = http
+        .post(format!("{node}/api/v1/queue/flux/dev"))
+        .json(body)
+        .send()
+        .await?;
+    let status = response.status();
+    let answer: Value = response.json().await?;
+    ensure!(status == 202, "submit answered {status}: {answer}");
+    answer["request_id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no request_id")
+}
+
+async fn status(http: &reqwest::Client, node: &str, id: &str) -> anyhow::Result<Value> {
+    let response = http
+        .get(format!(
+            "{node}/api/v1/queue/flux/dev/requests/{id}/status?logs=1"
+        ))
+        .send()
+        .await?;
+    ensure!(
+        response.status() == 200,
+        "status answered {}",
+        response.status()
+    );
+    Ok(response.json().await?)
+}
+
+/// Polls a job's status on `node` until it is COMPLETED.
+async fn completed(
+    http: &reqwest::Client,
+    node: &str,
+    id: &str,
+    within: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(status) = status(http, node, id).await
+            && status["status"] == "COMPLETED"
+        {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} did not complete within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_running(http: &reqwest::Client, node: &str, id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = status(http, node, id).await?;
+        if status["status"] == "IN_PROGRESS" {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "job {id} never started: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn result(http: &reqwest::Client, node: &str, id: &str) -> anyhow::Result<Value> {
+    let response = http
+        .get(format!("{node}/api/v1/queue/flux/dev/requests/{id}"))
+        .send()
+        .await?;
+    ensure!(
+        response.status() == 200,
+        "result answered {}",
+        response.status()
+    );
+    Ok(response.json().await?)
+}
+
+async fn image_bytes(
+    http: &reqwest::Client,
+    body: &Value,
+    index: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let url = body["images"][index]["url"]
+        .as_str()
+        .context("no image url")?;
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?
+        .to_vec())
+}
+
+fn log_count(status: &Value, prefix: &str) -> usize {
+    status["logs"]
+        .as_array()
+        .map(|logs| {
+            logs.iter()
+                .filter(|line| {
+                    line["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with(prefix))
+                })
+                .count()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_nodes_and_two_workers_serve_the_contract_with_the_one_machine_images()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start()?;
+    let (a, b) = (fleet.api_node()?, fleet.api_node()?);
+    let _workers = (fleet.worker()?, fleet.worker()?);
+    let http = reqwest::Client::new();
+    let (a, b) = (a.url()?.to_owned(), b.url()?.to_owned());
+
+    let models: Value = http
+        .get(format!("{b}/api/v1/models"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(models["models"][0]["id"] == "tiny-flux-dev", "{models}");
+    let ready = http.get(format!("{a}/ready")).send().await?;
+    ensure!(ready.status() == 200);
+
+    let body = json!({"prompt": "a red circle", "seed": 7, "num_images": 2,
+                      "image_size": {"width": 64, "height": 64}, "num_inference_steps": 2});
+    let id = submit(&http, &a, &body).await?;
+    let done = completed(&http, &b, &id, Duration::from_secs(60)).await?;
+    ensure!(done["outcome"] == "succeeded", "{done}");
+    let answer = result(&http, &b, &id).await?;
+    ensure!(
+        answer["seed"] == 7 && answer["images"].as_array().map(Vec::len) == Some(2),
+        "{answer}"
+    );
+
+    // The same request to a one-machine server makes the same images.
+    let single = ServeProcess::start(
+        fleet.dir.path(),
+        &["--allow-unauthenticated", "--model", &tiny_dev()?],
+    )?;
+    let reference: Value = http
+        .post(format!("{}/api/v1/flux/dev", single.base_url))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    for index in 0..2 {
+        let fleet_image = image_bytes(&http, &answer, index).await?;
+        let decoded = image::load_from_memory(&fleet_image)?;
+        ensure!((decoded.width(), decoded.height()) == (64, 64));
+        ensure!(
+            fleet_image == image_bytes(&http, &reference, index).await?,
+            "image {index} differs from the one-machine server's"
+        );
+    }
+
+    // The sync route on the other node, and cancel of someone's job through another node.
+    let sync: Value = http
+        .post(format!("{b}/api/v1/flux/dev"))
+        .json(&json!({"prompt": "a blue square", "seed": 3, "image_size": {"width": 64, "height": 64}, "num_inference_steps": 1}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        sync["seed"] == 3 && sync["images"][0]["width"] == 64,
+        "{sync}"
+    );
+    // One Idempotency-Key sent to both nodes: one job.
+    let keyed = |node: String| {
+        let http = http.clone();
+        let body = body.clone();
+        async move {
+            let response = http
+                .post(format!("{node}/api/v1/queue/flux/dev"))
+                .header("Idempotency-Key", "fleet-key-1")
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::Ok(response.json::<Value>().await?)
+        }
+    };
+    let (first, second) = tokio::join!(keyed(a.clone()), keyed(b.clone()));
+    let (first, second) = (first?, second?);
+    ensure!(
+        first["request_id"] == second["request_id"],
+        "{first} vs {second}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_and_a_stopped_one_leave_each_job_one_outcome() -> anyhow::Result<()> {
+    let fleet = Fleet::start()?;
+    let node = fleet.api_node()?;
+    let node = node.url()?.to_owned();
+    let http = reqwest::Client::new();
+    // Long enough to be caught running (a few seconds on one thread).
+    let slow = json!({"prompt": "a green star", "seed": 11,
+                      "image_size": {"width": 512, "height": 512}, "num_inference_steps": 12});
+
+    // SIGKILL mid-job: another worker finishes it.
+    let mut doomed = fleet.worker()?;
+    let id = submit(&http, &node, &slow).await?;
+    wait_running(&http, &node, &id).await?;
+    doomed.kill();
+    let rescuer = fleet.worker()?;
+    let done = completed(&http, &node, &id, Duration::from_secs(120)).await?;
+    ensure!(done["outcome"] == "succeeded", "{done}");
+    ensure!(log_count(&done, "completed") == 1, "{done}");
+    ensure!(log_count(&done, "started on") == 2, "{done}");
+    let first_answer = result(&http, &node, &id).await?;
+
+    // SIGSTOP past the lease, then SIGCONT: the zombie changes nothing.
+    let stopped = fleet.worker()?;
+    let id2 = submit(
+        &http,
+        &node,
+        &json!({"prompt": "a white ring", "seed": 12,
+        "image_size": {"width": 512, "height": 512}, "num_inference_steps": 12}),
+    )
+    .await?;
+    wait_running(&http, &node, &id2).await?;
+    // Stop whichever worker runs it (the log names it: `started on worker-<pid>-…`).
+    let running = status(&http, &node, &id2).await?;
+    let runner: u32 = running["logs"]
+        .as_array()
+        .and_then(|logs| {
+            logs.iter()
+                .rev()
+                .find_map(|line| line["message"].as_str()?.strip_prefix("started on worker-"))
+        })
+        .and_then(|rest| rest.split('-').next()?.parse().ok())
+        .context("no worker named in the log")?;
+    ensure!(
+        runner == stopped.pid() || runner == rescuer.pid(),
+        "{running}"
+    );
+    signal(runner, "STOP")?;
+    let done2 = completed(&http, &node, &id2, Duration::from_secs(120)).await;
+    signal(runner, "CONT")?;
+    let done2 = done2?;
+    ensure!(done2["outcome"] == "succeeded", "{done2}");
+    let answer2 = result(&http, &node, &id2).await?;
+    // Give the woken worker time to finish its own (stale) attempt.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = status(&http, &node, &id2).await?;
+    ensure!(log_count(&after, "completed") == 1, "{after}");
+    ensure!(
+        result(&http, &node, &id2).await? == answer2,
+        "the zombie changed the result"
+    );
+    ensure!(result(&http, &node, &id).await? == first_answer);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_with_jobs_queued_and_running_recovers_without_restarting_the_fleet()
+-> anyhow::Result<()> {
+    let mut fleet = Fleet::start()?;
+    let node = fleet.api_node()?;
+    let _worker = fleet.worker()?;
+    let node = node.url()?.to_owned();
+    let http = reqwest::Client::new();
+    let body = |seed: u64| {
+        json!({"prompt": "a purple cross", "seed": seed,
+        "image_size": {"width": 256, "height": 256}, "num_inference_steps": 8})
+    };
+    let mut ids = Vec::new();
+    for seed in 0..4 {
+        ids.push(submit(&http, &node, &body(seed)).await?);
+    }
+    wait_running(&http, &node, &ids[0]).await?;
+    fleet.nats.kill()?;
+    // Meanwhile the API answers 503, not 500, and accepts nothing.
+    let refused = http
+        .post(format!("{node}/api/v1/queue/flux/dev"))
+        .json(&body(9))
+        .send()
+        .await?;
+    ensure!(
+        refused.status() == 503,
+        "submit without NATS answered {}",
+        refused.status()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.nats.restart()?;
+    for id in &ids {
+        let done = completed(&http, &node, id, Duration::from_secs(120)).await?;
+        ensure!(done["outcome"] == "succeeded", "{done}");
+        ensure!(log_count(&done, "completed") == 1, "{done}");
+    }
+    Ok(())
+}
