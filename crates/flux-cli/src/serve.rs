@@ -157,6 +157,16 @@ pub struct ServeArgs {
     #[arg(long, env = "FLUX_WEBHOOK_ALLOW_PRIVATE", value_parser = BoolishValueParser::new())]
     pub webhook_allow_private: bool,
 
+    /// The delay before a webhook's first retry; each next one doubles it (jittered), up to 15
+    /// minutes, for two hours in all: e.g. 5s.
+    #[arg(
+        long,
+        env = "FLUX_WEBHOOK_FIRST_RETRY",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub webhook_first_retry: String,
+
     /// Log JSON lines instead of text (on stderr, like the text logs; RUST_LOG sets the filter).
     #[arg(long, env = "FLUX_JSON_LOGS", value_parser = BoolishValueParser::new())]
     pub json_logs: bool,
@@ -382,6 +392,8 @@ pub(crate) fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     };
     config.data_dir = Some(data_dir);
     config.webhooks.allow_private = args.webhook_allow_private;
+    config.webhooks.first_retry =
+        parse_duration("--webhook-first-retry", &args.webhook_first_retry)?;
     if let Some(path) = &args.webhook_secret_file {
         config.webhooks.secret = Some(
             flux_remote::load_webhook_secret(path).map_err(|error| BadInput(error.to_string()))?,

@@ -15,6 +15,7 @@ use flux_cluster::servers::{NatsServer, signal};
 use serde_json::{Value, json};
 
 use crate::cli::{ServeProcess, flux};
+use crate::serve_queue::{Headers, read_post};
 
 /// Fleet settings every process gets (ack wait short so that failures show within seconds).
 const FLEET_FLAGS: [&str; 4] = ["--ack-wait", "1s", "--max-attempts", "3"];
@@ -92,6 +93,15 @@ impl FleetProcess {
     }
 
     fn api_node(cwd: &Path, nats: &NatsServer, images: &Path) -> anyhow::Result<FleetProcess> {
+        FleetProcess::api_node_with(cwd, nats, images, &[])
+    }
+
+    fn api_node_with(
+        cwd: &Path,
+        nats: &NatsServer,
+        images: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<FleetProcess> {
         let images = images.to_str().context("a non-UTF-8 path")?;
         let url = nats.url();
         let mut args = vec![
@@ -108,6 +118,7 @@ impl FleetProcess {
             images,
         ];
         args.extend(FLEET_FLAGS);
+        args.extend(extra);
         FleetProcess::start(cwd, &args, "flux server ready")
     }
 
@@ -473,5 +484,131 @@ async fn nats_killed_with_jobs_queued_and_running_recovers_without_restarting_th
         ensure!(done["outcome"] == "succeeded", "{done}");
         ensure!(log_count(&done, "completed") == 1, "{done}");
     }
+    Ok(())
+}
+
+/// A webhook receiver on loopback that refuses the first `refusals` POSTs (500), then accepts;
+/// every POST goes to the channel with whether it was accepted.
+fn flaky_receiver(
+    refusals: usize,
+) -> anyhow::Result<(String, mpsc::Receiver<(Headers, Vec<u8>, bool)>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (seen, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            let accept = seen >= refusals;
+            if let Ok((headers, body)) = read_post(stream, accept)
+                && sender.send((headers, body, accept)).is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok((url, receiver))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_refused_three_times_is_delivered_on_the_fourth_with_one_id() -> anyhow::Result<()>
+{
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let fleet = Fleet::start()?;
+    std::fs::write(
+        fleet.dir.path().join("webhook-secret"),
+        format!("{SECRET}\n"),
+    )?;
+    let flags = [
+        "--webhook-secret-file",
+        "webhook-secret",
+        "--webhook-allow-private",
+        "--webhook-first-retry",
+        "1s",
+    ];
+    // Two API nodes take deliveries from the one stream: whichever does, one id.
+    let a = FleetProcess::api_node_with(fleet.dir.path(), &fleet.nats, &fleet.images, &flags)?;
+    let _b = FleetProcess::api_node_with(fleet.dir.path(), &fleet.nats, &fleet.images, &flags)?;
+    let _worker = fleet.worker()?;
+    let (hook, posts) = flaky_receiver(3)?;
+    let http = reqwest::Client::new();
+    let node = a.url()?;
+    let response = http
+        .post(format!("{node}/api/v1/queue/flux/dev"))
+        .query(&[("fal_webhook", hook.as_str())])
+        .json(&json!({"prompt": "a yellow triangle", "seed": 5,
+                      "image_size": {"width": 64, "height": 64}, "num_inference_steps": 1}))
+        .send()
+        .await?;
+    ensure!(response.status() == 202, "{}", response.status());
+    let id = response.json::<Value>().await?["request_id"]
+        .as_str()
+        .context("no id")?
+        .to_owned();
+    let mut attempts = Vec::new();
+    while attempts.len() < 4 {
+        let post = posts
+            .recv_timeout(Duration::from_secs(60))
+            .with_context(|| format!("only {} webhook attempts arrived", attempts.len()))?;
+        attempts.push(post);
+    }
+    ensure!(
+        attempts
+            .iter()
+            .map(|(_, _, accepted)| *accepted)
+            .collect::<Vec<_>>()
+            == [false, false, false, true]
+    );
+    let header = |headers: &Headers, name: &str| {
+        headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    for (headers, body, _) in &attempts {
+        ensure!(
+            header(headers, "webhook-id") == format!("msg_{id}"),
+            "{headers:?}"
+        );
+        flux_remote::verify_webhook(
+            SECRET,
+            &header(headers, "webhook-id"),
+            &header(headers, "webhook-timestamp"),
+            &header(headers, "webhook-signature"),
+            body,
+            now,
+        )?;
+        ensure!(
+            flux_remote::verify_webhook(
+                "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                &header(headers, "webhook-id"),
+                &header(headers, "webhook-timestamp"),
+                &header(headers, "webhook-signature"),
+                body,
+                now,
+            )
+            .is_err(),
+            "a wrong secret verified"
+        );
+        let body: Value = serde_json::from_slice(body)?;
+        ensure!(
+            body["request_id"] == id.as_str() && body["status"] == "OK",
+            "{body}"
+        );
+        ensure!(
+            body["payload"]["images"][0]["url"]
+                .as_str()
+                .is_some_and(|url| url.starts_with("http://127.0.0.1:")),
+            "{body}"
+        );
+    }
+    // Delivered: no fifth attempt.
+    ensure!(
+        posts.recv_timeout(Duration::from_secs(3)).is_err(),
+        "a delivered webhook was sent again"
+    );
     Ok(())
 }
