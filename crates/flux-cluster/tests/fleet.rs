@@ -357,3 +357,75 @@ async fn a_job_whose_worker_dies_mid_run_is_finished_by_another_once() -> Result
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submits_racing_their_cancels_each_end_cancelled_or_succeeded_never_both() -> Result<()> {
+    let harness = Harness::start(FleetSettings { queue_depth: 256, ..settings() })?;
+    let (a, b) = (harness.node().await?, harness.node().await?);
+    let generator = fake(Duration::ZERO);
+    let _worker = harness.worker(Arc::clone(&generator), "w1").await?;
+    let mut races = Vec::new();
+    for index in 0..200u32 {
+        let (a, b) = (a.clone(), b.clone());
+        races.push(tokio::spawn(async move {
+            let submitted = a.submit(submission(&format!(r#"{{"prompt": "race {index}"}}"#))?).await?;
+            // Cancel through the other node, some at once and some a moment later.
+            if index % 3 == 1 {
+                tokio::time::sleep(Duration::from_millis(u64::from(index % 7))).await;
+            }
+            let cancel = b.cancel(&submitted.id, OWNER).await;
+            anyhow::Ok((submitted.id, cancel))
+        }));
+    }
+    let mut cancelled = 0;
+    for race in races {
+        let (id, cancel) = race.await??;
+        let result = wait_end(&a, &id, Duration::from_secs(60)).await?;
+        let record = b.record(&id, OWNER).await?;
+        let ends = record
+            .logs
+            .iter()
+            .filter(|line| matches!(line.message.as_str(), "completed" | "cancelled" | "failed"))
+            .count();
+        assert_eq!(ends, 1, "one terminal outcome: {:?}", record.logs);
+        match cancel {
+            Ok(_) => {
+                assert!(matches!(result, JobResult::Cancelled), "a cancel that was accepted, then {result:?}");
+                cancelled += 1;
+            }
+            Err(ServiceError::AlreadyCompleted) => {
+                assert!(matches!(result, JobResult::Succeeded(_)), "{result:?}")
+            }
+            Err(error) => bail!("cancel failed: {error}"),
+        }
+    }
+    assert!(cancelled > 0, "no cancel won a race");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_stream_broken_off_is_taken_up_on_another_node_from_where_the_job_is() -> Result<()> {
+    let harness = Harness::start(settings())?;
+    let (a, b) = (harness.node().await?, harness.node().await?);
+    let generator = fake(Duration::from_millis(600));
+    let _worker = harness.worker(Arc::clone(&generator), "w1").await?;
+    let submitted = a.submit(submission(r#"{"prompt": "stream"}"#)?).await?;
+    let mut first = a.events(&submitted.id, OWNER).await?;
+    let opening = first.next().await.context("no first status")?;
+    assert!(!opening.state.is_terminal());
+    drop(first);
+    // The client reconnects to the other node: the current status first, then to the end.
+    let mut second = b.events(&submitted.id, OWNER).await?;
+    let mut statuses = Vec::new();
+    while let Some(status) = tokio::time::timeout(Duration::from_secs(20), second.next()).await? {
+        statuses.push(status);
+    }
+    let last = statuses.last().context("no status after reconnecting")?;
+    assert!(matches!(last.state, JobState::Completed(JobResult::Succeeded(_))), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|status| status.state.is_terminal()).count(),
+        1,
+        "the stream ends after the one terminal status"
+    );
+    Ok(())
+}
