@@ -18,7 +18,14 @@ use crate::cli::{ServeProcess, flux};
 use crate::serve_queue::{Headers, read_post};
 
 /// Fleet settings every process gets (ack wait short so that failures show within seconds).
-const FLEET_FLAGS: [&str; 4] = ["--ack-wait", "1s", "--max-attempts", "3"];
+const FLEET_FLAGS: [&str; 6] = [
+    "--ack-wait",
+    "1s",
+    "--max-attempts",
+    "3",
+    "--queue-depth",
+    "128",
+];
 
 fn tiny_dev() -> anyhow::Result<String> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -611,4 +618,75 @@ async fn a_webhook_refused_three_times_is_delivered_on_the_fourth_with_one_id() 
         "a delivered webhook was sent again"
     );
     Ok(())
+}
+
+/// The bounded chaos soak: 80 jobs (256², 6 steps) over three workers, one of them SIGKILLed (and replaced)
+/// every two seconds, and nats-server SIGKILLed and restarted once half-way: every job ends in
+/// exactly one terminal outcome, succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> anyhow::Result<()> {
+    const JOBS: u64 = 80;
+    let mut fleet = Fleet::start()?;
+    let node = fleet.api_node()?;
+    let node = node.url()?.to_owned();
+    let mut workers = vec![fleet.worker()?, fleet.worker()?, fleet.worker()?];
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for seed in 0..JOBS {
+        let body = json!({"prompt": "chaos", "seed": seed,
+                          "image_size": {"width": 256, "height": 256}, "num_inference_steps": 6});
+        ids.push(submit(&http, &node, &body).await?);
+    }
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut restarted = false;
+    loop {
+        let mut open = 0;
+        for id in &ids {
+            if let Ok(status) = status(&http, &node, id).await
+                && status["status"] != "COMPLETED"
+            {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(240),
+            "{open} jobs still open after 4 minutes"
+        );
+        if !restarted && open <= JOBS as usize / 2 {
+            fleet.nats.kill()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            fleet.nats.restart()?;
+            restarted = true;
+        } else if kills < 12 {
+            let victim = usize::try_from(rand_index(kills, workers.len())).unwrap_or_default();
+            workers[victim].kill();
+            workers[victim] = fleet.worker()?;
+            kills += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    ensure!(restarted, "the soak ended before nats-server was restarted");
+    ensure!(
+        kills >= 3,
+        "only {kills} workers were killed before the soak ended"
+    );
+    for id in &ids {
+        let done = status(&http, &node, id).await?;
+        ensure!(done["outcome"] == "succeeded", "{done}");
+        ensure!(log_count(&done, "completed") == 1, "{done}");
+    }
+    Ok(())
+}
+
+/// A worker index that moves around without a random-number dependency in this test.
+fn rand_index(kill: usize, workers: usize) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.subsec_nanos())
+        .unwrap_or_default();
+    (u64::from(nanos) + kill as u64) % workers as u64
 }
