@@ -494,11 +494,14 @@ async fn nats_killed_with_jobs_queued_and_running_recovers_without_restarting_th
     Ok(())
 }
 
+/// One POST a receiver got: its headers, its body, and whether it was accepted.
+type Post = (Headers, Vec<u8>, bool);
+
 /// A webhook receiver on loopback that refuses the first `refusals` POSTs (500), then accepts;
 /// every POST goes to the channel with whether it was accepted.
 fn flaky_receiver(
     refusals: usize,
-) -> anyhow::Result<(String, mpsc::Receiver<(Headers, Vec<u8>, bool)>)> {
+) -> anyhow::Result<(String, mpsc::Receiver<Post>)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let (sender, receiver) = mpsc::channel();
@@ -629,7 +632,7 @@ async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> any
     let mut fleet = Fleet::start()?;
     let node = fleet.api_node()?;
     let node = node.url()?.to_owned();
-    let mut workers = vec![fleet.worker()?, fleet.worker()?, fleet.worker()?];
+    let mut workers = [fleet.worker()?, fleet.worker()?, fleet.worker()?];
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for seed in 0..JOBS {
