@@ -27,10 +27,12 @@ pub fn run(
     }
     let settings = fleet.settings(config.queue_depth, config.retention)?;
     // The API's file route serves the fleet's shared folder.
-    if let Some(dir) = fleet.image_store.as_deref() {
+    if let Some(dir) = fleet.image_store.as_deref()
+        && !dir.starts_with("s3://")
+    {
         config.files_dir = dir.strip_prefix("file://").unwrap_or(dir).into();
     }
-    let images = fleet.images(config.files_dir.clone())?;
+    let images = fleet.images(config.files_dir.clone(), config.retention)?;
     let runtime = crate::runtime()?;
     let result = runtime.block_on(async move {
         let mut signals = ShutdownSignals::new().context("cannot listen for SIGINT and SIGTERM")?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use flux_cluster::{Fleet, FleetSettings, FolderImages, ImageStore};
+use flux_cluster::{Fleet, FleetSettings, FolderImages, ImageStore, S3Images};
 
 use crate::BadInput;
 
@@ -19,8 +19,10 @@ pub struct FleetArgs {
     #[arg(long, env = "FLUX_QUEUE", value_name = "nats://HOST:PORT")]
     pub queue: Option<String>,
 
-    /// Where images go: a folder every API node and worker shares (default: the files folder).
-    #[arg(long, env = "FLUX_IMAGE_STORE", value_name = "DIR")]
+    /// Where images go: a folder every API node and worker shares (default: the files folder), or
+    /// s3://bucket/prefix (S3-compatible storage configured by the AWS_* variables, incl.
+    /// AWS_ENDPOINT_URL; image URLs are then presigned GETs valid for the retention).
+    #[arg(long, env = "FLUX_IMAGE_STORE", value_name = "DIR|s3://BUCKET/PREFIX")]
     pub image_store: Option<String>,
 
     /// A job whose worker neither finishes nor reports for this long is redelivered: e.g. 30s.
@@ -56,13 +58,23 @@ impl FleetArgs {
         })
     }
 
-    /// The image store, `default` when no `--image-store` is given.
-    pub fn images(&self, default: PathBuf) -> anyhow::Result<Arc<dyn ImageStore>> {
+    /// The image store, the folder `default` when no `--image-store` is given; presigned URLs
+    /// of an S3 store are valid for `retention`.
+    pub fn images(
+        &self,
+        default: PathBuf,
+        retention: Duration,
+    ) -> anyhow::Result<Arc<dyn ImageStore>> {
         let dir = match self.image_store.as_deref() {
             None => default,
-            Some(spec) if spec.starts_with("s3://") || spec.starts_with("nats://") => {
+            Some(spec) if spec.starts_with("s3://") => {
+                let images = S3Images::from_env(spec, retention)
+                    .map_err(|error| BadInput(format!("--image-store {spec}: {error}")))?;
+                return Ok(Arc::new(images));
+            }
+            Some(spec) if spec.contains("://") && !spec.starts_with("file://") => {
                 return Err(BadInput(format!(
-                    "--image-store {spec}: only a shared folder is supported by this build"
+                    "--image-store {spec}: expected a folder, file://DIR or s3://bucket/prefix"
                 ))
                 .into());
             }

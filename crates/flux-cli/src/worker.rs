@@ -70,7 +70,7 @@ pub fn run(mut args: WorkerArgs, verbose: bool) -> anyhow::Result<()> {
     let settings = args.fleet.settings(args.queue_depth, retention)?;
     let images = args
         .fleet
-        .images(flux_remote::default_data_dir().join("files"))?;
+        .images(flux_remote::default_data_dir().join("files"), retention)?;
     let backend = args.backend.resolve()?;
     // One job at a time: the engine's own queue needs no more than that one.
     let options = args.backend.local_options(1)?;

@@ -1,5 +1,6 @@
 //! Where a fleet's images go: behind [`ImageStore`], a folder every process shares (one machine,
-//! or a network file system), served by the API nodes' file route.
+//! or a network file system), served by the API nodes' file route, or S3-compatible storage
+//! (`images_s3`), whose URLs are presigned GETs.
 //!
 //! Names are derived from the job, the attempt and the image's index, and a write never replaces
 //! an existing file: a redelivered attempt never overwrites another attempt's images, and the same
@@ -44,7 +45,11 @@ pub trait ImageStore: Send + Sync + 'static {
     /// The image's bytes; `None` when there is none.
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, ClusterError>>;
     /// The URL a client fetches the image from (`public_base_url` is the API's).
-    fn url(&self, name: &str, public_base_url: &str) -> String;
+    fn url<'a>(
+        &'a self,
+        name: &'a str,
+        public_base_url: &'a str,
+    ) -> BoxFuture<'a, Result<String, ClusterError>>;
     /// What it is, for logs.
     fn describe(&self) -> String;
 }
@@ -94,11 +99,16 @@ impl ImageStore for FolderImages {
         })
     }
 
-    fn url(&self, name: &str, public_base_url: &str) -> String {
-        format!(
+    fn url<'a>(
+        &'a self,
+        name: &'a str,
+        public_base_url: &'a str,
+    ) -> BoxFuture<'a, Result<String, ClusterError>> {
+        let url = format!(
             "{}/api/v1/files/{name}",
             public_base_url.trim_end_matches('/')
-        )
+        );
+        Box::pin(async move { Ok(url) })
     }
 
     fn describe(&self) -> String {

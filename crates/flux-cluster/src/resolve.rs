@@ -47,7 +47,11 @@ async fn resolve_body(inner: &Inner, body: &Bytes, sync_mode: bool) -> Result<By
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            inner.images.url(name, &base)
+            inner
+                .images
+                .url(name, &base)
+                .await
+                .map_err(|error| error.to_string())?
         };
     }
     serde_json::to_vec(&response)

@@ -360,7 +360,10 @@ async fn a_job_whose_worker_dies_mid_run_is_finished_by_another_once() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submits_racing_their_cancels_each_end_cancelled_or_succeeded_never_both() -> Result<()> {
-    let harness = Harness::start(FleetSettings { queue_depth: 256, ..settings() })?;
+    let harness = Harness::start(FleetSettings {
+        queue_depth: 256,
+        ..settings()
+    })?;
     let (a, b) = (harness.node().await?, harness.node().await?);
     let generator = fake(Duration::ZERO);
     let _worker = harness.worker(Arc::clone(&generator), "w1").await?;
@@ -368,7 +371,9 @@ async fn submits_racing_their_cancels_each_end_cancelled_or_succeeded_never_both
     for index in 0..200u32 {
         let (a, b) = (a.clone(), b.clone());
         races.push(tokio::spawn(async move {
-            let submitted = a.submit(submission(&format!(r#"{{"prompt": "race {index}"}}"#))?).await?;
+            let submitted = a
+                .submit(submission(&format!(r#"{{"prompt": "race {index}"}}"#))?)
+                .await?;
             // Cancel through the other node, some at once and some a moment later.
             if index % 3 == 1 {
                 tokio::time::sleep(Duration::from_millis(u64::from(index % 7))).await;
@@ -390,7 +395,10 @@ async fn submits_racing_their_cancels_each_end_cancelled_or_succeeded_never_both
         assert_eq!(ends, 1, "one terminal outcome: {:?}", record.logs);
         match cancel {
             Ok(_) => {
-                assert!(matches!(result, JobResult::Cancelled), "a cancel that was accepted, then {result:?}");
+                assert!(
+                    matches!(result, JobResult::Cancelled),
+                    "a cancel that was accepted, then {result:?}"
+                );
                 cancelled += 1;
             }
             Err(ServiceError::AlreadyCompleted) => {
@@ -404,7 +412,8 @@ async fn submits_racing_their_cancels_each_end_cancelled_or_succeeded_never_both
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_status_stream_broken_off_is_taken_up_on_another_node_from_where_the_job_is() -> Result<()> {
+async fn a_status_stream_broken_off_is_taken_up_on_another_node_from_where_the_job_is() -> Result<()>
+{
     let harness = Harness::start(settings())?;
     let (a, b) = (harness.node().await?, harness.node().await?);
     let generator = fake(Duration::from_millis(600));
@@ -421,9 +430,15 @@ async fn a_status_stream_broken_off_is_taken_up_on_another_node_from_where_the_j
         statuses.push(status);
     }
     let last = statuses.last().context("no status after reconnecting")?;
-    assert!(matches!(last.state, JobState::Completed(JobResult::Succeeded(_))), "{statuses:?}");
+    assert!(
+        matches!(last.state, JobState::Completed(JobResult::Succeeded(_))),
+        "{statuses:?}"
+    );
     assert_eq!(
-        statuses.iter().filter(|status| status.state.is_terminal()).count(),
+        statuses
+            .iter()
+            .filter(|status| status.state.is_terminal())
+            .count(),
         1,
         "the stream ends after the one terminal status"
     );

@@ -47,8 +47,18 @@ struct FleetProcess {
 impl FleetProcess {
     /// Runs `flux args` in `cwd` and waits for its `ready` line.
     fn start(cwd: &Path, args: &[&str], ready: &str) -> anyhow::Result<FleetProcess> {
+        FleetProcess::start_with_env(cwd, args, &[], ready)
+    }
+
+    fn start_with_env(
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        ready: &str,
+    ) -> anyhow::Result<FleetProcess> {
         let mut child = flux()
             .args(args)
+            .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -499,9 +509,7 @@ type Post = (Headers, Vec<u8>, bool);
 
 /// A webhook receiver on loopback that refuses the first `refusals` POSTs (500), then accepts;
 /// every POST goes to the channel with whether it was accepted.
-fn flaky_receiver(
-    refusals: usize,
-) -> anyhow::Result<(String, mpsc::Receiver<Post>)> {
+fn flaky_receiver(refusals: usize) -> anyhow::Result<(String, mpsc::Receiver<Post>)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let (sender, receiver) = mpsc::channel();
@@ -692,4 +700,75 @@ fn rand_index(kill: usize, workers: usize) -> u64 {
         .map(|since| since.subsec_nanos())
         .unwrap_or_default();
     (u64::from(nanos) + kill as u64) % workers as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_with_images_in_s3_answers_presigned_urls_from_its_api_nodes() -> anyhow::Result<()>
+{
+    let fleet = Fleet::start()?;
+    let s3 = flux_cluster::servers::SeaweedS3::start(
+        &fleet.dir.path().join("s3"),
+        "flux",
+        "fleet-access",
+        "fleet-secret-0123456789",
+    )?;
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "fleet-access".to_owned()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "fleet-secret-0123456789".to_owned(),
+        ),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_REGION", s3.region().to_owned()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+    ];
+    let url = fleet.nats.url();
+    let model = tiny_dev()?;
+    let mut api = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-unauthenticated",
+        "--rate-limit",
+        "off",
+        "--queue",
+        &url,
+        "--image-store",
+        "s3://flux/images",
+    ];
+    api.extend(FLEET_FLAGS);
+    let node = FleetProcess::start_with_env(fleet.dir.path(), &api, &env, "flux server ready")?;
+    let mut worker = vec![
+        "worker",
+        "--queue",
+        &url,
+        "--model",
+        &model,
+        "--threads",
+        "1",
+        "--image-store",
+        "s3://flux/images",
+    ];
+    worker.extend(FLEET_FLAGS);
+    let _worker =
+        FleetProcess::start_with_env(fleet.dir.path(), &worker, &env, "flux worker ready")?;
+    let http = reqwest::Client::new();
+    let node = node.url()?;
+    let id = submit(
+        &http,
+        node,
+        &json!({"prompt": "an orange ring", "seed": 2,
+        "image_size": {"width": 64, "height": 64}, "num_inference_steps": 1}),
+    )
+    .await?;
+    completed(&http, node, &id, Duration::from_secs(60)).await?;
+    let answer = result(&http, node, &id).await?;
+    let image_url = answer["images"][0]["url"].as_str().context("no url")?;
+    ensure!(
+        image_url.starts_with(&s3.endpoint()) && image_url.contains("X-Amz-Signature="),
+        "{answer}"
+    );
+    let decoded = image::load_from_memory(&image_bytes(&http, &answer, 0).await?)?;
+    ensure!((decoded.width(), decoded.height()) == (64, 64));
+    Ok(())
 }
