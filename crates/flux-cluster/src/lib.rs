@@ -34,4 +34,4 @@ pub use record::FleetRecord;
 pub use records::{Changed, Records};
 pub use stats::WorkerStats;
 pub use webhooks::FleetWebhooks;
-pub use worker::{Worker, WorkerConfig};
+pub use worker::{Stage, StageHook, Worker, WorkerConfig};

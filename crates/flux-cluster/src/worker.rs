@@ -33,8 +33,22 @@ const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// A failed attempt that may succeed on another try comes back after this.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// The points of an attempt a fault-injection hook is called at (the failure tests stop a
+/// worker there: killed after its images are uploaded but before its record says so, or after
+/// the record but before the ack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The attempt's images are in the store; its end is not yet written.
+    Uploaded,
+    /// The attempt's end is written; its message is not yet acked.
+    Recorded,
+}
+
+/// Called at each [`Stage`]; the attempt goes on when the future resolves.
+pub type StageHook = Arc<dyn Fn(Stage) -> flux_types::BoxFuture<'static, ()> + Send + Sync>;
+
 /// A worker's settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// This worker's name in job records and logs.
     pub name: String,
@@ -42,6 +56,18 @@ pub struct WorkerConfig {
     pub job_timeout: Duration,
     /// Counters for its metrics (shared with whoever serves them).
     pub stats: WorkerStats,
+    /// Fault injection for tests; `None` in service.
+    pub stage_hook: Option<StageHook>,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("name", &self.name)
+            .field("job_timeout", &self.job_timeout)
+            .field("stage_hook", &self.stage_hook.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkerConfig {
@@ -56,6 +82,7 @@ impl WorkerConfig {
             ),
             job_timeout,
             stats: WorkerStats::default(),
+            stage_hook: None,
         }
     }
 }
@@ -329,7 +356,10 @@ impl Worker {
             }
             Some(Ok(Ok(generation))) => {
                 match self.store(&record, attempt, generation, started).await {
-                    Ok(stored) => JobResult::Succeeded(stored),
+                    Ok(stored) => {
+                        self.at(Stage::Uploaded).await;
+                        JobResult::Succeeded(stored)
+                    }
                     Err(failure) => JobResult::Failed(failure),
                 }
             }
@@ -557,6 +587,7 @@ impl Worker {
                     _ => AttemptEnd::Failed,
                 });
                 self.queue_webhook(&record).await;
+                self.at(Stage::Recorded).await;
                 let _ = message.double_ack().await;
             }
             Ok(Changed::Unchanged(record, _)) if record.job.state.is_terminal() => {
@@ -574,6 +605,12 @@ impl Worker {
                 // Not acked: the job is redelivered and the next attempt writes its end.
                 tracing::error!(%error, job = %id, "cannot record a job's end");
             }
+        }
+    }
+
+    async fn at(&self, stage: Stage) {
+        if let Some(hook) = &self.config.stage_hook {
+            hook(stage).await;
         }
     }
 

@@ -65,6 +65,16 @@ impl Harness {
         generator: Arc<FakeGenerator>,
         name: &str,
     ) -> Result<tokio::task::JoinHandle<()>> {
+        self.worker_with_hook(generator, name, None).await
+    }
+
+    /// As [`Harness::worker`], with a fault-injection hook.
+    async fn worker_with_hook(
+        &self,
+        generator: Arc<FakeGenerator>,
+        name: &str,
+        stage_hook: Option<flux_cluster::StageHook>,
+    ) -> Result<tokio::task::JoinHandle<()>> {
         let fleet = self.fleet().await?;
         let images = Arc::new(FolderImages::new(self.images.path())?);
         let worker = Worker::new(
@@ -75,6 +85,7 @@ impl Harness {
                 name: name.to_owned(),
                 job_timeout: Duration::from_secs(60),
                 stats: Default::default(),
+                stage_hook,
             },
         );
         Ok(tokio::spawn(async move {
@@ -442,5 +453,142 @@ async fn a_status_stream_broken_off_is_taken_up_on_another_node_from_where_the_j
         1,
         "the stream ends after the one terminal status"
     );
+    Ok(())
+}
+
+/// A hook that freezes the attempt for good at `stage` (the test then kills the worker there) and
+/// says when it got there.
+fn freeze_at(stage: flux_cluster::Stage) -> (flux_cluster::StageHook, Arc<tokio::sync::Notify>) {
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let told = Arc::clone(&reached);
+    let hook: flux_cluster::StageHook = Arc::new(move |at| {
+        let told = Arc::clone(&told);
+        Box::pin(async move {
+            if at == stage {
+                told.notify_one();
+                std::future::pending::<()>().await;
+            }
+        })
+    });
+    (hook, reached)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_its_upload_before_its_record_leaves_the_next_attempts_images()
+-> Result<()> {
+    let harness = Harness::start(settings())?;
+    let node = harness.node().await?;
+    let (hook, reached) = freeze_at(flux_cluster::Stage::Uploaded);
+    let first = harness
+        .worker_with_hook(fake(Duration::ZERO), "w1", Some(hook))
+        .await?;
+    let submitted = node
+        .submit(submission(
+            r#"{"prompt": "upload then die", "num_images": 2}"#,
+        )?)
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), reached.notified()).await?;
+    first.abort();
+    let second = fake(Duration::ZERO);
+    let _rescuer = harness.worker(Arc::clone(&second), "w2").await?;
+    let JobResult::Succeeded(stored) =
+        wait_end(&node, &submitted.id, Duration::from_secs(30)).await?
+    else {
+        bail!("the job did not succeed");
+    };
+    assert_eq!(second.calls(), 1);
+    let body: GenerateResponse = serde_json::from_slice(&stored.body)?;
+    let named: Vec<String> = body
+        .images
+        .iter()
+        .filter_map(|image| image.url.rsplit('/').next().map(str::to_owned))
+        .collect();
+    for (index, name) in named.iter().enumerate() {
+        // Attempt 2's own objects: attempt 1's (written, never recorded) are left apart.
+        assert_eq!(
+            name,
+            &flux_cluster::image_name(submitted.id.as_str(), 2, index, "jpg")
+        );
+        let first_attempt = flux_cluster::image_name(submitted.id.as_str(), 1, index, "jpg");
+        assert!(
+            harness.images.path().join(&first_attempt).is_file(),
+            "attempt 1 uploaded {first_attempt}"
+        );
+    }
+    let record = node.record(&submitted.id, OWNER).await?;
+    assert_eq!(
+        record
+            .logs
+            .iter()
+            .filter(|line| line.message == "completed")
+            .count(),
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_its_record_before_its_ack_leaves_one_result_and_no_rerun()
+-> Result<()> {
+    let harness = Harness::start(settings())?;
+    let node = harness.node().await?;
+    let (hook, reached) = freeze_at(flux_cluster::Stage::Recorded);
+    let first = harness
+        .worker_with_hook(fake(Duration::ZERO), "w1", Some(hook))
+        .await?;
+    let submitted = node
+        .submit(submission(r#"{"prompt": "record then die"}"#)?)
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), reached.notified()).await?;
+    let before = node.record(&submitted.id, OWNER).await?;
+    first.abort();
+    let second = fake(Duration::ZERO);
+    let _next = harness.worker(Arc::clone(&second), "w2").await?;
+    // The unacked message comes back after ack_wait; the next worker finds the job done and acks.
+    let fleet = harness.fleet().await?;
+    let (mut stream, _) = fleet.model_queue("dev").await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stream.info().await?.state.messages != 0 {
+        if Instant::now() > deadline {
+            bail!("the recorded job's message was never acked");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.calls(), 0, "a recorded job is not run again");
+    let after = node.record(&submitted.id, OWNER).await?;
+    assert_eq!(after.completed_at, before.completed_at);
+    assert_eq!(after.logs.len(), before.logs.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_job_is_forgotten_after_the_retention_on_every_node() -> Result<()> {
+    let harness = Harness::start(FleetSettings {
+        retention: Duration::from_secs(2),
+        ..settings()
+    })?;
+    let (a, b) = (harness.node().await?, harness.node().await?);
+    let _worker = harness.worker(fake(Duration::ZERO), "w1").await?;
+    let submitted = a
+        .submit(submission(r#"{"prompt": "short-lived"}"#)?)
+        .await?;
+    assert!(matches!(
+        wait_end(&a, &submitted.id, Duration::from_secs(20)).await?,
+        JobResult::Succeeded(_)
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match b.status(&submitted.id, OWNER).await {
+            Err(ServiceError::NotFound) => break,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => bail!("the record outlived its retention: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        a.record(&submitted.id, OWNER).await,
+        Err(ServiceError::NotFound)
+    ));
     Ok(())
 }

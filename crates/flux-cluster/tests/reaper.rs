@@ -120,6 +120,7 @@ impl Harness {
                 name: name.to_owned(),
                 job_timeout: Duration::from_secs(30),
                 stats: Default::default(),
+                stage_hook: None,
             },
         );
         Ok(tokio::spawn(async move {
