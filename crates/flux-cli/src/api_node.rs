@@ -15,7 +15,7 @@ use crate::serve::print_line;
 /// Serves the API over the fleet at `queue` until SIGINT/SIGTERM.
 pub fn run(
     mut config: ServerConfig,
-    fleet: &FleetArgs,
+    fleet_args: &FleetArgs,
     queue: &str,
     has_model: bool,
 ) -> anyhow::Result<()> {
@@ -25,18 +25,26 @@ pub fn run(
         )
         .into());
     }
-    let settings = fleet.settings(config.queue_depth, config.retention)?;
+    let settings = fleet_args.settings(config.queue_depth, config.retention)?;
     // The API's file route serves the fleet's shared folder.
-    if let Some(dir) = fleet.image_store.as_deref()
+    if let Some(dir) = fleet_args.image_store.as_deref()
         && !dir.starts_with("s3://")
+        && !dir.starts_with("nats://")
     {
         config.files_dir = dir.strip_prefix("file://").unwrap_or(dir).into();
     }
-    let images = fleet.images(config.files_dir.clone(), config.retention)?;
+    let images = fleet_args.images(config.files_dir.clone(), config.retention)?;
     let runtime = crate::runtime()?;
+    let wants_nats_images = fleet_args.wants_nats_images();
     let result = runtime.block_on(async move {
         let mut signals = ShutdownSignals::new().context("cannot listen for SIGINT and SIGTERM")?;
-        let (client, fleet) = connect(queue, settings).await?;
+        let (client, fleet_handle) = connect(queue, settings).await?;
+        let images = if wants_nats_images {
+            FleetArgs::nats_images(client.clone(), settings.retention).await?
+        } else {
+            images
+        };
+        let fleet = fleet_handle;
         let jobs = FleetJobs::open(client, fleet.clone(), images, String::new())
             .await
             .context("cannot open the fleet's job records")?;

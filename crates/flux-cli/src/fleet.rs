@@ -58,7 +58,26 @@ impl FleetArgs {
         })
     }
 
-    /// The image store, the folder `default` when no `--image-store` is given; presigned URLs
+    /// Whether images go to the fleet's own JetStream object store (`--image-store nats://`),
+    /// opened on the fleet's connection once it is made.
+    pub fn wants_nats_images(&self) -> bool {
+        self.image_store
+            .as_deref()
+            .is_some_and(|spec| spec.starts_with("nats://"))
+    }
+
+    /// The images of the fleet's object store on `client`.
+    pub async fn nats_images(
+        client: async_nats::Client,
+        retention: Duration,
+    ) -> anyhow::Result<Arc<dyn ImageStore>> {
+        let images = flux_cluster::NatsImages::open(client, retention)
+            .await
+            .context("cannot open the fleet's images bucket")?;
+        Ok(Arc::new(images))
+    }
+
+    /// The image store (other than `nats://`), the folder `default` when no `--image-store` is given; presigned URLs
     /// of an S3 store are valid for `retention`.
     pub fn images(
         &self,
@@ -66,7 +85,7 @@ impl FleetArgs {
         retention: Duration,
     ) -> anyhow::Result<Arc<dyn ImageStore>> {
         let dir = match self.image_store.as_deref() {
-            None => default,
+            None | Some("nats://") => default,
             Some(spec) if spec.starts_with("s3://") => {
                 let images = S3Images::from_env(spec, retention)
                     .map_err(|error| BadInput(format!("--image-store {spec}: {error}")))?;
@@ -74,7 +93,8 @@ impl FleetArgs {
             }
             Some(spec) if spec.contains("://") && !spec.starts_with("file://") => {
                 return Err(BadInput(format!(
-                    "--image-store {spec}: expected a folder, file://DIR or s3://bucket/prefix"
+                    "--image-store {spec}: expected a folder, file://DIR, s3://bucket/prefix or \
+                     nats:// (the fleet's JetStream object store)"
                 ))
                 .into());
             }

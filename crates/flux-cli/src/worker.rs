@@ -71,6 +71,7 @@ pub fn run(mut args: WorkerArgs, verbose: bool) -> anyhow::Result<()> {
     let images = args
         .fleet
         .images(flux_remote::default_data_dir().join("files"), retention)?;
+    let nats_images = args.fleet.wants_nats_images();
     let backend = args.backend.resolve()?;
     // One job at a time: the engine's own queue needs no more than that one.
     let options = args.backend.local_options(1)?;
@@ -93,7 +94,12 @@ pub fn run(mut args: WorkerArgs, verbose: bool) -> anyhow::Result<()> {
             .await
             .context("the backend start-up task failed")?
             .with_context(|| format!("cannot start backend {description}"))?;
-        let (_client, fleet) = connect(&queue, settings).await?;
+        let (client, fleet) = connect(&queue, settings).await?;
+        let images = if nats_images {
+            FleetArgs::nats_images(client, retention).await?
+        } else {
+            images
+        };
         let mut config = WorkerConfig::named_randomly(job_timeout);
         config.stats = stats.clone();
         let worker = Worker::new(fleet, Arc::clone(&generator), images, config);

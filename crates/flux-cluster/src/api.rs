@@ -424,6 +424,21 @@ impl JobService for FleetJobs {
         0
     }
 
+    fn read_image<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Bytes>> {
+        Box::pin(async move {
+            if !self.inner.images.served_by_api_nodes() {
+                return None;
+            }
+            match self.inner.images.get(name).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, name, "cannot read an image from the fleet's store");
+                    None
+                }
+            }
+        })
+    }
+
     fn set_public_base_url(&self, url: &str) {
         *self
             .inner

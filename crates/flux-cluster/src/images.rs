@@ -50,6 +50,11 @@ pub trait ImageStore: Send + Sync + 'static {
         name: &'a str,
         public_base_url: &'a str,
     ) -> BoxFuture<'a, Result<String, ClusterError>>;
+    /// Whether API nodes serve its images on their file route from the store itself (the
+    /// JetStream object store); a folder is served from the API node's files folder, S3 by S3.
+    fn served_by_api_nodes(&self) -> bool {
+        false
+    }
     /// What it is, for logs.
     fn describe(&self) -> String;
 }

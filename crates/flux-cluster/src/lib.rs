@@ -10,6 +10,7 @@ mod api;
 mod error;
 mod fleet;
 mod images;
+mod images_nats;
 mod images_s3;
 mod reaper;
 mod record;
@@ -28,6 +29,7 @@ pub use fleet::{
     Fleet, FleetSettings, JOBS_BUCKET, MODELS_BUCKET, WORKERS_CONSUMER, job_subject, jobs_stream,
 };
 pub use images::{FolderImages, ImageStore, image_name};
+pub use images_nats::{IMAGES_BUCKET, NatsImages};
 pub use images_s3::S3Images;
 pub use reaper::{ReapReport, Reaper, ReaperConfig};
 pub use record::FleetRecord;

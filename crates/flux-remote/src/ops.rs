@@ -67,7 +67,15 @@ pub(crate) async fn serve_file(
     let Ok(Path(name)) = name else {
         return ApiErrorResponse::not_found().into_response();
     };
-    match state.inner.files.read(&name).await {
+    // Only names of the store's own form reach either store.
+    let Some(kind) = crate::files::parse_file_name(&name) else {
+        return ApiErrorResponse::not_found().into_response();
+    };
+    let found = match state.inner.service.read_image(&name).await {
+        Some(bytes) => Some((bytes.to_vec(), kind)),
+        None => state.inner.files.read(&name).await,
+    };
+    match found {
         Some((bytes, kind)) => (
             [
                 (

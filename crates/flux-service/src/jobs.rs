@@ -51,6 +51,11 @@ pub trait JobService: Send + Sync + 'static {
     fn wait_idle(&self) -> BoxFuture<'_, ()>;
     /// Forgets jobs completed longer ago than the retention; returns how many.
     fn sweep(&self) -> usize;
+    /// An image the deployment serves itself on the file route (a fleet's JetStream object
+    /// store); `None` sends the route to the server's files folder.
+    fn read_image<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Option<bytes::Bytes>> {
+        Box::pin(async { None })
+    }
     /// The HTTP server's public base URL, once it is bound (a fleet's results name their images
     /// by reference and get their URLs where they are answered).
     fn set_public_base_url(&self, _url: &str) {}

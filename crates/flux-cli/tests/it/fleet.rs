@@ -772,3 +772,79 @@ async fn a_fleet_with_images_in_s3_answers_presigned_urls_from_its_api_nodes() -
     ensure!((decoded.width(), decoded.height()) == (64, 64));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_with_images_in_the_jetstream_object_store_serves_them_from_every_api_node()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start()?;
+    let url = fleet.nats.url();
+    let model = tiny_dev()?;
+    let api_args = |_: ()| {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-unauthenticated",
+            "--rate-limit",
+            "off",
+            "--queue",
+            url.as_str(),
+            "--image-store",
+            "nats://",
+        ];
+        args.extend(FLEET_FLAGS);
+        args
+    };
+    let a = FleetProcess::start(fleet.dir.path(), &api_args(()), "flux server ready")?;
+    let b = FleetProcess::start(fleet.dir.path(), &api_args(()), "flux server ready")?;
+    let mut worker = vec![
+        "worker",
+        "--queue",
+        &url,
+        "--model",
+        &model,
+        "--threads",
+        "1",
+        "--image-store",
+        "nats://",
+    ];
+    worker.extend(FLEET_FLAGS);
+    let _worker = FleetProcess::start(fleet.dir.path(), &worker, "flux worker ready")?;
+    let http = reqwest::Client::new();
+    let (a, b) = (a.url()?, b.url()?);
+    let id = submit(
+        &http,
+        a,
+        &json!({"prompt": "a black square", "seed": 4,
+        "image_size": {"width": 64, "height": 64}, "num_inference_steps": 1}),
+    )
+    .await?;
+    completed(&http, a, &id, Duration::from_secs(60)).await?;
+    let answer = result(&http, a, &id).await?;
+    let image_url = answer["images"][0]["url"].as_str().context("no url")?;
+    ensure!(
+        image_url.starts_with(&format!("{a}/api/v1/files/")),
+        "{answer}"
+    );
+    let from_a = image_bytes(&http, &answer, 0).await?;
+    let name = image_url.rsplit('/').next().context("no name")?;
+    let from_b = http
+        .get(format!("{b}/api/v1/files/{name}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    ensure!(
+        from_a == from_b.to_vec(),
+        "both API nodes serve the same object"
+    );
+    let decoded = image::load_from_memory(&from_a)?;
+    ensure!((decoded.width(), decoded.height()) == (64, 64));
+    let missing = http
+        .get(format!("{b}/api/v1/files/{}.jpg", "0".repeat(32)))
+        .send()
+        .await?;
+    ensure!(missing.status() == 404);
+    Ok(())
+}
