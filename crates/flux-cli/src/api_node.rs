@@ -40,7 +40,7 @@ pub fn run(
         let mut signals = ShutdownSignals::new().context("cannot listen for SIGINT and SIGTERM")?;
         let (client, fleet_handle) = connect(queue, settings).await?;
         let images = if wants_nats_images {
-            FleetArgs::nats_images(client.clone(), settings.retention).await?
+            FleetArgs::nats_images(client.clone(), &settings).await?
         } else {
             images
         };

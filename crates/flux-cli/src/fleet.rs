@@ -34,6 +34,11 @@ pub struct FleetArgs {
     )]
     pub ack_wait: String,
 
+    /// Copies of each stream and bucket on a JetStream cluster: 1 for a single nats-server, 3 for
+    /// a three-node cluster.
+    #[arg(long, env = "FLUX_REPLICAS", value_name = "N", default_value_t = 1)]
+    pub replicas: usize,
+
     /// Attempts of a job at most (each one a worker that took it and stopped or failed).
     #[arg(long, env = "FLUX_MAX_ATTEMPTS", value_name = "N", default_value_t = 3)]
     pub max_attempts: u32,
@@ -52,6 +57,7 @@ impl FleetArgs {
         Ok(FleetSettings {
             ack_wait: crate::serve::parse_duration("--ack-wait", &self.ack_wait)?,
             max_deliver: self.max_attempts,
+            replicas: self.replicas.max(1),
             queue_depth,
             retention,
             ..FleetSettings::default()
@@ -69,9 +75,9 @@ impl FleetArgs {
     /// The images of the fleet's object store on `client`.
     pub async fn nats_images(
         client: async_nats::Client,
-        retention: Duration,
+        settings: &FleetSettings,
     ) -> anyhow::Result<Arc<dyn ImageStore>> {
-        let images = flux_cluster::NatsImages::open(client, retention)
+        let images = flux_cluster::NatsImages::open(client, settings.retention, settings.replicas)
             .await
             .context("cannot open the fleet's images bucket")?;
         Ok(Arc::new(images))

@@ -96,7 +96,7 @@ pub fn run(mut args: WorkerArgs, verbose: bool) -> anyhow::Result<()> {
             .with_context(|| format!("cannot start backend {description}"))?;
         let (client, fleet) = connect(&queue, settings).await?;
         let images = if nats_images {
-            FleetArgs::nats_images(client, retention).await?
+            FleetArgs::nats_images(client, &settings).await?
         } else {
             images
         };

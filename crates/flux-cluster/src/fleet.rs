@@ -55,6 +55,9 @@ pub struct FleetSettings {
     pub duplicate_window: Duration,
     /// File storage (durable) or memory.
     pub memory_storage: bool,
+    /// Copies of every stream and bucket on a JetStream cluster (1 on a single server; 3 on a
+    /// three-node cluster survives the loss of one node).
+    pub replicas: usize,
 }
 
 impl Default for FleetSettings {
@@ -66,6 +69,7 @@ impl Default for FleetSettings {
             retention: Duration::from_secs(60 * 60),
             duplicate_window: Duration::from_secs(120),
             memory_storage: false,
+            replicas: 1,
         }
     }
 }
@@ -110,6 +114,7 @@ impl Fleet {
                 history: 1,
                 max_age: settings.retention,
                 storage: settings.storage(),
+                num_replicas: settings.replicas,
                 ..Default::default()
             },
         )
@@ -121,6 +126,7 @@ impl Fleet {
                 description: "flux-rs served models (key = variant)".to_owned(),
                 history: 1,
                 storage: settings.storage(),
+                num_replicas: settings.replicas,
                 ..Default::default()
             },
         )
@@ -131,6 +137,7 @@ impl Fleet {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: settings.storage(),
             duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
             ..Default::default()
         })
         .await
@@ -168,6 +175,7 @@ impl Fleet {
                 discard: stream::DiscardPolicy::New,
                 storage: self.settings.storage(),
                 duplicate_window: self.settings.duplicate_window,
+                num_replicas: self.settings.replicas,
                 allow_direct: true,
                 ..Default::default()
             })

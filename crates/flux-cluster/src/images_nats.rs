@@ -24,14 +24,20 @@ pub struct NatsImages {
 
 impl std::fmt::Debug for NatsImages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsImages").field("bucket", &IMAGES_BUCKET).finish()
+        f.debug_struct("NatsImages")
+            .field("bucket", &IMAGES_BUCKET)
+            .finish()
     }
 }
 
 impl NatsImages {
-    /// Opens (or creates) the images bucket on `client`'s server; objects expire after
-    /// `retention`.
-    pub async fn open(client: async_nats::Client, retention: Duration) -> Result<Self, ClusterError> {
+    /// Opens (or creates) the images bucket on `client`'s server with `replicas` copies; objects
+    /// expire after `retention`.
+    pub async fn open(
+        client: async_nats::Client,
+        retention: Duration,
+        replicas: usize,
+    ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client);
         if let Ok(store) = js.get_object_store(IMAGES_BUCKET).await {
             return Ok(NatsImages { store });
@@ -41,6 +47,7 @@ impl NatsImages {
                 bucket: IMAGES_BUCKET.to_owned(),
                 description: Some("flux-rs generated images".to_owned()),
                 max_age: retention,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await;
@@ -57,7 +64,11 @@ impl NatsImages {
 }
 
 impl ImageStore for NatsImages {
-    fn put_new<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<(), ClusterError>> {
+    fn put_new<'a>(
+        &'a self,
+        name: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<(), ClusterError>> {
         Box::pin(async move {
             if self.store.info(name).await.is_ok() {
                 return Ok(());
@@ -75,7 +86,9 @@ impl ImageStore for NatsImages {
         Box::pin(async move {
             let mut object = match self.store.get(name).await {
                 Ok(object) => object,
-                Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+                Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
+                    return Ok(None);
+                }
                 Err(error) => return Err(ClusterError::nats("read an image", error)),
             };
             let mut bytes = Vec::new();
@@ -92,7 +105,10 @@ impl ImageStore for NatsImages {
         name: &'a str,
         public_base_url: &'a str,
     ) -> BoxFuture<'a, Result<String, ClusterError>> {
-        let url = format!("{}/api/v1/files/{name}", public_base_url.trim_end_matches('/'));
+        let url = format!(
+            "{}/api/v1/files/{name}",
+            public_base_url.trim_end_matches('/')
+        );
         Box::pin(async move { Ok(url) })
     }
 

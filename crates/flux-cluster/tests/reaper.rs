@@ -36,6 +36,7 @@ fn settings() -> FleetSettings {
         retention: Duration::from_secs(600),
         duplicate_window: Duration::from_secs(120),
         memory_storage: false,
+        replicas: 1,
     }
 }
 
