@@ -88,6 +88,8 @@ pub struct ReapReport {
     pub failed: usize,
     /// Owed webhook deliveries queued.
     pub webhooks: usize,
+    /// Jobs still waiting written again so that the bucket's max_age does not expire them.
+    pub refreshed: usize,
     /// Records the pass could not look at (logged; the next pass looks again).
     pub errors: usize,
 }
@@ -239,6 +241,16 @@ impl Reaper {
         match message {
             // JetStream delivers it again; only a job no worker will claim any more (its attempts
             // spent, its last worker gone, perhaps every worker of its model) is ended here.
+            Some(_) if !running && silent > settings.retention / 2 => {
+                // A job queued for half the retention: written again (the same record, a new
+                // heartbeat), so the bucket's max_age, which counts from the last write, never
+                // expires a job that is still waiting for a worker.
+                let mut refreshed = record;
+                refreshed.heartbeat = now;
+                if self.replace(id, &refreshed, revision).await? {
+                    report.refreshed += 1;
+                }
+            }
             Some(sequence) => {
                 if running
                     && silent > lease

@@ -539,3 +539,65 @@ async fn a_running_reaper_finds_a_stranded_job_and_stops_when_told() -> Result<(
         .context("the reaper stops when told")??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queued_longer_than_the_retention_is_kept_by_the_reaper_and_then_run() -> Result<()> {
+    let harness = Harness::start()?;
+    let short = FleetSettings {
+        retention: Duration::from_secs(2),
+        ..settings()
+    };
+    let client = async_nats::connect(harness.nats.url()).await?;
+    let fleet = Fleet::open(client.clone(), short).await?;
+    let images = Arc::new(FolderImages::new(harness.images.path())?);
+    let node = FleetJobs::open(
+        client,
+        fleet.clone(),
+        images.clone(),
+        "http://api.test".to_owned(),
+    )
+    .await?;
+    let submitted = node
+        .submit(Submission {
+            request: parse_request_for(br#"{"prompt": "patient"}"#, VariantSpec::dev())?,
+            owner: OWNER,
+            model: "dev".to_owned(),
+            deadline: None,
+            on_finish: None,
+            keep_record: true,
+            webhook: None,
+            idempotency: None,
+        })
+        .await?;
+    let reaper = Reaper::new(fleet.clone(), config());
+    let mut refreshed = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        refreshed += reaper.pass().await?.refreshed;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        refreshed >= 2,
+        "written again {refreshed} times in 5 s of a 2 s retention"
+    );
+    assert!(
+        node.status(&submitted.id, OWNER).await.is_ok(),
+        "the waiting job was expired"
+    );
+    let generator =
+        Arc::new(FakeGenerator::new().serving(fake_model("fake-dev", VariantSpec::dev())));
+    let worker = Worker::new(
+        fleet,
+        generator,
+        images,
+        WorkerConfig::named_randomly(Duration::from_secs(30)),
+    );
+    let _running = tokio::spawn(worker.run(std::future::pending()));
+    let events = node.events(&submitted.id, OWNER).await?;
+    let result = tokio::time::timeout(Duration::from_secs(20), events.wait()).await??;
+    assert!(
+        matches!(result, flux_service::JobResult::Succeeded(_)),
+        "{result:?}"
+    );
+    Ok(())
+}
