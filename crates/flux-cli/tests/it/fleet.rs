@@ -848,3 +848,50 @@ async fn a_fleet_with_images_in_the_jetstream_object_store_serves_them_from_ever
     ensure!(missing.status() == 404);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_cancelled_on_another_node_stops_its_worker_within_a_step()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start()?;
+    let (a, b) = (fleet.api_node()?, fleet.api_node()?);
+    let _worker = fleet.worker()?;
+    let http = reqwest::Client::new();
+    let (a, b) = (a.url()?, b.url()?);
+    let id = submit(
+        &http,
+        a,
+        &json!({"prompt": "a long job", "seed": 8,
+        "image_size": {"width": 512, "height": 512}, "num_inference_steps": 40}),
+    )
+    .await?;
+    wait_running(&http, a, &id).await?;
+    let cancelled = http
+        .put(format!("{b}/api/v1/queue/flux/dev/requests/{id}/cancel"))
+        .send()
+        .await?;
+    ensure!(
+        cancelled.status() == 202,
+        "cancel answered {}",
+        cancelled.status()
+    );
+    let done = completed(&http, a, &id, Duration::from_secs(10)).await?;
+    ensure!(done["outcome"] == "cancelled", "{done}");
+    // The worker is free again at once: a short job after it completes quickly.
+    let started = Instant::now();
+    let next = submit(
+        &http,
+        b,
+        &json!({"prompt": "next", "seed": 9,
+        "image_size": {"width": 64, "height": 64}, "num_inference_steps": 1}),
+    )
+    .await?;
+    let after = completed(&http, b, &next, Duration::from_secs(30)).await?;
+    ensure!(after["outcome"] == "succeeded", "{after}");
+    let steps_done = log_count(&status(&http, a, &id).await?, "step ");
+    ensure!(steps_done < 40, "the cancelled job ran all its steps");
+    ensure!(
+        started.elapsed() < Duration::from_secs(20),
+        "the worker was not freed by the cancel"
+    );
+    Ok(())
+}
