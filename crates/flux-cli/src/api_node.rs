@@ -48,10 +48,19 @@ pub fn run(
         let jobs = FleetJobs::open(client, fleet.clone(), images, String::new())
             .await
             .context("cannot open the fleet's job records")?;
-        let webhooks = FleetWebhooks::open(jobs.clone())
-            .await
-            .context("cannot open the fleet's webhook stream")?;
-        let server = Server::bind_jobs(config, Arc::new(jobs), Some(Arc::new(webhooks))).await?;
+        // A node without the webhook secret cannot sign: it leaves the fleet's deliveries to the
+        // nodes that have it (a node that took them would have to drop them).
+        let webhooks: Option<Arc<dyn flux_remote::WebhookQueue>> =
+            if config.webhooks.secret.is_some() {
+                let queue = FleetWebhooks::open(jobs.clone())
+                    .await
+                    .context("cannot open the fleet's webhook stream")?;
+                Some(Arc::new(queue))
+            } else {
+                tracing::warn!("no --webhook-secret-file: this API node delivers no webhooks");
+                None
+            };
+        let server = Server::bind_jobs(config, Arc::new(jobs), webhooks).await?;
         let address = server.local_addr()?;
         print_line(&format!("flux server listening on http://{address}"))?;
         tracing::info!(queue, "API node of the fleet");

@@ -21,8 +21,13 @@ pub struct FleetArgs {
 
     /// Where images go: a folder every API node and worker shares (default: the files folder), or
     /// s3://bucket/prefix (S3-compatible storage configured by the AWS_* variables, incl.
-    /// AWS_ENDPOINT_URL; image URLs are then presigned GETs valid for the retention).
-    #[arg(long, env = "FLUX_IMAGE_STORE", value_name = "DIR|s3://BUCKET/PREFIX")]
+    /// AWS_ENDPOINT_URL; image URLs are then presigned GETs valid for the retention), or nats://
+    /// (the fleet's own JetStream object store, served by the API nodes; for small fleets).
+    #[arg(
+        long,
+        env = "FLUX_IMAGE_STORE",
+        value_name = "DIR|s3://BUCKET/PREFIX|nats://"
+    )]
     pub image_store: Option<String>,
 
     /// A job whose worker neither finishes nor reports for this long is redelivered: e.g. 30s.

@@ -188,6 +188,10 @@ impl Fleet {
                     durable_name: Some(WORKERS_CONSUMER.to_owned()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.settings.ack_wait,
+                    // Every job of the queue may be running at once (one per worker), and idle
+                    // workers' pulls must not be refused (the server defaults are 1000 and 512).
+                    max_ack_pending: i64::try_from(self.settings.queue_depth).unwrap_or(i64::MAX),
+                    max_waiting: 4096,
                     // Unbounded: deliveries are not attempts (a worker that finds the job running
                     // elsewhere puts it back without trying it), so the bound on attempts lives in
                     // the record, and a message is never left stranded by JetStream's own bound.
@@ -236,10 +240,10 @@ async fn open_bucket(
     }
     match js.create_key_value(config.clone()).await {
         Ok(store) => Ok(store),
-        // Another process created it meanwhile.
-        Err(_) => js
+        // Another process created it meanwhile; otherwise the creation's own error says why.
+        Err(created) => js
             .get_key_value(&config.bucket)
             .await
-            .map_err(|error| ClusterError::nats("open a key-value bucket", error)),
+            .map_err(|_| ClusterError::nats("create a key-value bucket", created)),
     }
 }

@@ -385,9 +385,17 @@ impl Worker {
             let mut tick = tokio::time::interval(every);
             loop {
                 let changed = match watch.as_mut() {
-                    Some(watch) => tokio::select! {
+                    Some(watching) => tokio::select! {
                         _ = tick.tick() => false,
-                        entry = watch.next() => matches!(entry, Some(Ok(_))),
+                        entry = watching.next() => match entry {
+                            Some(Ok(_)) => true,
+                            // The watch ended (NATS restarting): the ticks alone look from now
+                            // on, so this loop never spins on a finished watch.
+                            _ => {
+                                watch = None;
+                                false
+                            }
+                        },
                     },
                     None => {
                         tick.tick().await;

@@ -220,7 +220,8 @@ impl ApiErrorResponse {
     pub fn job_store_unavailable() -> Self {
         Self::new(
             ErrorCode::NotReady,
-            "the job queue cannot be reached right now; nothing was done, retry shortly",
+            "the job queue cannot be reached right now; retry shortly (a submit retried with the \
+             same Idempotency-Key never makes a second job)",
             None,
         )
         .retry_after(Duration::from_secs(1))

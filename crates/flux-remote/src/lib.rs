@@ -79,7 +79,7 @@ pub use error::{ClientError, RemoteError};
 #[cfg(feature = "server")]
 pub use files::FileDurability;
 #[cfg(feature = "server")]
-pub use flux_service::{JobService, ServedModels};
+pub use flux_service::{JobService, ServedModels, WebhookQueue};
 pub use routes::{FILES_PATH, GENERATE_PATH, QUEUE_PATH, SYNC_PREFIX};
 #[cfg(feature = "server")]
 pub use server::{AppState, router};
