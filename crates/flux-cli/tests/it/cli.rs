@@ -423,6 +423,28 @@ fn thread_policies(pid: u32) -> anyhow::Result<Vec<(String, u32)>> {
     Ok(threads)
 }
 
+/// A child's stdout, line by line, and its whole stderr once it closes: both drained on threads,
+/// so the process never blocks on a full pipe (its logs are kept for diagnostics).
+pub(crate) fn read_output(
+    child: &mut Child,
+) -> anyhow::Result<(mpsc::Receiver<String>, mpsc::Receiver<String>)> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all);
+        let _ = err_tx.send(all);
+    });
+    Ok((line_rx, err_rx))
+}
+
 /// A running `flux serve`; killed on drop if a test fails half way (the restart and playground
 /// tests use it too).
 pub(crate) struct ServeProcess {
@@ -443,21 +465,7 @@ impl ServeProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut stderr = child.stderr.take().context("no stderr")?;
-        let (line_tx, line_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = line_tx.send(line);
-            }
-        });
-        // Drain stderr (logs) so the server never blocks on a full pipe; keep it for diagnostics.
-        let (err_tx, err_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut all = String::new();
-            let _ = stderr.read_to_string(&mut all);
-            let _ = err_tx.send(all);
-        });
+        let (line_rx, err_rx) = read_output(&mut child)?;
         let mut process = ServeProcess {
             child,
             base_url: String::new(),

@@ -4,7 +4,6 @@
 //! exactly one terminal outcome, its images decode at the requested size and equal what a
 //! one-machine server makes for the same seed.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -14,7 +13,7 @@ use anyhow::{Context, bail, ensure};
 use flux_cluster::servers::{NatsServer, signal};
 use serde_json::{Value, json};
 
-use crate::cli::{ServeProcess, flux};
+use crate::cli::{ServeProcess, flux, read_output};
 use crate::serve_queue::{Headers, read_post};
 
 /// Fleet settings every process gets (ack wait short so that failures show within seconds).
@@ -64,20 +63,7 @@ impl FleetProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut stderr = child.stderr.take().context("no stderr")?;
-        let (line_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = line_tx.send(line);
-            }
-        });
-        let (err_tx, stderr_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut all = String::new();
-            let _ = stderr.read_to_string(&mut all);
-            let _ = err_tx.send(all);
-        });
+        let (lines, stderr_rx) = read_output(&mut child)?;
         let mut process = FleetProcess {
             child,
             lines,
@@ -201,7 +187,33 @@ impl Fleet {
     }
 }
 
+/// Waits until `node` lists the dev model: an API node learns a worker's model through a watch of
+/// the models bucket, a moment after the worker registered it (until then the route is 404).
+async fn wait_served(http: &reqwest::Client, node: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed: Value = http
+            .get(format!("{node}/api/v1/models"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if listed["models"]
+            .as_array()
+            .is_some_and(|models| models.iter().any(|model| model["variant"] == "dev"))
+        {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{node} never listed the dev model: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn submit(http: &reqwest::Client, node: &str, body: &Value) -> anyhow::Result<String> {
+    wait_served(http, node).await?;
     let response = http
         .post(format!("{node}/api/v1/queue/flux/dev"))
         .json(body)
@@ -321,6 +333,8 @@ async fn two_api_nodes_and_two_workers_serve_the_contract_with_the_one_machine_i
     let _workers = (fleet.worker()?, fleet.worker()?);
     let http = reqwest::Client::new();
     let (a, b) = (a.url()?.to_owned(), b.url()?.to_owned());
+    wait_served(&http, &a).await?;
+    wait_served(&http, &b).await?;
 
     let models: Value = http
         .get(format!("{b}/api/v1/models"))
@@ -550,6 +564,7 @@ async fn a_webhook_refused_three_times_is_delivered_on_the_fourth_with_one_id() 
     let (hook, posts) = flaky_receiver(3)?;
     let http = reqwest::Client::new();
     let node = a.url()?;
+    wait_served(&http, node).await?;
     let response = http
         .post(format!("{node}/api/v1/queue/flux/dev"))
         .query(&[("fal_webhook", hook.as_str())])
@@ -857,6 +872,7 @@ async fn a_running_job_cancelled_on_another_node_stops_its_worker_within_a_step(
     let _worker = fleet.worker()?;
     let http = reqwest::Client::new();
     let (a, b) = (a.url()?, b.url()?);
+    wait_served(&http, b).await?;
     let id = submit(
         &http,
         a,
