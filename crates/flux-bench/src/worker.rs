@@ -31,6 +31,10 @@ pub enum WorkerSpec {
     Queue(ServerSpec),
     /// One request's peak RSS.
     PeakMemory(super::peak_memory::PeakMemorySpec),
+    /// The NATS fleet against one machine (its workers are `FleetWorker` children).
+    Fleet(super::fleet::FleetSpec),
+    /// One worker of that fleet, until its stdin closes.
+    FleetWorker(super::fleet::FleetWorkerSpec),
 }
 
 /// Entry point of `flux-bench worker <spec-json>` (the child side).
@@ -50,6 +54,8 @@ pub fn run(args: &[String]) -> Result<()> {
         WorkerSpec::PeakMemory(spec) => {
             serde_json::to_string(&super::peak_memory::measure(&spec)?)?
         }
+        WorkerSpec::Fleet(spec) => serde_json::to_string(&super::fleet::measure(&spec)?)?,
+        WorkerSpec::FleetWorker(spec) => serde_json::to_string(&super::fleet::run_worker(&spec)?)?,
     };
     println!("{RESULT_PREFIX}{result}");
     Ok(())

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use super::results::{BenchResults, RunResult, StepSplit, implementation, stage};
 
+mod fleet;
 mod peak_memory;
 mod plot;
 mod sections;
@@ -187,6 +188,7 @@ fn markdown(results: &BenchResults, source: &Path, docs: &Path, plot_note: Optio
     peak_memory_section(&mut out, results);
     server_section(&mut out, results);
     queue_section(&mut out, results);
+    fleet::fleet_section(&mut out, results);
     soak_section(&mut out, results);
     let _ = writeln!(out, "## GPU\n\n{}\n", results.gpu.note);
     if !results.notes.is_empty() {
@@ -386,6 +388,7 @@ fn summary(out: &mut String, results: &BenchResults) {
             met(soak.slope_bytes_per_request * 1000.0 < 4.0 * 1048576.0)
         );
     }
+    fleet::fleet_targets(out, results);
     let _ = writeln!(out);
 }
 

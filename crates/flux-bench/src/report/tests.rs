@@ -108,6 +108,7 @@ fn synthetic_results() -> BenchResults {
             step_to_event_durable: None,
         }),
         soak: None,
+        fleet: None,
         peak_memory: vec![PeakMemoryEntry {
             model: "tiny".to_owned(),
             path: "fixtures/tiny-flux-dev-diffusers".to_owned(),
