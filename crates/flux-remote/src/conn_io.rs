@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
-use crate::server::AppState;
+use crate::app_state::AppState;
 
 /// What the accept loop, the socket and the close watcher share about one connection.
 #[derive(Debug, Default)]

@@ -4,8 +4,8 @@
 
 use flux_types::{ApiError, ErrorBody, ErrorCode};
 
+use crate::app_state::AppState;
 use crate::files::random_hex;
-use crate::server::AppState;
 
 /// The metrics' route label of requests that never reached a route.
 pub(crate) const UNPARSED_ROUTE: &str = "unparsed";

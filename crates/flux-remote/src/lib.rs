@@ -9,6 +9,8 @@
 #[cfg(feature = "server")]
 mod api_error;
 #[cfg(feature = "server")]
+mod app_state;
+#[cfg(feature = "server")]
 mod auth;
 #[cfg(feature = "server")]
 mod auth_throttle;
@@ -67,6 +69,8 @@ mod webhooks;
 
 #[cfg(feature = "server")]
 pub use api_error::{ApiErrorResponse, status_for};
+#[cfg(feature = "server")]
+pub use app_state::AppState;
 #[cfg(feature = "client")]
 pub use client::{FluxClient, FluxClientBuilder};
 #[cfg(feature = "server")]
@@ -82,7 +86,7 @@ pub use files::FileDurability;
 pub use flux_service::{JobService, ServedModels, WebhookQueue};
 pub use routes::{FILES_PATH, GENERATE_PATH, QUEUE_PATH, SYNC_PREFIX};
 #[cfg(feature = "server")]
-pub use server::{AppState, router};
+pub use server::router;
 #[cfg(feature = "server")]
 pub use serving::{Server, ShutdownSignals, serve, shutdown_signal};
 pub use webhook_sig::{WEBHOOK_TOLERANCE_SECS, WebhookSecret, WebhookVerifyError, verify_webhook};

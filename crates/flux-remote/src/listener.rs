@@ -28,9 +28,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use crate::app_state::AppState;
 use crate::conn_io::{ConnIo, ConnState, PendingRequest};
 use crate::half_close::client_gone;
-use crate::server::AppState;
 
 /// Serves `router` on `listener` until `shutdown` resolves. Then it stops accepting (the listener
 /// is closed), waits until `state` has no admitted generation left while open connections are

@@ -11,8 +11,8 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use crate::api_error::REQUEST_ID;
+use crate::app_state::AppState;
 use crate::files::random_hex;
-use crate::server::AppState;
 
 const REQUEST_ID_HEADER: &str = "x-request-id";
 

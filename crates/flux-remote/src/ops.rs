@@ -6,8 +6,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api_error::ApiErrorResponse;
+use crate::app_state::AppState;
 use crate::metrics::Snapshot;
-use crate::server::{AppState, json_response};
+use crate::server::json_response;
 
 /// The committed OpenAPI document, served as is.
 const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");

@@ -10,7 +10,7 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::server::AppState;
+use crate::app_state::AppState;
 
 /// Where the page's own files live (besides the page itself at `/`).
 const ASSETS_PATH: &str = "/playground";

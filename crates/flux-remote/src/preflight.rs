@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use flux_types::ErrorCode;
 
 use crate::api_error::ApiErrorResponse;
+use crate::app_state::AppState;
 use crate::auth::Caller;
 use crate::client_addr::client_key;
 use crate::rate_limit::{Limited, RateLimitState};
-use crate::server::AppState;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// How long a refused request's body may take to arrive before the connection is closed instead.

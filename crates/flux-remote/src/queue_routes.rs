@@ -14,13 +14,14 @@ use flux_service::{
 use flux_types::{CancelAccepted, ErrorCode, QueueState, QueueStatus, QueueSubmitted};
 
 use crate::api_error::ApiErrorResponse;
+use crate::app_state::AppState;
 use crate::auth::sha256;
 use crate::idempotency::{Begin, FilesWrittenFrom};
 use crate::preflight::{authenticate, preflight};
 use crate::rate_limit::RateLimitState;
 use crate::routes::QUEUE_PATH;
 use crate::served_models::{model_ready, route_variant};
-use crate::server::{AppState, IDEMPOTENT_REPLAYED, json_response, read_valid_body, submit};
+use crate::server::{IDEMPOTENT_REPLAYED, json_response, read_valid_body, submit};
 
 /// Queue submits keep their idempotency records apart from the sync route's (a NUL never
 /// appears in a header's key).

@@ -9,9 +9,10 @@ use flux_service::ModelLookup;
 use flux_types::{ErrorCode, ModelList, ServedModel, VariantSpec};
 
 use crate::api_error::ApiErrorResponse;
+use crate::app_state::AppState;
 use crate::preflight::authenticate;
 use crate::routes::{QUEUE_PATH, SYNC_PREFIX};
-use crate::server::{AppState, json_response};
+use crate::server::json_response;
 
 /// The variant a route names, when this server serves it (or may, once its models have loaded);
 /// otherwise 404 `not_found`.

@@ -10,10 +10,11 @@ use flux_service::{JobService, ServedModels, WebhookQueue};
 use flux_types::Generator;
 use tokio::net::TcpListener;
 
+use crate::app_state::AppState;
 use crate::config::ServerConfig;
 use crate::error::RemoteError;
 use crate::listener::serve_connections;
-use crate::server::{AppState, router};
+use crate::server::router;
 
 /// A bound, not yet running server. Bind first to learn the address (port 0), then `run`.
 #[derive(Debug)]
