@@ -7,6 +7,7 @@
 //! same), [`Worker`] runs one engine's jobs.
 
 mod api;
+mod attempt_result;
 mod error;
 mod fleet;
 mod images;

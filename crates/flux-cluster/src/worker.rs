@@ -11,18 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind};
-use bytes::Bytes;
-use flux_service::{JobFailure, JobId, JobResult, JobState, StoredResult};
-use flux_types::{
-    GenerateResponse, Generation, Generator, GeneratorError, ImageRef, LogLine, ProgressFn,
-    QueueProgress, Timings,
-};
+use flux_service::{JobFailure, JobId, JobResult, JobState};
+use flux_types::{Generator, GeneratorError, LogLine, ProgressFn, QueueProgress};
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::ClusterError;
 use crate::fleet::Fleet;
-use crate::images::{IMAGE_REF_SCHEME, ImageStore, image_name};
+use crate::images::ImageStore;
 use crate::record::FleetRecord;
 use crate::records::{Changed, Records};
 use crate::registry::register;
@@ -355,7 +351,15 @@ impl Worker {
                 JobResult::Failed(JobFailure::Generator(error))
             }
             Some(Ok(Ok(generation))) => {
-                match self.store(&record, attempt, generation, started).await {
+                match crate::attempt_result::store_result(
+                    self.images.as_ref(),
+                    &record,
+                    attempt,
+                    generation,
+                    started,
+                )
+                .await
+                {
                     Ok(stored) => {
                         self.at(Stage::Uploaded).await;
                         JobResult::Succeeded(stored)
@@ -490,73 +494,6 @@ impl Worker {
                 true
             })
             .await;
-    }
-
-    /// Writes the attempt's images (names per attempt, never overwritten) and its result body,
-    /// whose image references the answering API node resolves.
-    async fn store(
-        &self,
-        record: &FleetRecord,
-        attempt: u32,
-        generation: Generation,
-        started: std::time::Instant,
-    ) -> Result<StoredResult, JobFailure> {
-        let expected = record.job.request.num_images() as usize;
-        if generation.images.len() != expected || generation.has_nsfw_concepts.len() != expected {
-            tracing::error!(job = %record.job.id, "the generator returned the wrong number of images");
-            return Err(JobFailure::BadGeneration);
-        }
-        let written_from = std::time::Instant::now();
-        let written_from_wall = SystemTime::now();
-        let mut images = Vec::with_capacity(expected);
-        for (index, image) in generation.images.into_iter().enumerate() {
-            let extension = match image.content_type.as_str() {
-                "image/jpeg" => "jpg",
-                "image/png" => "png",
-                other => {
-                    tracing::error!(
-                        content_type = other,
-                        "the generator returned an unknown image type"
-                    );
-                    return Err(JobFailure::BadGeneration);
-                }
-            };
-            let name = image_name(record.job.id.as_str(), attempt, index, extension);
-            self.images
-                .put_new(&name, Bytes::from(image.bytes))
-                .await
-                .map_err(|error| {
-                    tracing::error!(%error, job = %record.job.id, "cannot store an image");
-                    JobFailure::Storage
-                })?;
-            images.push(ImageRef {
-                url: format!("{IMAGE_REF_SCHEME}{name}"),
-                width: image.width,
-                height: image.height,
-                content_type: image.content_type,
-            });
-        }
-        let inference = match generation.timings.inference {
-            Duration::ZERO => started.elapsed(),
-            inference => inference,
-        };
-        let body = GenerateResponse {
-            images,
-            seed: generation.seed,
-            has_nsfw_concepts: generation.has_nsfw_concepts,
-            timings: Timings {
-                inference: inference.as_secs_f64(),
-            },
-        };
-        let body = serde_json::to_vec(&body).map_err(|error| {
-            tracing::error!(%error, "cannot serialise a result");
-            JobFailure::BadGeneration
-        })?;
-        Ok(StoredResult {
-            body: Bytes::from(body),
-            written_from,
-            written_from_wall,
-        })
     }
 
     /// Writes the attempt's end if the attempt is still the record's, queues the webhook, and
