@@ -19,6 +19,7 @@ mod schema;
 mod serve;
 mod serve_defaults;
 mod worker;
+mod worker_faults;
 mod worker_health;
 
 use std::process::ExitCode;

@@ -72,6 +72,7 @@ pub fn run(mut args: WorkerArgs, verbose: bool) -> anyhow::Result<()> {
         .fleet
         .images(flux_remote::default_data_dir().join("files"), retention)?;
     let nats_images = args.fleet.wants_nats_images();
+    let faults = crate::worker_faults::from_env()?;
     let backend = args.backend.resolve()?;
     // One job at a time: the engine's own queue needs no more than that one.
     let options = args.backend.local_options(1)?;
@@ -102,6 +103,7 @@ pub fn run(mut args: WorkerArgs, verbose: bool) -> anyhow::Result<()> {
         };
         let mut config = WorkerConfig::named_randomly(job_timeout);
         config.stats = stats.clone();
+        config.stage_hook = faults;
         let worker = Worker::new(fleet, Arc::clone(&generator), images, config);
         let ready = stats.clone();
         tokio::spawn(async move {

@@ -30,18 +30,22 @@ const FETCH_WAIT: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The points of an attempt a fault-injection hook is called at (the failure tests stop a
-/// worker there: killed after its images are uploaded but before its record says so, or after
-/// the record but before the ack).
+/// worker there: killed as its generation begins, after its images are uploaded but before its
+/// record says so, or after the record but before the ack).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// The job is claimed for this attempt; its generation has not begun.
+    Started,
     /// The attempt's images are in the store; its end is not yet written.
     Uploaded,
     /// The attempt's end is written; its message is not yet acked.
     Recorded,
 }
 
-/// Called at each [`Stage`]; the attempt goes on when the future resolves.
-pub type StageHook = Arc<dyn Fn(Stage) -> flux_types::BoxFuture<'static, ()> + Send + Sync>;
+/// Called at each [`Stage`] with the job's record as the attempt sees it; the attempt goes on
+/// when the future resolves.
+pub type StageHook =
+    Arc<dyn Fn(Stage, &FleetRecord) -> flux_types::BoxFuture<'static, ()> + Send + Sync>;
 
 /// A worker's settings.
 #[derive(Clone)]
@@ -52,7 +56,8 @@ pub struct WorkerConfig {
     pub job_timeout: Duration,
     /// Counters for its metrics (shared with whoever serves them).
     pub stats: WorkerStats,
-    /// Fault injection for tests; `None` in service.
+    /// Fault injection for the failure tests (`flux worker` sets it from `FLUX_WORKER_FAULT`);
+    /// `None` in service.
     pub stage_hook: Option<StageHook>,
 }
 
@@ -309,6 +314,7 @@ impl Worker {
             let _ = progress_tx.send(progress);
         });
         let writer = tokio::spawn(self.progress_writer(id.clone(), attempt, progress_rx));
+        self.at(Stage::Started, &record).await;
         let started = std::time::Instant::now();
         self.config.stats.started();
         let generation = tokio::select! {
@@ -361,7 +367,7 @@ impl Worker {
                 .await
                 {
                     Ok(stored) => {
-                        self.at(Stage::Uploaded).await;
+                        self.at(Stage::Uploaded, &record).await;
                         JobResult::Succeeded(stored)
                     }
                     Err(failure) => JobResult::Failed(failure),
@@ -532,7 +538,7 @@ impl Worker {
                     _ => AttemptEnd::Failed,
                 });
                 self.queue_webhook(&record).await;
-                self.at(Stage::Recorded).await;
+                self.at(Stage::Recorded, &record).await;
                 let _ = message.double_ack().await;
             }
             Ok(Changed::Unchanged(record, _)) if record.job.state.is_terminal() => {
@@ -553,9 +559,9 @@ impl Worker {
         }
     }
 
-    async fn at(&self, stage: Stage) {
+    async fn at(&self, stage: Stage, record: &FleetRecord) {
         if let Some(hook) = &self.config.stage_hook {
-            hook(stage).await;
+            hook(stage, record).await;
         }
     }
 

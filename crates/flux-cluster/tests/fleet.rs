@@ -462,7 +462,7 @@ async fn a_status_stream_broken_off_is_taken_up_on_another_node_from_where_the_j
 fn freeze_at(stage: flux_cluster::Stage) -> (flux_cluster::StageHook, Arc<tokio::sync::Notify>) {
     let reached = Arc::new(tokio::sync::Notify::new());
     let told = Arc::clone(&reached);
-    let hook: flux_cluster::StageHook = Arc::new(move |at| {
+    let hook: flux_cluster::StageHook = Arc::new(move |at, _record| {
         let told = Arc::clone(&told);
         Box::pin(async move {
             if at == stage {
