@@ -86,6 +86,29 @@ impl Records {
         })
     }
 
+    /// Like [`Records::update`], but first from `known`, the record at a revision this writer
+    /// saw (its own last write): one round trip instead of two when nobody wrote since, and the
+    /// usual read-and-retry when somebody did.
+    pub async fn update_from(
+        &self,
+        id: &str,
+        known: Option<(FleetRecord, u64)>,
+        mut change: impl FnMut(&mut FleetRecord) -> bool,
+    ) -> Result<Changed, ClusterError> {
+        if let Some((mut record, revision)) = known {
+            if !change(&mut record) {
+                // Declined on what may be an old copy: decide on the current one.
+                return self.update(id, change).await;
+            }
+            match self.kv.update(id, record.encode()?, revision).await {
+                Ok(revision) => return Ok(Changed::Written(record, revision)),
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(error) => return Err(ClusterError::nats("update a job record", error)),
+            }
+        }
+        self.update(id, change).await
+    }
+
     /// Forgets the record (a submit refused after its record was written).
     pub async fn purge(&self, id: &str) -> Result<(), ClusterError> {
         self.kv
