@@ -13,14 +13,14 @@ use flux_service::{
     Cancelled, JobEvents, JobId, JobRecord, JobResult, JobService, JobState, JobStatus, Owner,
     ServedModels, ServiceError, Submission, Submitted,
 };
-use flux_types::{BoxFuture, LogLine};
+use flux_types::BoxFuture;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::error::ClusterError;
 use crate::fleet::{Fleet, job_subject};
 use crate::images::ImageStore;
-use crate::record::FleetRecord;
+use crate::record::{FleetRecord, log_line};
 use crate::records::{Changed, Records};
 use crate::registry::ModelRegistry;
 use crate::resolve::resolve_record;
@@ -57,13 +57,6 @@ impl std::fmt::Debug for FleetJobs {
         f.debug_struct("FleetJobs")
             .field("images", &self.inner.images.describe())
             .finish_non_exhaustive()
-    }
-}
-
-fn log_line(message: impl Into<String>) -> LogLine {
-    LogLine {
-        message: message.into(),
-        timestamp: flux_service::rfc3339_millis(SystemTime::now()),
     }
 }
 
@@ -137,10 +130,17 @@ impl FleetJobs {
             .direct_get_last_for_subject(job_subject(&record.model, record.id.as_str()))
             .await
             .ok()?;
+        self.position_at(&record.model, message.sequence).await
+    }
+
+    /// The place in `model`'s queue of the message at stream `sequence`: the messages before it
+    /// that no worker has taken yet.
+    async fn position_at(&self, model: &str, sequence: u64) -> Option<u32> {
+        let queue = self.queue(model).await.ok()?;
         let mut consumer = queue.consumer.clone();
         let info = consumer.info().await.ok()?;
         let delivered = info.delivered.stream_sequence;
-        let ahead = message.sequence.saturating_sub(delivered).saturating_sub(1);
+        let ahead = sequence.saturating_sub(delivered).saturating_sub(1);
         Some(u32::try_from(ahead.min(info.num_pending)).unwrap_or(u32::MAX))
     }
 
@@ -240,16 +240,17 @@ impl FleetJobs {
                 replayed: true,
             });
         }
-        match self.publish(&model, &id).await {
-            Ok(()) => {}
+        let sequence = match self.publish(&model, &id).await {
+            Ok(sequence) => sequence,
             Err(refused) => {
                 if let Err(error) = self.inner.records.purge(id.as_str()).await {
                     tracing::error!(%error, job = %id, "cannot forget a refused job's record; the reaper will end it");
                 }
                 return Err(refused);
             }
-        }
-        let queue_position = self.position(&record.job).await.unwrap_or_default();
+        };
+        // The publish's ack says where the message is: no read of it is needed.
+        let queue_position = self.position_at(&model, sequence).await.unwrap_or_default();
         let events = self.follow(id.clone(), owner);
         if let Some(hook) = on_finish {
             let service = self.clone();
@@ -270,7 +271,8 @@ impl FleetJobs {
     }
 
     /// Publishes a job's message; refused with `Overloaded` when the model's queue is full.
-    pub(crate) async fn publish(&self, model: &str, id: &JobId) -> Result<(), ServiceError> {
+    /// Publishes the job's message (deduplicated by its id); its stream sequence.
+    pub(crate) async fn publish(&self, model: &str, id: &JobId) -> Result<u64, ServiceError> {
         self.queue(model).await.map_err(unavailable)?;
         let message = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(id.to_string()))
@@ -286,7 +288,7 @@ impl FleetJobs {
             Err(error) => Err(error),
         };
         match acked {
-            Ok(_) => Ok(()),
+            Ok(ack) => Ok(ack.sequence),
             Err(error) if is_stream_full(&error) => Err(ServiceError::Overloaded),
             Err(error) => Err(unavailable(ClusterError::nats("publish a job", error))),
         }

@@ -39,12 +39,11 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use flux_service::{JobState, WebhookDelivery};
-use flux_types::LogLine;
 use futures::StreamExt;
 
 use crate::error::ClusterError;
 use crate::fleet::{Fleet, FleetSettings, job_subject, webhook_subject};
-use crate::record::FleetRecord;
+use crate::record::{FleetRecord, log_line_at};
 use crate::records::{Changed, Records};
 
 /// The log line of a record the reaper queued again.
@@ -97,13 +96,6 @@ pub struct ReapReport {
 impl ReapReport {
     fn acted(&self) -> bool {
         self.republished + self.failed + self.webhooks + self.errors > 0
-    }
-}
-
-fn log_line(message: impl Into<String>, at: SystemTime) -> LogLine {
-    LogLine {
-        message: message.into(),
-        timestamp: flux_service::rfc3339_millis(at),
     }
 }
 
@@ -337,7 +329,7 @@ impl Reaper {
         record.job.state = JobState::Queued;
         record.worker = None;
         record.heartbeat = now;
-        record.job.logs.push(log_line(REQUEUED, now));
+        record.job.logs.push(log_line_at(REQUEUED, now));
         self.replace(id, &record, revision).await
     }
 

@@ -106,15 +106,28 @@ impl FleetRecord {
             },
         )));
         self.job.completed_at = Some(now);
-        self.job.logs.push(LogLine {
-            message: format!("failed: gave up after {max_deliver} attempts"),
-            timestamp: flux_service::rfc3339_millis(now),
-        });
+        self.job.logs.push(log_line_at(
+            format!("failed: gave up after {max_deliver} attempts"),
+            now,
+        ));
     }
 
     /// How long since the last sign of life of its attempt (or since its submit).
     pub fn silent_for(&self, now: SystemTime) -> Duration {
         now.duration_since(self.heartbeat).unwrap_or_default()
+    }
+}
+
+/// A line of a job's log, written now.
+pub(crate) fn log_line(message: impl Into<String>) -> LogLine {
+    log_line_at(message, SystemTime::now())
+}
+
+/// A line of a job's log, written at `at`.
+pub(crate) fn log_line_at(message: impl Into<String>, at: SystemTime) -> LogLine {
+    LogLine {
+        message: message.into(),
+        timestamp: flux_service::rfc3339_millis(at),
     }
 }
 
