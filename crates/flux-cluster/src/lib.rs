@@ -8,6 +8,7 @@
 
 mod api;
 mod attempt_result;
+mod attempt_tasks;
 mod error;
 mod fleet;
 mod images;

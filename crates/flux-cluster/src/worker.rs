@@ -12,14 +12,15 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind};
 use flux_service::{JobFailure, JobId, JobResult, JobState};
-use flux_types::{Generator, GeneratorError, LogLine, ProgressFn, QueueProgress};
+use flux_types::{Generator, GeneratorError, ProgressFn, QueueProgress};
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
+use crate::attempt_tasks::{AttemptOf, ProgressLeft};
 use crate::error::ClusterError;
 use crate::fleet::Fleet;
 use crate::images::ImageStore;
-use crate::record::FleetRecord;
+use crate::record::{FleetRecord, log_line};
 use crate::records::{Changed, Records};
 use crate::registry::register;
 use crate::stats::{AttemptEnd, WorkerStats};
@@ -108,8 +109,8 @@ impl std::fmt::Debug for Worker {
 
 /// What the record says to do with a delivered message.
 enum Claim {
-    /// Run this attempt.
-    Run(FleetRecord, u32),
+    /// Run this attempt (the record as claimed, at this revision).
+    Run(FleetRecord, u32, u64),
     /// Completed: ack (after queuing its webhook, if still owed).
     Done(FleetRecord),
     /// Another worker is running it and was alive this long ago: put it back until its lease
@@ -117,13 +118,6 @@ enum Claim {
     Busy(Duration),
     /// No record (expired or forgotten): drop the message.
     Gone,
-}
-
-fn log_line(message: impl Into<String>) -> LogLine {
-    LogLine {
-        message: message.into(),
-        timestamp: flux_service::rfc3339_millis(SystemTime::now()),
-    }
 }
 
 /// A task stopped when its handle goes: an attempt dropped half-way (its worker stopping) takes
@@ -243,7 +237,9 @@ impl Worker {
                 self.queue_webhook(&record).await;
                 let _ = message.double_ack().await;
             }
-            Claim::Run(record, attempt) => self.run_attempt(message, record, attempt).await,
+            Claim::Run(record, attempt, revision) => {
+                self.run_attempt(message, record, attempt, revision).await
+            }
         }
     }
 
@@ -292,28 +288,40 @@ impl Worker {
             Changed::Unchanged(record, _) if decision == Some(false) => Claim::Done(record),
             Changed::Unchanged(record, _) => Claim::Busy(record.silent_for(SystemTime::now())),
             Changed::Written(record, _) if record.job.state.is_terminal() => Claim::Done(record),
-            Changed::Written(record, _) => {
+            Changed::Written(record, revision) => {
                 let attempt = record.attempt;
-                Claim::Run(record, attempt)
+                Claim::Run(record, attempt, revision)
             }
         })
     }
 
-    async fn run_attempt(&self, message: jetstream::Message, record: FleetRecord, attempt: u32) {
+    async fn run_attempt(
+        &self,
+        message: jetstream::Message,
+        record: FleetRecord,
+        attempt: u32,
+        revision: u64,
+    ) {
         let id = record.job.id.clone();
         let message = Arc::new(message);
         let abort = Arc::new(Notify::new());
-        let guard = AbortOnDrop(tokio::spawn(self.guard(
-            Arc::clone(&message),
-            id.clone(),
+        let this = AttemptOf {
+            records: self.records.clone(),
+            worker: self.config.name.clone(),
+            id: id.clone(),
             attempt,
+        };
+        let every = (self.fleet.settings.ack_wait / 4).max(Duration::from_millis(50));
+        let guard = AbortOnDrop(tokio::spawn(this.clone().guard(
+            Arc::clone(&message),
+            every,
             Arc::clone(&abort),
         )));
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let progress: ProgressFn = Arc::new(move |progress| {
             let _ = progress_tx.send(progress);
         });
-        let writer = tokio::spawn(self.progress_writer(id.clone(), attempt, progress_rx));
+        let writer = tokio::spawn(this.write_progress(progress_rx, (record.clone(), revision)));
         self.at(Stage::Started, &record).await;
         let started = std::time::Instant::now();
         self.config.stats.started();
@@ -325,8 +333,9 @@ impl Worker {
             () = abort.notified() => None,
         };
         drop(guard);
-        // The writer ends once the generation (holding the sender) is dropped.
-        let _ = writer.await;
+        // The writer ends once the generation (holding the sender) is dropped; its last write is
+        // where the end is written from.
+        let left = writer.await.unwrap_or_default();
         let result = match generation {
             None => {
                 tracing::info!(job = %id, attempt, "attempt stopped: the job was cancelled or went to another worker");
@@ -374,114 +383,7 @@ impl Worker {
                 }
             }
         };
-        self.finish(&message, &id, attempt, result).await;
-    }
-
-    /// Progress acks (so the message is not redelivered while the job runs) and heartbeats in
-    /// the record; stops the attempt when the record says it is no longer this worker's (the
-    /// job was cancelled, or went elsewhere while this worker was stopped).
-    fn guard(
-        &self,
-        message: Arc<jetstream::Message>,
-        id: JobId,
-        attempt: u32,
-        abort: Arc<Notify>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let records = self.records.clone();
-        let name = self.config.name.clone();
-        let every = (self.fleet.settings.ack_wait / 4).max(Duration::from_millis(50));
-        async move {
-            let mut watch = records.kv.watch(id.as_str()).await.ok();
-            let mut tick = tokio::time::interval(every);
-            loop {
-                let changed = match watch.as_mut() {
-                    Some(watching) => tokio::select! {
-                        _ = tick.tick() => false,
-                        entry = watching.next() => match entry {
-                            Some(Ok(_)) => true,
-                            // The watch ended (NATS restarting): the ticks alone look from now
-                            // on, so this loop never spins on a finished watch.
-                            _ => {
-                                watch = None;
-                                false
-                            }
-                        },
-                    },
-                    None => {
-                        tick.tick().await;
-                        false
-                    }
-                };
-                if !changed {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
-                let now = SystemTime::now();
-                let beat = records
-                    .update(id.as_str(), |record| {
-                        if changed
-                            || record.job.state.is_terminal()
-                            || !record.is_attempt(&name, attempt)
-                        {
-                            return false;
-                        }
-                        record.heartbeat = now;
-                        true
-                    })
-                    .await;
-                let still_mine = match &beat {
-                    Ok(Changed::Written(..)) => true,
-                    Ok(Changed::Unchanged(record, _)) => {
-                        !record.job.state.is_terminal() && record.is_attempt(&name, attempt)
-                    }
-                    Ok(Changed::Missing) => false,
-                    // NATS unreachable: keep going, the record decides at the end.
-                    Err(_) => true,
-                };
-                if !still_mine {
-                    abort.notify_one();
-                    return;
-                }
-            }
-        }
-    }
-
-    fn progress_writer(
-        &self,
-        id: JobId,
-        attempt: u32,
-        mut progress: mpsc::UnboundedReceiver<flux_types::Progress>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let records = self.records.clone();
-        let name = self.config.name.clone();
-        async move {
-            while let Some(mut step) = progress.recv().await {
-                // Only the latest step matters when writes fall behind.
-                while let Ok(later) = progress.try_recv() {
-                    step = later;
-                }
-                let now = SystemTime::now();
-                let written = records
-                    .update(id.as_str(), |record| {
-                        if record.job.state.is_terminal() || !record.is_attempt(&name, attempt) {
-                            return false;
-                        }
-                        record.heartbeat = now;
-                        record.job.state = JobState::Running(QueueProgress {
-                            step: step.step,
-                            total_steps: step.total_steps,
-                        });
-                        record
-                            .job
-                            .logs
-                            .push(log_line(format!("step {}/{}", step.step, step.total_steps)));
-                        true
-                    })
-                    .await;
-                if let Err(error) = written {
-                    tracing::debug!(%error, job = %id, "cannot record a job's progress");
-                }
-            }
-        }
+        self.finish(&message, &id, attempt, result, left).await;
     }
 
     /// Puts a failed attempt's job back in the queue state (its message is redelivered).
@@ -510,8 +412,13 @@ impl Worker {
         id: &JobId,
         attempt: u32,
         result: JobResult,
+        left: ProgressLeft,
     ) {
         let name = self.config.name.clone();
+        // A step the progress writer had not written yet goes in with the end.
+        let step_line = left
+            .pending
+            .map(|step| log_line(format!("step {}/{}", step.step, step.total_steps)));
         let line = log_line(match &result {
             JobResult::Succeeded(_) => "completed".to_owned(),
             JobResult::Failed(_) => "failed".to_owned(),
@@ -520,12 +427,13 @@ impl Worker {
         let now = SystemTime::now();
         let changed = self
             .records
-            .update(id.as_str(), |record| {
+            .update_from(id.as_str(), left.last, |record| {
                 if record.job.state.is_terminal() || !record.is_attempt(&name, attempt) {
                     return false;
                 }
                 record.job.state = JobState::Completed(result.clone());
                 record.job.completed_at = Some(now);
+                record.job.logs.extend(step_line.clone());
                 record.job.logs.push(line.clone());
                 true
             })

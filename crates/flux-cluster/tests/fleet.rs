@@ -593,3 +593,91 @@ async fn a_completed_job_is_forgotten_after_the_retention_on_every_node() -> Res
     ));
     Ok(())
 }
+
+/// Every status of a job's events, to the terminal one.
+async fn all_statuses(mut events: flux_service::JobEvents) -> Result<Vec<flux_service::JobStatus>> {
+    let mut statuses = Vec::new();
+    while let Some(status) = tokio::time::timeout(Duration::from_secs(20), events.next()).await? {
+        statuses.push(status);
+    }
+    Ok(statuses)
+}
+
+/// The step lines of a job's log.
+fn step_lines(record: &flux_service::JobRecord) -> Vec<String> {
+    record
+        .logs
+        .iter()
+        .filter(|line| line.message.starts_with("step "))
+        .map(|line| line.message.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_steps_are_written_with_the_end_and_slow_ones_each_as_they_come() -> Result<()> {
+    let harness = Harness::start(settings())?;
+    let node = harness.node().await?;
+    let fast = Arc::new(
+        FakeGenerator::new()
+            .stepping(Duration::from_millis(1))
+            .serving(fake_model("fake-dev", VariantSpec::dev())),
+    );
+    let worker = harness.worker(Arc::clone(&fast), "w1").await?;
+    // Four steps within the progress period: one write, the end's, carries the last of them.
+    let quick = node
+        .submit(submission(
+            r#"{"prompt": "quick", "num_inference_steps": 4}"#,
+        )?)
+        .await?;
+    let statuses = all_statuses(quick.events).await?;
+    assert!(matches!(
+        wait_end(&node, &quick.id, Duration::from_secs(20)).await?,
+        JobResult::Succeeded(_)
+    ));
+    let record = node.record(&quick.id, OWNER).await?;
+    assert_eq!(step_lines(&record), ["step 4/4"], "{:?}", record.logs);
+    let last_two: Vec<&str> = record
+        .logs
+        .iter()
+        .rev()
+        .take(2)
+        .map(|line| line.message.as_str())
+        .collect();
+    assert_eq!(last_two, ["completed", "step 4/4"]);
+    assert!(statuses.len() <= 3, "running, then done: {statuses:?}");
+    worker.abort();
+
+    // Steps farther apart than the period are each written as it comes, and streamed.
+    let slow = Arc::new(
+        FakeGenerator::new()
+            .stepping(Duration::from_millis(250))
+            .serving(fake_model("fake-dev", VariantSpec::dev())),
+    );
+    let _worker = harness.worker(Arc::clone(&slow), "w2").await?;
+    let steady = node
+        .submit(submission(
+            r#"{"prompt": "steady", "num_inference_steps": 3}"#,
+        )?)
+        .await?;
+    let statuses = all_statuses(steady.events).await?;
+    let steps: Vec<u32> = statuses
+        .iter()
+        .filter_map(|status| match &status.state {
+            JobState::Running(progress) => Some(progress.step),
+            _ => None,
+        })
+        .collect();
+    // The last step comes with the end (the generation is over within the period after it).
+    assert!(
+        steps.is_sorted() && steps.contains(&1) && steps.contains(&2),
+        "{steps:?}"
+    );
+    let record = node.record(&steady.id, OWNER).await?;
+    assert_eq!(
+        step_lines(&record),
+        ["step 1/3", "step 2/3", "step 3/3"],
+        "{:?}",
+        record.logs
+    );
+    Ok(())
+}

@@ -60,6 +60,8 @@ pub struct FakeGenerator {
     model: Option<ModelInfo>,
     /// `model` reports `None` while this is set (a model still loading).
     pub model_hidden: AtomicBool,
+    /// Reports each of the request's steps, this long apart, before answering.
+    step_gap: Option<Duration>,
 }
 
 /// The facts of a fake model of `variant`, named `id` (CPU, fp32, no safety checker).
@@ -109,6 +111,14 @@ impl FakeGenerator {
     #[must_use]
     pub fn not_ready(self) -> Self {
         self.not_ready.store(true, Ordering::SeqCst);
+        self
+    }
+
+    /// Reports every denoising step of the request to the progress callback, `gap` apart, after
+    /// the delay and before answering (as an engine does).
+    #[must_use]
+    pub fn stepping(mut self, gap: Duration) -> Self {
+        self.step_gap = Some(gap);
         self
     }
 
@@ -249,6 +259,13 @@ impl Generator for FakeGenerator {
                 return Err(GeneratorError::Inference {
                     detail: "injected failure".to_owned(),
                 });
+            }
+            if let (Some(gap), Some(report)) = (self.step_gap, &progress) {
+                let total_steps = request.num_inference_steps();
+                for step in 1..=total_steps {
+                    sleep(gap).await;
+                    report(crate::Progress { step, total_steps });
+                }
             }
             match &self.inner {
                 Some(inner) => inner.generate(request, progress).await,
