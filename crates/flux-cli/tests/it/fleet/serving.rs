@@ -305,21 +305,33 @@ async fn a_webhook_refused_three_times_is_delivered_on_the_fourth_with_one_id() 
     Ok(())
 }
 
-/// The bounded chaos soak: 80 jobs (256², 6 steps) over three workers, one of them SIGKILLed (and replaced)
-/// every two seconds, and nats-server SIGKILLed and restarted once half-way: every job ends in
-/// exactly one terminal outcome, succeeded.
+/// The bounded chaos soak: 200 jobs (128², 4 steps) over four workers, one of them SIGKILLed (and
+/// replaced) every two seconds, and nats-server SIGKILLed and restarted once half-way: every job
+/// ends in exactly one terminal outcome, succeeded, with an image of the requested size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> anyhow::Result<()> {
-    const JOBS: u64 = 80;
-    let mut fleet = Fleet::start()?;
+    const JOBS: u64 = 200;
+    let mut fleet = Fleet::start_with(&[
+        "--ack-wait",
+        "1s",
+        "--max-attempts",
+        "3",
+        "--queue-depth",
+        "256",
+    ])?;
     let node = fleet.api_node()?;
     let node = node.url()?.to_owned();
-    let mut workers = [fleet.worker()?, fleet.worker()?, fleet.worker()?];
+    let mut workers = [
+        fleet.worker()?,
+        fleet.worker()?,
+        fleet.worker()?,
+        fleet.worker()?,
+    ];
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for seed in 0..JOBS {
         let body = json!({"prompt": "chaos", "seed": seed,
-                          "image_size": {"width": 256, "height": 256}, "num_inference_steps": 6});
+                          "image_size": {"width": 128, "height": 128}, "num_inference_steps": 4});
         ids.push(submit(&http, &node, &body).await?);
     }
     let started = Instant::now();
@@ -346,7 +358,7 @@ async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> any
             tokio::time::sleep(Duration::from_millis(500)).await;
             fleet.nats.restart()?;
             restarted = true;
-        } else if kills < 12 {
+        } else if kills < 20 {
             let victim = usize::try_from(rand_index(kills, workers.len())).unwrap_or_default();
             workers[victim].kill();
             workers[victim] = fleet.worker()?;
@@ -362,7 +374,10 @@ async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> any
     for id in &ids {
         let done = status(&http, &node, id).await?;
         ensure!(done["outcome"] == "succeeded", "{done}");
-        ensure!(log_count(&done, "completed") == 1, "{done}");
+        ensure!(terminal_lines(&done) == 1, "{done}");
+        let answer = result(&http, &node, id).await?;
+        let image = image::load_from_memory(&image_bytes(&http, &answer, 0).await?)?;
+        ensure!((image.width(), image.height()) == (128, 128));
     }
     Ok(())
 }
