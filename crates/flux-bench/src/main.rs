@@ -12,6 +12,7 @@
 mod fleet;
 mod host;
 mod memory;
+mod model_bench;
 mod options;
 mod peak_memory;
 mod pipeline;
@@ -32,11 +33,8 @@ use anyhow::{Context, Result, bail};
 use flux_types::ImageSizePreset;
 
 use self::options::{ModelChoice, Options, USAGE};
-use self::pipeline::PipelineSpec;
 use self::python::PythonEnv;
-use self::results::{
-    BenchResults, GpuSection, ModelInfo, PipelineEntry, SCHEMA_VERSION, Settings, implementation,
-};
+use self::results::{BenchResults, GpuSection, SCHEMA_VERSION, Settings};
 use self::worker::WorkerSpec;
 
 /// What one model is measured at.
@@ -272,7 +270,7 @@ fn run(args: &[String]) -> Result<()> {
             build_medium(python, &root, &plan.dir)?;
         }
         if options.pipeline {
-            bench_model(&plan, &options, python.as_ref(), &root, &mut results)?;
+            model_bench::bench_model(&plan, &options, python.as_ref(), &root, &mut results)?;
         }
         if choice == ModelChoice::Tiny {
             if options.server {
@@ -408,197 +406,6 @@ fn diffusers_dir(root: &Path, choice: ModelChoice) -> PathBuf {
 
 fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
-}
-
-fn bench_model(
-    plan: &ModelPlan,
-    options: &Options,
-    python: Option<&PythonEnv>,
-    root: &Path,
-    results: &mut BenchResults,
-) -> Result<()> {
-    let model = plan.choice.name();
-    results.models.push(ModelInfo {
-        name: model.to_owned(),
-        path: plan
-            .dir
-            .strip_prefix(root)
-            .unwrap_or(&plan.dir)
-            .to_string_lossy()
-            .into_owned(),
-        parameters: pipeline::parameter_count(&plan.dir),
-        sizes: plan.sizes.clone(),
-        steps: plan.steps.clone(),
-    });
-    let diffusers_weights = match python {
-        Some(python) if options.peers => {
-            let out = diffusers_dir(root, plan.choice);
-            match python.run_script(
-                "torch_weights.py",
-                &[
-                    "diffusers".to_owned(),
-                    "--model".to_owned(),
-                    path_arg(&plan.dir),
-                    "--out".to_owned(),
-                    path_arg(&out),
-                ],
-            ) {
-                Ok(_) => Some(out),
-                Err(error) => {
-                    results.notes.push(format!(
-                        "diffusers peer skipped for the {model} model: {error:#}"
-                    ));
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
-    for &size in &plan.sizes {
-        let spec = PipelineSpec {
-            model_dir: plan.dir.clone(),
-            sizes: vec![size],
-            steps: plan.steps.clone(),
-            repeats: options.repeats,
-            threads: options.threads,
-            prompt: PROMPT.to_owned(),
-            seed: SEED,
-            guidance: GUIDANCE,
-            output_format: OUTPUT_FORMAT.to_owned(),
-        };
-        eprintln!("bench: {model} {}x{}: flux-rs", size[0], size[1]);
-        let document: results::WorkerDocument = worker::spawn(&WorkerSpec::Pipeline(spec.clone()))?;
-        log_document(&document);
-        results.pipeline.push(PipelineEntry {
-            model: model.to_owned(),
-            document,
-        });
-        let Some(python) = python.filter(|_| options.peers) else {
-            continue;
-        };
-        let peer_args = |model_arg: &Path| -> Vec<String> {
-            let steps: Vec<String> = spec.steps.iter().map(u32::to_string).collect();
-            vec![
-                "--model".to_owned(),
-                path_arg(model_arg),
-                "--size".to_owned(),
-                format!("{}x{}", size[0], size[1]),
-                "--steps".to_owned(),
-                steps.join(","),
-                "--repeats".to_owned(),
-                spec.repeats.to_string(),
-                "--threads".to_owned(),
-                spec.threads.to_string(),
-                "--prompt".to_owned(),
-                spec.prompt.clone(),
-                "--seed".to_owned(),
-                spec.seed.to_string(),
-                "--guidance".to_owned(),
-                spec.guidance.to_string(),
-                "--format".to_owned(),
-                spec.output_format.clone(),
-            ]
-        };
-        let mut peers = vec![(
-            implementation::PYTHON_ORT,
-            "ort_pipeline.py",
-            plan.dir.as_path(),
-        )];
-        if let Some(weights) = &diffusers_weights {
-            peers.push((
-                implementation::DIFFUSERS,
-                "diffusers_peer.py",
-                weights.as_path(),
-            ));
-        }
-        for (name, script, model_arg) in peers {
-            eprintln!("bench: {model} {}x{}: {name}", size[0], size[1]);
-            match python.run_peer(script, &peer_args(model_arg)) {
-                Ok(document) => {
-                    log_document(&document);
-                    results.pipeline.push(PipelineEntry {
-                        model: model.to_owned(),
-                        document,
-                    });
-                }
-                Err(error) => results.notes.push(format!(
-                    "{name} failed on {model} {}x{}: {error:#}",
-                    size[0], size[1]
-                )),
-            }
-        }
-    }
-    // The smallest and largest size: where the attention share is least and most.
-    let by_tokens = |size: &&[u32; 2]| size[0] * size[1];
-    let mut profiled: Vec<[u32; 2]> = Vec::new();
-    profiled.extend(plan.sizes.iter().min_by_key(by_tokens).copied());
-    profiled.extend(plan.sizes.iter().max_by_key(by_tokens).copied());
-    profiled.dedup();
-    if let (Some(python), Some(weights)) = (python.filter(|_| options.peers), &diffusers_weights) {
-        for size in profiled {
-            step_profile(python, plan, weights, size, options.threads, results);
-        }
-    }
-    Ok(())
-}
-
-/// Runs `tools/bench/step_profile.py` on one size of the plan's model.
-fn step_profile(
-    python: &PythonEnv,
-    plan: &ModelPlan,
-    diffusers_weights: &Path,
-    size: [u32; 2],
-    threads: usize,
-    results: &mut BenchResults,
-) {
-    let model = plan.choice.name();
-    eprintln!(
-        "bench: {model} {}x{}: one transformer step, profiled in ONNX Runtime and torch",
-        size[0], size[1]
-    );
-    let args = [
-        "--onnx-model".to_owned(),
-        path_arg(&plan.dir),
-        "--diffusers-model".to_owned(),
-        path_arg(diffusers_weights),
-        "--size".to_owned(),
-        format!("{}x{}", size[0], size[1]),
-        "--threads".to_owned(),
-        threads.to_string(),
-    ];
-    let profile = python
-        .run_script("step_profile.py", &args)
-        .and_then(|output| {
-            let line = output
-                .lines()
-                .rev()
-                .find(|line| line.trim_start().starts_with('{'))
-                .unwrap_or_default();
-            serde_json::from_str::<results::StepProfile>(line)
-                .context("step_profile.py printed no result document")
-        });
-    match profile {
-        Ok(mut profile) => {
-            profile.model = model.to_owned();
-            results.step_profiles.push(profile);
-        }
-        Err(error) => results.notes.push(format!(
-            "step profile failed on the {model} model: {error:#}"
-        )),
-    }
-}
-
-fn log_document(document: &results::WorkerDocument) {
-    for run in &document.runs {
-        let total = run.median_of(results::stage::TOTAL).unwrap_or(f64::NAN);
-        let overhead = run
-            .overhead_percent()
-            .map_or_else(String::new, |o| format!(", overhead {o:.2} %"));
-        eprintln!(
-            "bench:   {} {}x{} {} steps: {total:.3} s end to end{overhead}",
-            document.implementation, run.width, run.height, run.steps
-        );
-    }
 }
 
 fn run_server(plan: &ModelPlan, options: &Options) -> Result<results::ServerResults> {
