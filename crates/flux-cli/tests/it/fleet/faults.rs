@@ -96,26 +96,7 @@ async fn workers_killed_after_their_upload_and_after_their_record_leave_one_outc
         "{stored} image files for two attempts of two images"
     );
 
-    let single = ServeProcess::start(
-        fleet.dir.path(),
-        &["--allow-unauthenticated", "--model", &tiny_dev()?],
-    )?;
-    let reference: Value = http
-        .post(format!("{}/api/v1/flux/dev", single.base_url))
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    for index in 0..2 {
-        let image = image_bytes(&http, &answer, index).await?;
-        let decoded = image::load_from_memory(&image)?;
-        ensure!((decoded.width(), decoded.height()) == (64, 64));
-        ensure!(
-            image == image_bytes(&http, &reference, index).await?,
-            "image {index} differs from the one-machine server's"
-        );
-    }
+    assert_one_machine_images(&fleet, &http, &body, &answer).await?;
     Ok(())
 }
 
@@ -211,14 +192,7 @@ async fn a_poison_job_killing_every_worker_ends_failed_after_the_last_attempt_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_submit_and_cancel_races_across_nodes_each_end_one_way() -> anyhow::Result<()> {
-    let fleet = Fleet::start_with(&[
-        "--ack-wait",
-        "1s",
-        "--max-attempts",
-        "3",
-        "--queue-depth",
-        "256",
-    ])?;
+    let fleet = Fleet::start_with_depth("256", &[])?;
     let (a, b) = (fleet.api_node()?, fleet.api_node()?);
     let _workers = (fleet.worker()?, fleet.worker()?);
     let (a, b) = (a.url()?.to_owned(), b.url()?.to_owned());
@@ -249,7 +223,7 @@ async fn two_hundred_submit_and_cancel_races_across_nodes_each_end_one_way() -> 
     }
     let (mut cancelled, mut succeeded) = (0, 0);
     for (id, cancel) in cancels {
-        let done = completed_any(&http, &a, &id).await?;
+        let done = completed(&http, &a, &id, Duration::from_secs(120)).await?;
         ensure!(terminal_lines(&done) == 1, "one terminal outcome: {done}");
         let fetched = http
             .get(format!("{b}/api/v1/queue/flux/dev/requests/{id}"))
@@ -282,29 +256,9 @@ async fn two_hundred_submit_and_cancel_races_across_nodes_each_end_one_way() -> 
     Ok(())
 }
 
-/// Polls until the job is COMPLETED, whatever its outcome.
-async fn completed_any(http: &reqwest::Client, node: &str, id: &str) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let now = status(http, node, id).await?;
-        if now["status"] == "COMPLETED" {
-            return Ok(now);
-        }
-        ensure!(Instant::now() < deadline, "job {id} never ended: {now}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_and_records_nothing() -> anyhow::Result<()> {
-    let fleet = Fleet::start_with(&[
-        "--ack-wait",
-        "1s",
-        "--max-attempts",
-        "3",
-        "--queue-depth",
-        "3",
-    ])?;
+    let fleet = Fleet::start_with_depth("3", &[])?;
     let node = fleet.api_node()?;
     let node = node.url()?.to_owned();
     let http = reqwest::Client::new();
@@ -437,16 +391,7 @@ async fn a_status_stream_broken_off_is_taken_up_through_another_node() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_expire_after_the_retention_but_never_while_queued() -> anyhow::Result<()> {
-    let fleet = Fleet::start_with(&[
-        "--ack-wait",
-        "1s",
-        "--max-attempts",
-        "3",
-        "--queue-depth",
-        "16",
-        "--retention",
-        "3s",
-    ])?;
+    let fleet = Fleet::start_with_depth("16", &["--retention", "3s"])?;
     let (a, b) = (fleet.api_node()?, fleet.api_node()?);
     let (a, b) = (a.url()?.to_owned(), b.url()?.to_owned());
     let http = reqwest::Client::new();

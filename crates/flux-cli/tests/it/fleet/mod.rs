@@ -148,6 +148,16 @@ impl Fleet {
         Fleet::start_with(&FLEET_FLAGS)
     }
 
+    /// A fleet of the test settings with `queue_depth` and `extra` settings.
+    fn start_with_depth(queue_depth: &str, extra: &[&str]) -> anyhow::Result<Fleet> {
+        let mut settings = FLEET_FLAGS.to_vec();
+        if let Some(depth) = settings.iter().position(|flag| *flag == "--queue-depth") {
+            settings[depth + 1] = queue_depth;
+        }
+        settings.extend(extra);
+        Fleet::start_with(&settings)
+    }
+
     /// A fleet whose processes get `settings` (all of them the same, as `flux worker --help` asks).
     fn start_with(settings: &[&str]) -> anyhow::Result<Fleet> {
         let dir = tempfile::tempdir()?;
@@ -369,6 +379,46 @@ async fn image_bytes(
         .bytes()
         .await?
         .to_vec())
+}
+
+/// Checks the fleet's `answer` to `body` against a one-machine `flux serve` on the same model:
+/// every image decodes at the requested size and is byte-equal to the one-machine server's.
+async fn assert_one_machine_images(
+    fleet: &Fleet,
+    http: &reqwest::Client,
+    body: &Value,
+    answer: &Value,
+) -> anyhow::Result<()> {
+    let single = ServeProcess::start(
+        fleet.dir.path(),
+        &["--allow-unauthenticated", "--model", &tiny_dev()?],
+    )?;
+    let reference: Value = http
+        .post(format!("{}/api/v1/flux/dev", single.base_url))
+        .json(body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let size = (
+        body["image_size"]["width"].as_u64().context("no width")?,
+        body["image_size"]["height"].as_u64().context("no height")?,
+    );
+    let count = answer["images"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or_default();
+    ensure!(count > 0, "no images: {answer}");
+    for index in 0..count {
+        let image = image_bytes(http, answer, index).await?;
+        let decoded = image::load_from_memory(&image)?;
+        ensure!((u64::from(decoded.width()), u64::from(decoded.height())) == size);
+        ensure!(
+            image == image_bytes(http, &reference, index).await?,
+            "image {index} differs from the one-machine server's"
+        );
+    }
+    Ok(())
 }
 
 /// One POST a receiver got: its headers, its body, and whether it was accepted.

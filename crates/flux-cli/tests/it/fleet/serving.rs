@@ -36,26 +36,7 @@ async fn two_api_nodes_and_two_workers_serve_the_contract_with_the_one_machine_i
     );
 
     // The same request to a one-machine server makes the same images.
-    let single = ServeProcess::start(
-        fleet.dir.path(),
-        &["--allow-unauthenticated", "--model", &tiny_dev()?],
-    )?;
-    let reference: Value = http
-        .post(format!("{}/api/v1/flux/dev", single.base_url))
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    for index in 0..2 {
-        let fleet_image = image_bytes(&http, &answer, index).await?;
-        let decoded = image::load_from_memory(&fleet_image)?;
-        ensure!((decoded.width(), decoded.height()) == (64, 64));
-        ensure!(
-            fleet_image == image_bytes(&http, &reference, index).await?,
-            "image {index} differs from the one-machine server's"
-        );
-    }
+    assert_one_machine_images(&fleet, &http, &body, &answer).await?;
 
     // The sync route on the other node, and cancel of someone's job through another node.
     let sync: Value = http
@@ -311,14 +292,7 @@ async fn a_webhook_refused_three_times_is_delivered_on_the_fourth_with_one_id() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> anyhow::Result<()> {
     const JOBS: u64 = 200;
-    let mut fleet = Fleet::start_with(&[
-        "--ack-wait",
-        "1s",
-        "--max-attempts",
-        "3",
-        "--queue-depth",
-        "256",
-    ])?;
+    let mut fleet = Fleet::start_with_depth("256", &[])?;
     let node = fleet.api_node()?;
     let node = node.url()?.to_owned();
     let mut workers = [
