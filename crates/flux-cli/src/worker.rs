@@ -41,7 +41,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "FLUX_RETENTION", value_name = "DURATION", default_value_t = serve_defaults::retention())]
     pub retention: String,
 
-    /// A job still running this long after its attempt began fails as timed out: e.g. 10m.
+    /// A job still running this long after its attempt began fails as timed out: e.g. 10m (the
+    /// API node's --request-timeout, carried in each job, bounds it too; the shorter wins).
     #[arg(long, env = "FLUX_JOB_TIMEOUT", value_name = "DURATION", default_value_t = serve_defaults::request_timeout())]
     pub job_timeout: String,
 

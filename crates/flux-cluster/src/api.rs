@@ -181,7 +181,7 @@ impl FleetJobs {
             keep_record: _,
             webhook,
             idempotency,
-            deadline: _,
+            deadline,
         } = submission;
         let request = request.with_drawn_seed();
         let seed = request.seed().unwrap_or_default();
@@ -205,7 +205,8 @@ impl FleetJobs {
             // A fleet keeps every record until the bucket's max_age: any node may be asked.
             keep_record: true,
         };
-        let record = FleetRecord::new(job, idempotency.as_ref().map(|scope| scope.body_digest));
+        let mut record = FleetRecord::new(job, idempotency.as_ref().map(|scope| scope.body_digest));
+        record.time_limit = deadline;
         let created = self
             .inner
             .records

@@ -25,6 +25,10 @@ pub struct FleetRecord {
     pub heartbeat: SystemTime,
     /// SHA-256 of the request body when it was submitted with an `Idempotency-Key`.
     pub body_digest: Option<[u8; 32]>,
+    /// How long an attempt may run, from its start: the submit's deadline (`flux serve
+    /// --request-timeout` on the API node that took it), as on one machine. A worker's own
+    /// `--job-timeout` bounds it too.
+    pub time_limit: Option<Duration>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -34,6 +38,9 @@ struct Wire {
     worker: Option<String>,
     heartbeat_ms: u64,
     body_digest: Option<[u8; 32]>,
+    /// Absent in records written before it existed: no limit but the worker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_limit_ms: Option<u64>,
 }
 
 fn millis(at: SystemTime) -> u64 {
@@ -51,6 +58,7 @@ impl FleetRecord {
             attempt: 0,
             worker: None,
             body_digest,
+            time_limit: None,
         }
     }
 
@@ -67,6 +75,9 @@ impl FleetRecord {
             worker: self.worker.clone(),
             heartbeat_ms: millis(self.heartbeat),
             body_digest: self.body_digest,
+            time_limit_ms: self
+                .time_limit
+                .map(|limit| u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
         };
         serde_json::to_vec(&wire)
             .map(Bytes::from)
@@ -87,6 +98,7 @@ impl FleetRecord {
             worker: wire.worker,
             heartbeat: UNIX_EPOCH + Duration::from_millis(wire.heartbeat_ms),
             body_digest: wire.body_digest,
+            time_limit: wire.time_limit_ms.map(Duration::from_millis),
         })
     }
 

@@ -325,9 +325,12 @@ impl Worker {
         self.at(Stage::Started, &record).await;
         let started = std::time::Instant::now();
         self.config.stats.started();
+        let limit = record.time_limit.map_or(self.config.job_timeout, |limit| {
+            limit.min(self.config.job_timeout)
+        });
         let generation = tokio::select! {
             generated = tokio::time::timeout(
-                self.config.job_timeout,
+                limit,
                 self.generator.generate(record.job.request.clone(), Some(progress)),
             ) => Some(generated),
             () = abort.notified() => None,
@@ -350,7 +353,7 @@ impl Worker {
                 return;
             }
             Some(Err(_elapsed)) => JobResult::Failed(JobFailure::TimedOut {
-                limit_secs: self.config.job_timeout.as_secs(),
+                limit_secs: limit.as_secs(),
             }),
             Some(Ok(Err(error)))
                 if retryable(&error) && attempt < self.fleet.settings.max_deliver =>

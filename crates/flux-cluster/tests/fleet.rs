@@ -681,3 +681,40 @@ async fn fast_steps_are_written_with_the_end_and_slow_ones_each_as_they_come() -
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_submits_deadline_fails_timed_out_on_the_worker() -> Result<()> {
+    let harness = Harness::start(settings())?;
+    let node = harness.node().await?;
+    // The worker's own limit is a minute; the submit's (an API node's --request-timeout) wins.
+    let _worker = harness.worker(fake(Duration::from_secs(30)), "w1").await?;
+    let mut timed = submission(r#"{"prompt": "too slow"}"#)?;
+    timed.deadline = Some(Duration::from_millis(400));
+    let started = Instant::now();
+    let submitted = node.submit(timed).await?;
+    let result = wait_end(&node, &submitted.id, Duration::from_secs(20)).await?;
+    assert!(
+        matches!(
+            result,
+            JobResult::Failed(flux_service::JobFailure::TimedOut { limit_secs: 0 })
+        ),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let record = node.record(&submitted.id, OWNER).await?;
+    assert_eq!(
+        record
+            .logs
+            .iter()
+            .filter(|line| line.message.starts_with("started on"))
+            .count(),
+        1,
+        "a timed-out job is not tried again: {:?}",
+        record.logs
+    );
+    Ok(())
+}

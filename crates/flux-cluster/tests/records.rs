@@ -117,3 +117,24 @@ async fn a_write_from_a_stale_revision_is_made_again_on_the_current_record() -> 
     assert_eq!(seen, [1, 3], "looked at the old copy, then the current one");
     Ok(())
 }
+
+#[test]
+fn a_time_limit_round_trips_and_an_older_record_without_one_reads_as_none() -> Result<()> {
+    let mut limited = record()?;
+    limited.time_limit = Some(Duration::from_millis(1500));
+    let bytes = limited.encode()?;
+    assert_eq!(
+        FleetRecord::decode(&bytes)?.time_limit,
+        Some(Duration::from_millis(1500))
+    );
+    // A record written before the field existed.
+    let mut wire: serde_json::Value = serde_json::from_slice(&bytes)?;
+    wire.as_object_mut()
+        .context("a record is an object")?
+        .remove("time_limit_ms")
+        .context("the field is written")?;
+    let older = FleetRecord::decode(&serde_json::to_vec(&wire)?)?;
+    assert_eq!(older.time_limit, None);
+    assert_eq!(older.job.id, limited.job.id);
+    Ok(())
+}
