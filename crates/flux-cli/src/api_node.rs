@@ -3,9 +3,10 @@
 //! `flux worker` processes, and its images come from the fleet's shared image store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use flux_cluster::{FleetJobs, FleetWebhooks, Reaper, ReaperConfig};
+use flux_cluster::{FleetJobs, FleetWebhooks, ImageStore, Reaper, ReaperConfig};
 use flux_remote::{Server, ServerConfig, ShutdownSignals};
 
 use crate::BadInput;
@@ -45,6 +46,7 @@ pub fn run(
             images
         };
         let fleet = fleet_handle;
+        let sweeping = tokio::spawn(sweep_images(Arc::clone(&images), settings.retention));
         let jobs = FleetJobs::open(client, fleet.clone(), images, String::new())
             .await
             .context("cannot open the fleet's job records")?;
@@ -75,8 +77,27 @@ pub fn run(
         let served = server.run(async move { signals.next().await }).await;
         let _ = stop_reaper.send(());
         let _ = reaping.await;
+        sweeping.abort();
         served.map_err(anyhow::Error::from)
     });
     runtime.shutdown_background();
     result
+}
+
+/// Deletes the images older than the retention from a store that keeps them until told (S3),
+/// every quarter of the retention (at most a minute apart). Every API node does it: two deleting
+/// one object at once both succeed.
+async fn sweep_images(images: Arc<dyn ImageStore>, retention: Duration) {
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match images.remove_older_than(retention).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(removed, store = %images.describe(), "images past the retention removed");
+            }
+            Err(error) => tracing::warn!(%error, "cannot remove old images; trying again later"),
+        }
+    }
 }

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use flux_types::BoxFuture;
@@ -54,6 +55,13 @@ pub trait ImageStore: Send + Sync + 'static {
     /// JetStream object store); a folder is served from the API node's files folder, S3 by S3.
     fn served_by_api_nodes(&self) -> bool {
         false
+    }
+    /// Deletes the images written longer than `age` ago; how many. For stores that keep images
+    /// for ever unless told: S3. A folder is swept by the API nodes' files sweep, and the
+    /// JetStream object store expires them itself, so by default nothing is done here.
+    fn remove_older_than(&self, age: Duration) -> BoxFuture<'_, Result<usize, ClusterError>> {
+        let _ = age;
+        Box::pin(async { Ok(0) })
     }
     /// What it is, for logs.
     fn describe(&self) -> String;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flux_types::BoxFuture;
+use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::signer::{Method, Signer};
@@ -160,6 +161,34 @@ impl ImageStore for S3Images {
                 .await
                 .map(|url| url.to_string())
                 .map_err(|error| images_error("presign an image URL", error))
+        })
+    }
+
+    fn remove_older_than(&self, age: Duration) -> BoxFuture<'_, Result<usize, ClusterError>> {
+        Box::pin(async move {
+            let Some(cutoff) = std::time::SystemTime::now().checked_sub(age) else {
+                return Ok(0);
+            };
+            let cutoff_ms = cutoff
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+                });
+            let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+            let mut listed = self.store.list(prefix.as_ref());
+            let mut removed = 0;
+            while let Some(object) = listed.next().await {
+                let object = object.map_err(|error| images_error("list the images", error))?;
+                if object.last_modified.timestamp_millis() >= cutoff_ms {
+                    continue;
+                }
+                match self.store.delete(&object.location).await {
+                    // Another API node's sweep may have been first.
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                    Err(error) => return Err(images_error("delete an old image", error)),
+                }
+            }
+            Ok(removed)
         })
     }
 

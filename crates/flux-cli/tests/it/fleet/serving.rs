@@ -1,6 +1,8 @@
 //! The fleet serves the contract, survives killed and stopped workers, a killed nats-server, a
 //! flaky webhook receiver and a chaos soak, with images in a folder, S3 or the object store.
 
+use flux_cluster::ImageStore as _;
+
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +370,8 @@ fn rand_index(kill: usize, workers: usize) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_with_images_in_s3_answers_presigned_urls_from_its_api_nodes() -> anyhow::Result<()>
 {
-    let fleet = Fleet::start()?;
+    // A short retention: the API node deletes the image from S3 once it has passed.
+    let fleet = Fleet::start_with_depth("128", &["--retention", "8s"])?;
     let s3 = flux_cluster::servers::SeaweedS3::start(
         &fleet.dir.path().join("s3"),
         "flux",
@@ -406,6 +409,28 @@ async fn a_fleet_with_images_in_s3_answers_presigned_urls_from_its_api_nodes() -
     );
     let decoded = image::load_from_memory(&image_bytes(&http, &answer, 0).await?)?;
     ensure!((decoded.width(), decoded.height()) == (64, 64));
+    let name = image_url
+        .split('?')
+        .next()
+        .and_then(|path| path.rsplit('/').next())
+        .context("no object name in the URL")?;
+    let objects = flux_cluster::S3Images::on_endpoint(
+        "s3://flux/images",
+        &s3.endpoint(),
+        s3.region(),
+        "fleet-access",
+        "fleet-secret-0123456789",
+        Duration::from_secs(60),
+    )?;
+    ensure!(objects.get(name).await?.is_some(), "{name} is not in S3");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while objects.get(name).await?.is_some() {
+        ensure!(
+            Instant::now() < deadline,
+            "{name} is still in S3 past the retention"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     Ok(())
 }
 
