@@ -132,8 +132,16 @@ pub async fn connect(
         .connect(url)
         .await
         .with_context(|| format!("cannot connect to NATS at {url}"))?;
-    let fleet = Fleet::open(client.clone(), settings)
-        .await
-        .with_context(|| format!("cannot set up the fleet's streams on {url}"))?;
+    let fleet = match Fleet::open(client.clone(), settings).await {
+        Ok(fleet) => fleet,
+        // Flags that disagree with the fleet's: a usage error, exit 2.
+        Err(error @ flux_cluster::ClusterError::Settings(_)) => {
+            return Err(BadInput(error.to_string()).into());
+        }
+        Err(error) => {
+            return Err(anyhow::Error::from(error)
+                .context(format!("cannot set up the fleet's streams on {url}")));
+        }
+    };
     Ok((client, fleet))
 }

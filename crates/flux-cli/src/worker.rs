@@ -24,7 +24,8 @@ Examples:
               --health-listen 0.0.0.0:9100
 
 Every process of a fleet (API nodes and workers) must be given the same --queue-depth,
---retention, --ack-wait and --max-attempts (the first to start creates the streams with them).
+--retention, --ack-wait, --max-attempts and --replicas: the first to start writes them as the
+fleet's, and a process given others exits with status 2, naming them.
 SIGTERM or Ctrl-C finishes the job under way, then exits.")]
 pub struct WorkerArgs {
     #[command(flatten)]

@@ -16,6 +16,9 @@ pub enum ClusterError {
     /// The image store failed.
     #[error("image store: {0}")]
     Images(String),
+    /// This process's fleet settings differ from the fleet's.
+    #[error("fleet settings: {0}")]
+    Settings(String),
     /// A server binary could not be provisioned or started.
     #[error("{server}: {message}")]
     Server {

@@ -75,7 +75,7 @@ impl Default for FleetSettings {
 }
 
 impl FleetSettings {
-    fn storage(&self) -> stream::StorageType {
+    pub(crate) fn storage(&self) -> stream::StorageType {
         if self.memory_storage {
             stream::StorageType::Memory
         } else {
@@ -106,6 +106,7 @@ impl Fleet {
         settings: FleetSettings,
     ) -> Result<Fleet, ClusterError> {
         let js = jetstream::new(client);
+        crate::settings_check::check_settings(&js, &settings).await?;
         let jobs = open_bucket(
             &js,
             kv::Config {
@@ -231,7 +232,7 @@ impl Fleet {
     }
 }
 
-async fn open_bucket(
+pub(crate) async fn open_bucket(
     js: &jetstream::Context,
     config: kv::Config,
 ) -> Result<kv::Store, ClusterError> {

@@ -445,3 +445,41 @@ async fn records_expire_after_the_retention_but_never_while_queued() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_given_other_fleet_settings_refuses_to_start_and_names_them() -> anyhow::Result<()>
+{
+    let fleet = Fleet::start()?;
+    let _node = fleet.api_node()?;
+    let (url, model) = (fleet.nats.url(), tiny_dev()?);
+    let images = fleet.images.to_str().context("a non-UTF-8 path")?;
+    let output = flux()
+        .args([
+            "worker",
+            "--queue",
+            &url,
+            "--model",
+            &model,
+            "--threads",
+            "1",
+        ])
+        .args(["--image-store", images, "--max-attempts", "3"])
+        .args(["--ack-wait", "2s", "--queue-depth", "64"])
+        .current_dir(fleet.dir.path())
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("--ack-wait is 1s in the fleet, 2s here")
+            && stderr.contains("--queue-depth is 128 in the fleet, 64 here"),
+        "{stderr}"
+    );
+    // The same flags as the fleet's: it starts.
+    let _worker = fleet.worker()?;
+    Ok(())
+}

@@ -288,8 +288,8 @@ async fn a_webhook_refused_three_times_is_delivered_on_the_fourth_with_one_id() 
     Ok(())
 }
 
-/// The bounded chaos soak: 200 jobs (128², 4 steps) over four workers, one of them SIGKILLed (and
-/// replaced) every two seconds, and nats-server SIGKILLed and restarted once half-way: every job
+/// The bounded chaos soak: 200 jobs (256², 4 steps) over four workers, one of them SIGKILLed (and
+/// replaced) every second, and nats-server SIGKILLed and restarted once half-way: every job
 /// ends in exactly one terminal outcome, succeeded, with an image of the requested size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> anyhow::Result<()> {
@@ -307,7 +307,7 @@ async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> any
     let mut ids = Vec::new();
     for seed in 0..JOBS {
         let body = json!({"prompt": "chaos", "seed": seed,
-                          "image_size": {"width": 128, "height": 128}, "num_inference_steps": 4});
+                          "image_size": {"width": 256, "height": 256}, "num_inference_steps": 4});
         ids.push(submit(&http, &node, &body).await?);
     }
     let started = Instant::now();
@@ -340,7 +340,7 @@ async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> any
             workers[victim] = fleet.worker()?;
             kills += 1;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     ensure!(restarted, "the soak ended before nats-server was restarted");
     ensure!(
@@ -353,7 +353,7 @@ async fn a_chaos_soak_of_killed_workers_and_a_nats_restart_loses_no_job() -> any
         ensure!(terminal_lines(&done) == 1, "{done}");
         let answer = result(&http, &node, id).await?;
         let image = image::load_from_memory(&image_bytes(&http, &answer, 0).await?)?;
-        ensure!((image.width(), image.height()) == (128, 128));
+        ensure!((image.width(), image.height()) == (256, 256));
     }
     Ok(())
 }
