@@ -271,8 +271,8 @@ impl FleetJobs {
         })
     }
 
-    /// Publishes a job's message; refused with `Overloaded` when the model's queue is full.
-    /// Publishes the job's message (deduplicated by its id); its stream sequence.
+    /// Publishes a job's message, deduplicated by its id; its stream sequence. Refused with
+    /// `Overloaded` when the model's queue is full.
     pub(crate) async fn publish(&self, model: &str, id: &JobId) -> Result<u64, ServiceError> {
         self.queue(model).await.map_err(unavailable)?;
         let message = jetstream::message::PublishMessage::build()

@@ -14,6 +14,11 @@ use tokio::sync::{Notify, mpsc};
 use crate::record::{FleetRecord, log_line};
 use crate::records::{Changed, Records};
 
+/// The log line a finished step leaves in the job's record.
+pub(crate) fn step_line(step: &flux_types::Progress) -> flux_types::LogLine {
+    log_line(format!("step {}/{}", step.step, step.total_steps))
+}
+
 /// Progress is written at most this often: a step reported sooner waits, and is replaced by any
 /// later one meanwhile. A job's steps take longer than this on any real engine, so clients see
 /// every step; a job done within it has its steps written with its end, one write instead of
@@ -155,10 +160,7 @@ impl AttemptOf {
                         step: step.step,
                         total_steps: step.total_steps,
                     });
-                    record
-                        .job
-                        .logs
-                        .push(log_line(format!("step {}/{}", step.step, step.total_steps)));
+                    record.job.logs.push(step_line(&step));
                     true
                 })
                 .await;

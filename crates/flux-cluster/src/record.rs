@@ -43,9 +43,14 @@ struct Wire {
     time_limit_ms: Option<u64>,
 }
 
+/// A duration in whole milliseconds, as the wire formats keep them (saturating).
+pub(crate) fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
-        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .map(duration_ms)
         .unwrap_or_default()
 }
 
@@ -75,9 +80,7 @@ impl FleetRecord {
             worker: self.worker.clone(),
             heartbeat_ms: millis(self.heartbeat),
             body_digest: self.body_digest,
-            time_limit_ms: self
-                .time_limit
-                .map(|limit| u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
+            time_limit_ms: self.time_limit.map(duration_ms),
         };
         serde_json::to_vec(&wire)
             .map(Bytes::from)

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ClusterError;
 use crate::fleet::FleetSettings;
+use crate::record::duration_ms;
 
 /// The key-value bucket holding the fleet's settings.
 pub const FLEET_BUCKET: &str = "flux-fleet";
@@ -28,18 +29,14 @@ struct StoredSettings {
     replicas: usize,
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl StoredSettings {
     fn of(settings: &FleetSettings) -> Self {
         StoredSettings {
-            ack_wait_ms: millis(settings.ack_wait),
+            ack_wait_ms: duration_ms(settings.ack_wait),
             max_attempts: settings.max_deliver,
             queue_depth: settings.queue_depth,
-            retention_ms: millis(settings.retention),
-            duplicate_window_ms: millis(settings.duplicate_window),
+            retention_ms: duration_ms(settings.retention),
+            duplicate_window_ms: duration_ms(settings.duplicate_window),
             memory_storage: settings.memory_storage,
             replicas: settings.replicas,
         }

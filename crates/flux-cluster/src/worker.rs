@@ -16,7 +16,7 @@ use flux_types::{Generator, GeneratorError, ProgressFn, QueueProgress};
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
-use crate::attempt_tasks::{AttemptOf, ProgressLeft};
+use crate::attempt_tasks::{AttemptOf, ProgressLeft, step_line};
 use crate::error::ClusterError;
 use crate::fleet::Fleet;
 use crate::images::ImageStore;
@@ -419,9 +419,7 @@ impl Worker {
     ) {
         let name = self.config.name.clone();
         // A step the progress writer had not written yet goes in with the end.
-        let step_line = left
-            .pending
-            .map(|step| log_line(format!("step {}/{}", step.step, step.total_steps)));
+        let pending_line = left.pending.as_ref().map(step_line);
         let line = log_line(match &result {
             JobResult::Succeeded(_) => "completed".to_owned(),
             JobResult::Failed(_) => "failed".to_owned(),
@@ -436,7 +434,7 @@ impl Worker {
                 }
                 record.job.state = JobState::Completed(result.clone());
                 record.job.completed_at = Some(now);
-                record.job.logs.extend(step_line.clone());
+                record.job.logs.extend(pending_line.clone());
                 record.job.logs.push(line.clone());
                 true
             })
