@@ -11,7 +11,7 @@ use crate::error::{BuilderError, Result};
 use crate::graphs::config::{Config, read_config};
 use crate::graphs::{clip, t5, transformer, vae};
 use crate::onnx::{Elem, WeightsReport};
-use crate::options::{BuildOptions, Component};
+use crate::options::{BuildOptions, Component, Precision};
 use crate::source::{SourceKind, detect};
 use crate::weights::Checkpoint;
 use crate::{bfl, cache, lora, source_defaults};
@@ -37,11 +37,14 @@ pub struct BuildReport {
     pub seconds: f64,
 }
 
-/// Where a precision's transformer goes (flux-core looks for fp32, bf16, fp16).
-fn precision_dir(float: Elem) -> &'static str {
-    match float {
-        Elem::F16 => "fp16",
-        Elem::BF16 => "bf16",
+/// Where a precision's transformer goes (flux-core looks for fp32, bf16, fp16 when no manifest
+/// names it; the manifest written here always does).
+fn precision_dir(precision: Precision, float: Elem) -> &'static str {
+    match (precision, float) {
+        (Precision::Int8, _) => "int8",
+        (Precision::Int4, _) => "int4",
+        (_, Elem::F16) => "fp16",
+        (_, Elem::BF16) => "bf16",
         _ => "fp32",
     }
 }
@@ -181,7 +184,7 @@ pub(crate) fn build_into(source: &Path, opts: &BuildOptions, out: &Path) -> Resu
     drop(t5_ckpt);
     let transformer_rel = format!(
         "transformer.opt/{}/model.onnx",
-        precision_dir(transformer_float)
+        precision_dir(opts.precision, transformer_float)
     );
     let transformer_dir = out
         .join(&transformer_rel)

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use crate::error::{BuilderError, Result};
 use crate::onnx::Elem;
+use crate::onnx::quant::WeightQuant;
 
 /// `--precision`: the float type of the built graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -16,6 +17,10 @@ pub enum Precision {
     F32,
     F16,
     BF16,
+    /// fp32 graphs whose transformer and T5 linear weights are 8-bit blocks (MatMulNBits).
+    Int8,
+    /// As `Int8`, in 4 bits.
+    Int4,
 }
 
 impl FromStr for Precision {
@@ -26,10 +31,12 @@ impl FromStr for Precision {
             "fp32" | "f32" | "float32" => Ok(Self::F32),
             "fp16" | "f16" | "float16" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::BF16),
+            "int8" => Ok(Self::Int8),
+            "int4" => Ok(Self::Int4),
             other => Err(BuilderError::Precision {
                 precision: other.to_owned(),
                 device: "any device".into(),
-                reason: "unknown precision; expected auto, fp32, fp16 or bf16".into(),
+                reason: "unknown precision; expected auto, fp32, fp16, bf16, int8 or int4".into(),
             }),
         }
     }
@@ -42,6 +49,8 @@ impl fmt::Display for Precision {
             Self::F32 => "fp32",
             Self::F16 => "fp16",
             Self::BF16 => "bf16",
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
         })
     }
 }
@@ -81,7 +90,10 @@ impl Precision {
             reason: reason.to_owned(),
         };
         match (device, self) {
-            (Device::Cpu, Self::Auto | Self::F32) => Ok(Elem::F32),
+            (Device::Cpu, Self::Auto | Self::F32 | Self::Int8 | Self::Int4) => Ok(Elem::F32),
+            (Device::Cuda, Self::Int8 | Self::Int4) => Err(refuse(
+                "8- and 4-bit graphs are built for ONNX Runtime's CPU provider (MatMulNBits over f32 activations); on CUDA use fp16",
+            )),
             (Device::Cpu, Self::F16 | Self::BF16) => Err(refuse(
                 "ONNX Runtime's CPU provider runs FLUX graphs only in fp32 (it has no bf16 kernels and fp16 ones only for a few operators); use --precision fp32 or auto",
             )),
@@ -96,6 +108,27 @@ impl Precision {
                 "bf16 graphs are not built yet: ONNX Runtime's CUDA bf16 kernels have gaps (Pow, Sigmoid, reductions); use fp16 or fp32",
             )),
         }
+    }
+}
+
+/// Values per quantization block: genai's default for FLUX-sized layers (every FLUX and T5 width
+/// is a multiple of it); smaller blocks cost more scales, larger ones more error.
+const QUANT_BLOCK: usize = 32;
+
+impl Precision {
+    /// How a component's linear weights are stored: quantized (the transformer and T5, which
+    /// hold nearly all the weights) or as floats (`None`; CLIP and the VAE stay fp32 under
+    /// int8/int4: together about 0.2 B parameters, and the VAE's are convolutions).
+    pub fn weight_quant(self, component: Component) -> Option<WeightQuant> {
+        let bits = match self {
+            Self::Int8 => 8,
+            Self::Int4 => 4,
+            _ => return None,
+        };
+        matches!(component, Component::Transformer | Component::T5).then_some(WeightQuant {
+            bits,
+            block: QUANT_BLOCK,
+        })
     }
 }
 
@@ -150,7 +183,27 @@ mod tests {
     #[test]
     fn precision_parses_and_cpu_refuses_16_bit() {
         assert_eq!("FP16".parse::<Precision>().expect("fp16"), Precision::F16);
-        assert!("int4".parse::<Precision>().is_err());
+        assert!("int3".parse::<Precision>().is_err());
+        assert_eq!("INT4".parse::<Precision>().expect("int4"), Precision::Int4);
+        assert_eq!(
+            Precision::Int8
+                .resolve(Device::Cpu, Component::T5)
+                .expect("cpu"),
+            Elem::F32
+        );
+        assert!(
+            Precision::Int4
+                .resolve(Device::Cuda, Component::Vae)
+                .is_err()
+        );
+        assert_eq!(
+            Precision::Int4
+                .weight_quant(Component::Transformer)
+                .map(|q| q.bits),
+            Some(4)
+        );
+        assert_eq!(Precision::Int8.weight_quant(Component::Clip), None);
+        assert_eq!(Precision::F32.weight_quant(Component::Transformer), None);
         assert_eq!(
             Precision::Auto
                 .resolve(Device::Cpu, Component::Transformer)

@@ -57,8 +57,9 @@ pub struct BackendArgs {
     pub loras: Vec<String>,
 
     /// The precision a checkpoint is built in: `auto` (fp32 on the CPU; on CUDA fp16 where
-    /// known to be correct), `fp32`, `fp16` or `bf16`; one the device cannot run is refused.
-    #[arg(long, value_name = "auto|fp32|fp16|bf16")]
+    /// known to be correct), `fp32`, `fp16`, `bf16`, or `int8`/`int4` (CPU: the transformer's
+    /// and T5's linear weights in 8/4-bit blocks); one the device cannot run is refused.
+    #[arg(long, value_name = "auto|fp32|fp16|bf16|int8|int4")]
     pub precision: Option<String>,
 
     /// The memory a local model may use: bytes, or with a suffix K, M, G (powers of 1024), e.g.

@@ -28,6 +28,7 @@ Examples:
   flux model build /models/FLUX.1-schnell -o /models/flux-schnell-onnx
   flux model build /models/FLUX.1-dev -o /models/flux-dev-pixel --lora pixel-art.safetensors:0.8
   flux generate \"a red fox\" --model /models/flux-dev-pixel
+  flux model build /models/FLUX.1-dev -o /models/flux-dev-int4 --precision int4
 
 The folder appears complete or not at all. Weights already in the graphs' precision are hard links
 to the checkpoint's files (no copy); others are converted once into model.onnx.data.")]
@@ -42,8 +43,13 @@ struct BuildArgs {
     output: PathBuf,
 
     /// `auto` (fp32 for the CPU; fp16 for CUDA where known to be correct), `fp32`, `fp16`,
-    /// `bf16`; one the device cannot run is refused.
-    #[arg(long, default_value = "auto", value_name = "auto|fp32|fp16|bf16")]
+    /// `bf16`, or `int8`/`int4` (CPU: the transformer's and T5's linear weights in 8/4-bit
+    /// blocks, MatMulNBits); one the device cannot run is refused.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|fp32|fp16|bf16|int8|int4"
+    )]
     precision: String,
 
     /// The device the graphs are built for: `cpu` or `cuda`.

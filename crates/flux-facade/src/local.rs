@@ -223,11 +223,19 @@ fn model_info(model_dir: &Path, engine: &Engine) -> Option<ModelInfo> {
         .map(|name| name.to_string_lossy().into_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| format!("flux-{}", variant.name));
-    let precision = match description.transformer_precision {
+    // A quantized build computes in fp32; its folder (flux-builder's `transformer.opt/int4/`)
+    // says how the weights are stored.
+    let quantized = description
+        .transformer_path
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|name| name.to_str())
+        .filter(|name| matches!(*name, "int8" | "int4"));
+    let precision = quantized.unwrap_or(match description.transformer_precision {
         FloatType::F32 => "fp32",
         FloatType::F16 => "fp16",
         FloatType::Bf16 => "bf16",
-    };
+    });
     Some(ModelInfo {
         id,
         variant,

@@ -120,7 +120,8 @@ pub struct ModelInfo {
     pub variant: &'static VariantSpec,
     /// T5 tokens per prompt; `None` when the backend cannot tell (a remote server).
     pub text_length: Option<u32>,
-    /// Element type of the transformer (`fp32`, `fp16`, `bf16`); `None` when unknown.
+    /// How the transformer is stored (`fp32`, `fp16`, `bf16`, `int8`, `int4`); `None` when
+    /// unknown.
     pub precision: Option<String>,
     /// Where it runs (`cpu`, `cuda:0`); `None` when unknown (a remote server).
     pub device: Option<String>,

@@ -22,7 +22,8 @@ pub struct ServedModel {
     pub variant: String,
     /// T5 tokens per prompt (512 for FLUX.1-dev, 256 for schnell): longer prompts are cut.
     pub text_length: Option<u32>,
-    /// Element type of the transformer: `fp32`, `fp16` or `bf16`.
+    /// How the transformer is stored: `fp32`, `fp16` or `bf16`, or `int8`/`int4` (its linear
+    /// weights in 8/4-bit blocks, computing in fp32).
     pub precision: Option<String>,
     /// Where it runs: `cpu`, `cuda:N`.
     pub device: Option<String>,

@@ -76,6 +76,7 @@ pub fn build_clip(
     let text = TextGraphOptions {
         float,
         ids: Elem::I64,
+        weight_quant: opts.precision.weight_quant(Component::Clip),
     };
     clip_graph(ckpt, config, text)?.finish(out)
 }
@@ -102,6 +103,7 @@ pub fn clip_graph(
     )?;
     let d = cfg.hidden;
     let mut g = GraphBuilder::with_float("clip_text_model", text.float);
+    g.set_weight_quant(text.weight_quant);
     let ids = ids_input(&mut g, text.ids, cfg.length)?;
     let tokens = embed(
         &mut g,

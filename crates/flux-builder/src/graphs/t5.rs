@@ -118,6 +118,7 @@ pub fn build_t5(
     let text = TextGraphOptions {
         float,
         ids: Elem::I64,
+        weight_quant: opts.precision.weight_quant(Component::T5),
     };
     t5_graph(ckpt, config, text_length, text)?.finish(out)
 }
@@ -140,6 +141,7 @@ pub fn t5_graph(
     let cfg = T5Config::from_json(config, ckpt)?;
     let (d, inner) = (cfg.d_model, cfg.heads * cfg.d_kv);
     let mut g = GraphBuilder::with_float("t5_encoder", text.float);
+    g.set_weight_quant(text.weight_quant);
     let ids = ids_input(&mut g, text.ids, length)?;
     // T5EncoderModel ties encoder.embed_tokens to shared; checkpoints store one or both.
     let table = find_prefix(ckpt, "", &["shared.weight", "encoder.embed_tokens.weight"])?;

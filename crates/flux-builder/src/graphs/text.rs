@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde_json::Value as Json;
 
 use crate::error::{BuilderError, Result};
+use crate::onnx::quant::WeightQuant;
 use crate::onnx::{Dim, Elem, GraphBuilder, Value};
 use crate::weights::Checkpoint;
 
@@ -15,6 +16,8 @@ pub struct TextGraphOptions {
     pub float: Elem,
     /// The element type of `input_ids`: I64 (diffusers' own) or I32 (the official ONNX export's).
     pub ids: Elem,
+    /// Linear weights quantized (MatMulNBits) instead of stored in `float`.
+    pub weight_quant: Option<WeightQuant>,
 }
 
 impl Default for TextGraphOptions {
@@ -22,6 +25,7 @@ impl Default for TextGraphOptions {
         Self {
             float: Elem::F32,
             ids: Elem::I64,
+            weight_quant: None,
         }
     }
 }

@@ -386,6 +386,7 @@ pub fn build_transformer(
     }
     check_weights(ckpt, &dims)?;
     let mut g = GraphBuilder::with_float("flux_transformer", float);
+    g.set_weight_quant(opts.precision.weight_quant(Component::Transformer));
     let (b, s, l) = (Dim::Sym("B"), Dim::Sym("S"), Dim::Fixed(text_length as i64));
     let c = Dim::Fixed(dims.in_channels as i64);
     let hidden = g.input("hidden_states", Elem::F32, &[b, s, c]);

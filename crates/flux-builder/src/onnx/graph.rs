@@ -10,14 +10,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
 
 use super::proto::{self, data_type};
-use super::store::{WriteError, external, hard_link_into, write_converted};
+use super::quant::WeightQuant;
+use super::store::{
+    DataFile, WriteError, external, hard_link_into, quantized_parts, write_converted,
+};
 pub use super::types::{Attr, Dim, Elem, Value};
 use crate::error::{BuilderError, Result};
 use crate::weights::{self, Checkpoint, TensorInfo};
@@ -37,6 +40,12 @@ pub(super) enum Source {
         shape: Vec<usize>,
         data: Arc<[f32]>,
         transpose: bool,
+    },
+    /// A linear layer's `[N, K]` weight (itself a `Tensor` or `Owned` source, untransposed),
+    /// stored as MatMulNBits' three initializers `<name>.codes`, `.scales`, `.zero_points`.
+    Quantized {
+        weight: Box<Source>,
+        quant: WeightQuant,
     },
 }
 
@@ -71,6 +80,7 @@ pub struct GraphBuilder {
     weights: HashMap<String, Value>,
     counter: usize,
     link_weights: bool,
+    weight_quant: Option<WeightQuant>,
 }
 
 fn value_info(name: &str, elem: Elem, dims: &[Dim]) -> proto::ValueInfoProto {
@@ -119,6 +129,7 @@ impl GraphBuilder {
             weights: HashMap::new(),
             counter: 0,
             link_weights: true,
+            weight_quant: None,
         }
     }
 
@@ -130,6 +141,16 @@ impl GraphBuilder {
     /// `false` copies every weight into `model.onnx.data` instead of hard-linking checkpoint files.
     pub fn set_link_weights(&mut self, link: bool) {
         self.link_weights = link;
+    }
+
+    /// Linear layers' weights quantized as `quant` (MatMulNBits) instead of stored as floats.
+    pub fn set_weight_quant(&mut self, quant: Option<WeightQuant>) {
+        self.weight_quant = quant;
+    }
+
+    /// How linear layers' weights are stored: `None` as floats.
+    pub fn weight_quant(&self) -> Option<WeightQuant> {
+        self.weight_quant
     }
 
     fn fresh(&mut self, hint: &str) -> String {
@@ -200,6 +221,41 @@ impl GraphBuilder {
     /// [`GraphBuilder::linear`], which uses `Gemm(transB=1)` on the stored matrix.
     pub fn weight_transposed(&mut self, ckpt: &Checkpoint, name: &str) -> Result<Value> {
         self.add_weight(ckpt, name, true)
+    }
+
+    /// A linear layer's `[N, K]` checkpoint weight quantized as `quant`: MatMulNBits' `B`,
+    /// `scales` and `zero_points` inputs.
+    pub fn quantized_weight(
+        &mut self,
+        ckpt: &Checkpoint,
+        name: &str,
+        quant: WeightQuant,
+    ) -> Result<[Value; 3]> {
+        let parts = ["codes", "scales", "zero_points"].map(|part| Value(format!("{name}.{part}")));
+        if self.weights.contains_key(name) {
+            return Ok(parts);
+        }
+        let info = ckpt.info(name)?;
+        let weight = match ckpt.owned(name) {
+            Some(data) => Source::Owned {
+                shape: info.shape,
+                data,
+                transpose: false,
+            },
+            None => Source::Tensor {
+                info,
+                transpose: false,
+            },
+        };
+        self.pending.push(Pending {
+            name: name.to_owned(),
+            source: Source::Quantized {
+                weight: Box::new(weight),
+                quant,
+            },
+        });
+        self.weights.insert(name.to_owned(), parts[0].clone());
+        Ok(parts)
     }
 
     fn push_inline(&mut self, hint: &str, tensor: proto::TensorProto) -> Value {
@@ -389,18 +445,29 @@ impl GraphBuilder {
         std::fs::create_dir_all(out_dir).map_err(|e| BuilderError::io(out_dir, e))?;
         let mut report = WeightsReport::default();
         let mut links: BTreeMap<PathBuf, Option<String>> = BTreeMap::new();
-        let data_path = out_dir.join(DATA_FILE);
-        let mut data: Option<(BufWriter<File>, u64)> = None;
+        let mut data = DataFile::new(out_dir.join(DATA_FILE), DATA_ALIGN);
         let mut initializers = Vec::with_capacity(self.pending.len());
         for pending in &self.pending {
-            let (shape, stored) = match &pending.source {
-                Source::Tensor { info, transpose } => {
-                    (info.shape.clone(), Some((info, *transpose)))
+            let (shape, transpose, stored) = match &pending.source {
+                Source::Tensor { info, transpose } => (info.shape.clone(), *transpose, Some(info)),
+                Source::Owned {
+                    shape, transpose, ..
+                } => (shape.clone(), *transpose, None),
+                Source::Quantized { weight, quant } => {
+                    for part in quantized_parts(&pending.name, weight, *quant)? {
+                        let (start, len) = data.append(|out| {
+                            out.write_all(&part.bytes)
+                                .map(|()| part.bytes.len() as u64)
+                                .map_err(WriteError::Io)
+                        })?;
+                        initializers.push(external(
+                            &part.name, &part.dims, part.elem, DATA_FILE, start, len,
+                        ));
+                        report.converted_tensors += 1;
+                        report.converted_bytes += len;
+                    }
+                    continue;
                 }
-                Source::Owned { shape, .. } => (shape.clone(), None),
-            };
-            let transpose = match &pending.source {
-                Source::Tensor { transpose, .. } | Source::Owned { transpose, .. } => *transpose,
             };
             let dims: Vec<i64> = if transpose {
                 vec![shape[1] as i64, shape[0] as i64]
@@ -408,7 +475,8 @@ impl GraphBuilder {
                 shape.iter().map(|&d| d as i64).collect()
             };
             // Zero-copy where the bytes on disk are exactly what the graph needs.
-            if let Some((info, false)) = stored
+            if let Some(info) = stored
+                && !transpose
                 && Elem::of(info.dtype) == self.float
                 && self.link_weights
             {
@@ -436,25 +504,8 @@ impl GraphBuilder {
                     continue;
                 }
             }
-            if data.is_none() {
-                let file = File::create(&data_path).map_err(|e| BuilderError::io(&data_path, e))?;
-                data = Some((BufWriter::with_capacity(1 << 20, file), 0));
-            }
-            let Some((writer, offset)) = data.as_mut() else {
-                continue;
-            };
-            let pad = (DATA_ALIGN - *offset % DATA_ALIGN) % DATA_ALIGN;
-            writer
-                .write_all(&vec![0u8; pad as usize])
-                .map_err(|e| BuilderError::io(&data_path, e))?;
-            *offset += pad;
-            let start = *offset;
-            let written =
-                write_converted(&pending.source, self.float, writer).map_err(|e| match e {
-                    WriteError::Io(e) => BuilderError::io(&data_path, e),
-                    WriteError::Builder(e) => e,
-                })?;
-            *offset += written;
+            let (start, written) =
+                data.append(|out| write_converted(&pending.source, self.float, out))?;
             initializers.push(external(
                 &pending.name,
                 &dims,
@@ -466,13 +517,7 @@ impl GraphBuilder {
             report.converted_tensors += 1;
             report.converted_bytes += written;
         }
-        if let Some((writer, _)) = data {
-            let file = writer
-                .into_inner()
-                .map_err(|e| BuilderError::io(&data_path, e.into_error()))?;
-            file.sync_all()
-                .map_err(|e| BuilderError::io(&data_path, e))?;
-        }
+        data.finish()?;
         let model = self.model(initializers);
         let path = out_dir.join("model.onnx");
         let mut file = File::create(&path).map_err(|e| BuilderError::io(&path, e))?;
@@ -486,17 +531,29 @@ impl GraphBuilder {
     pub fn encode_inline(&self) -> Result<Vec<u8>> {
         let mut initializers = Vec::new();
         for pending in &self.pending {
-            let mut raw = Vec::new();
-            write_converted(&pending.source, self.float, &mut raw).map_err(|e| match e {
-                WriteError::Io(e) => BuilderError::io("<memory>", e),
-                WriteError::Builder(e) => e,
-            })?;
             let (shape, transpose) = match &pending.source {
                 Source::Tensor { info, transpose } => (info.shape.clone(), *transpose),
                 Source::Owned {
                     shape, transpose, ..
                 } => (shape.clone(), *transpose),
+                Source::Quantized { weight, quant } => {
+                    for part in quantized_parts(&pending.name, weight, *quant)? {
+                        initializers.push(proto::TensorProto {
+                            name: part.name,
+                            dims: part.dims,
+                            data_type: part.elem.code(),
+                            raw_data: part.bytes,
+                            ..Default::default()
+                        });
+                    }
+                    continue;
+                }
             };
+            let mut raw = Vec::new();
+            write_converted(&pending.source, self.float, &mut raw).map_err(|e| match e {
+                WriteError::Io(e) => BuilderError::io("<memory>", e),
+                WriteError::Builder(e) => e,
+            })?;
             let mut dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
             if transpose {
                 dims.reverse();

@@ -3,6 +3,7 @@
 pub mod graph;
 pub mod ops;
 pub mod proto;
+pub mod quant;
 mod store;
 mod types;
 

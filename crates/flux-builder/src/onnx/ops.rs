@@ -5,11 +5,19 @@
 //! checkpoint is used as stored (zero-copy); `LayerNormalization` (opset 17); ORT's
 //! `SimplifiedLayerNormalization` (registered in the default domain) for RMS norms; `Gelu`
 //! (opset 20, `approximate`); `InstanceNormalization` on a `[B, G, -1]` view for GroupNorm (a
-//! kernel, where `GroupNormalization`-21 is expanded into a function of reductions).
+//! kernel, where `GroupNormalization`-21 is expanded into a function of reductions). Under
+//! `--precision int8|int4` a linear is one `com.microsoft.MatMulNBits` over block-quantized
+//! weights (`quant.rs`) instead.
 
 use super::graph::{Attr, GraphBuilder, Value};
 use crate::error::Result;
 use crate::weights::Checkpoint;
+
+/// MatMulNBits' `accuracy_level` for quantized linears: 4 quantizes the activations to int8 per
+/// block, so that MLAS multiplies with integer dot products (its fast CPU path; 0 dequantizes
+/// the weights and multiplies in f32). Its error is measured against fp32 in the builder's tests
+/// and the benchmark's quality table.
+const MATMUL_NBITS_ACCURACY: i64 = 4;
 
 impl GraphBuilder {
     /// `x + y` (broadcasting).
@@ -132,8 +140,30 @@ impl GraphBuilder {
                 });
             }
         };
-        let w = self.weight(ckpt, &weight_name)?;
         let bias_name = format!("{prefix}.bias");
+        if let Some(quant) = self.weight_quant() {
+            let [codes, scales, zero_points] = self.quantized_weight(ckpt, &weight_name, quant)?;
+            let mut inputs = vec![x.clone(), codes, scales, zero_points];
+            if ckpt.contains(&bias_name) {
+                ckpt.expect_shape(&bias_name, &[out as usize])?;
+                // g_idx (input 4) left out: blocks are in order.
+                inputs.push(GraphBuilder::none());
+                inputs.push(self.weight(ckpt, &bias_name)?);
+            }
+            let refs: Vec<&Value> = inputs.iter().collect();
+            return Ok(self.ms_op(
+                "MatMulNBits",
+                &refs,
+                vec![
+                    Attr::int("K", inp),
+                    Attr::int("N", out),
+                    Attr::int("bits", i64::from(quant.bits)),
+                    Attr::int("block_size", quant.block as i64),
+                    Attr::int("accuracy_level", MATMUL_NBITS_ACCURACY),
+                ],
+            ));
+        }
+        let w = self.weight(ckpt, &weight_name)?;
         let mut inputs = vec![];
         let flat = self.reshape(x, &[-1, inp]);
         inputs.push(flat);

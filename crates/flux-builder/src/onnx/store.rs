@@ -1,11 +1,13 @@
 //! How `GraphBuilder::finish` stores initializer data: external-data entries, hard links into
 //! checkpoint files, and streamed conversion into `model.onnx.data`.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use super::graph::{Elem, Source};
 use super::proto;
+use super::quant::WeightQuant;
 use crate::error::{BuilderError, Result};
 use crate::weights;
 
@@ -56,6 +58,125 @@ pub(super) enum WriteError {
     Builder(BuilderError),
 }
 
+/// `model.onnx.data`, created on its first tensor; each tensor starts at a multiple of `align`.
+pub(super) struct DataFile {
+    path: PathBuf,
+    align: u64,
+    open: Option<(BufWriter<File>, u64)>,
+}
+
+impl DataFile {
+    pub(super) fn new(path: PathBuf, align: u64) -> Self {
+        Self {
+            path,
+            align,
+            open: None,
+        }
+    }
+
+    /// Appends what `write` writes (it returns the byte count); the tensor's offset and length.
+    pub(super) fn append(
+        &mut self,
+        write: impl FnOnce(&mut BufWriter<File>) -> Result<u64, WriteError>,
+    ) -> Result<(u64, u64)> {
+        let path = &self.path;
+        if self.open.is_none() {
+            let file = File::create(path).map_err(|e| BuilderError::io(path, e))?;
+            self.open = Some((BufWriter::with_capacity(1 << 20, file), 0));
+        }
+        let Some((writer, offset)) = self.open.as_mut() else {
+            return Err(BuilderError::io(path, std::io::ErrorKind::Other.into()));
+        };
+        let pad = (self.align - *offset % self.align) % self.align;
+        writer
+            .write_all(&vec![0u8; pad as usize])
+            .map_err(|e| BuilderError::io(path, e))?;
+        *offset += pad;
+        let start = *offset;
+        let written = write(writer).map_err(|e| match e {
+            WriteError::Io(e) => BuilderError::io(path, e),
+            WriteError::Builder(e) => e,
+        })?;
+        *offset += written;
+        Ok((start, written))
+    }
+
+    /// Flushes and fsyncs the file, if any tensor went into it.
+    pub(super) fn finish(self) -> Result<()> {
+        let Some((writer, _)) = self.open else {
+            return Ok(());
+        };
+        let path = &self.path;
+        let file = writer
+            .into_inner()
+            .map_err(|e| BuilderError::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| BuilderError::io(path, e))
+    }
+}
+
+/// One of MatMulNBits' weight initializers, in memory.
+pub(super) struct QuantizedPart {
+    pub(super) name: String,
+    pub(super) dims: Vec<i64>,
+    pub(super) elem: Elem,
+    pub(super) bytes: Vec<u8>,
+}
+
+/// Reads a linear weight (one tensor in memory at a time) and quantizes it into MatMulNBits'
+/// `<name>.codes` `[N, k_blocks, blob]`, `<name>.scales` `[N * k_blocks]` (f32) and
+/// `<name>.zero_points` `[N * ceil(k_blocks * bits / 8)]`.
+pub(super) fn quantized_parts(
+    name: &str,
+    weight: &Source,
+    quant: WeightQuant,
+) -> Result<Vec<QuantizedPart>> {
+    let (values, shape) = match weight {
+        Source::Owned { shape, data, .. } => (data.to_vec(), shape.clone()),
+        Source::Tensor { info, .. } => {
+            let mut values = Vec::with_capacity(info.numel());
+            weights::for_each_chunk(info, |bytes| {
+                weights::extend_f32(&mut values, bytes, info.dtype);
+                Ok(())
+            })?;
+            (values, info.shape.clone())
+        }
+        Source::Quantized { .. } => {
+            return Err(BuilderError::Graph {
+                graph: String::new(),
+                message: format!("{name}: a quantized weight cannot be quantized again"),
+            });
+        }
+    };
+    let [n, k] = shape[..] else {
+        return Err(BuilderError::Graph {
+            graph: String::new(),
+            message: format!("{name}: only 2-D weights are quantized, got {shape:?}"),
+        });
+    };
+    let q = quant.quantize(&values, n, k);
+    let (n, k_blocks) = (n as i64, q.k_blocks as i64);
+    Ok(vec![
+        QuantizedPart {
+            name: format!("{name}.codes"),
+            dims: vec![n, k_blocks, quant.blob() as i64],
+            elem: Elem::U8,
+            bytes: q.codes,
+        },
+        QuantizedPart {
+            name: format!("{name}.scales"),
+            dims: vec![n * k_blocks],
+            elem: Elem::F32,
+            bytes: weights::f32_bytes(&q.scales),
+        },
+        QuantizedPart {
+            name: format!("{name}.zero_points"),
+            dims: vec![n * quant.zero_point_row(shape[1]) as i64],
+            elem: Elem::U8,
+            bytes: q.zero_points,
+        },
+    ])
+}
+
 pub(super) fn encode_into(
     values: &[f32],
     float: Elem,
@@ -97,6 +218,10 @@ pub(super) fn write_converted(
     out: &mut impl Write,
 ) -> Result<u64, WriteError> {
     match source {
+        Source::Quantized { .. } => Err(WriteError::Builder(BuilderError::Graph {
+            graph: String::new(),
+            message: "a quantized weight is written by its parts".into(),
+        })),
         Source::Owned {
             shape,
             data,

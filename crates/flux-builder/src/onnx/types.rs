@@ -12,6 +12,7 @@ pub enum Elem {
     F64,
     I64,
     I32,
+    U8,
     Bool,
 }
 
@@ -25,6 +26,7 @@ impl Elem {
             Elem::F64 => data_type::DOUBLE,
             Elem::I64 => data_type::INT64,
             Elem::I32 => data_type::INT32,
+            Elem::U8 => data_type::UINT8,
             Elem::Bool => data_type::BOOL,
         }
     }

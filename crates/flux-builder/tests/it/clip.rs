@@ -120,6 +120,7 @@ fn clip_dev_int32_matches_committed_graph_and_references() -> Result<()> {
         TextGraphOptions {
             float: Elem::F32,
             ids: Elem::I32,
+            weight_quant: None,
         },
     )?;
     let mut session = session_from_memory(&graph.encode_inline()?)?;
@@ -215,6 +216,7 @@ fn clip_fp16_graph_is_well_typed_and_close() -> Result<()> {
         TextGraphOptions {
             float: Elem::F16,
             ids: Elem::I64,
+            weight_quant: None,
         },
     )?;
     let mut session = session_from_memory(&graph.encode_inline()?)?;

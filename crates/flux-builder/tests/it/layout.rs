@@ -67,6 +67,22 @@ fn img_ids(h2: usize, w2: usize) -> ArrayD<f32> {
 
 /// Replays one reference case through a built folder; returns (latent diff, pixel diff).
 pub fn replay(model: &Path, case: &Path) -> Result<(f32, i32)> {
+    let stats = replay_stats(model, case)?;
+    Ok((stats.latents, stats.pixels))
+}
+
+/// How far a replay's result is from diffusers' reference.
+pub struct ReplayStats {
+    /// Largest final-latent difference.
+    pub latents: f32,
+    /// Largest pixel difference (0–255).
+    pub pixels: i32,
+    /// PSNR of the 8-bit images against the reference PNGs, in dB (infinite when identical).
+    pub psnr: f64,
+}
+
+/// [`replay`], with the images' PSNR.
+pub fn replay_stats(model: &Path, case: &Path) -> Result<ReplayStats> {
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(case.join("case.json"))?)?;
     let get = |k: &str| info[k].as_f64().with_context(|| format!("case.json {k}"));
@@ -146,20 +162,29 @@ pub fn replay(model: &Path, case: &Path) -> Result<(f32, i32)> {
         decoded.shape()
     );
     let mut pixel_diff = 0;
+    let (mut squared, mut count) = (0f64, 0usize);
     for i in 0..n {
         let png = image::open(case.join(format!("image_{i}.png")))?.to_rgb8();
         for (x, y, p) in png.enumerate_pixels() {
             for c in 0..3 {
                 let v = decoded[[i, c, y as usize, x as usize]];
                 let ours = ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as i32;
-                pixel_diff = pixel_diff.max((ours - i32::from(p[c])).abs());
+                let diff = ours - i32::from(p[c]);
+                pixel_diff = pixel_diff.max(diff.abs());
+                squared += f64::from(diff * diff);
+                count += 1;
             }
         }
     }
-    Ok((latent_diff, pixel_diff))
+    let mse = squared / count.max(1) as f64;
+    Ok(ReplayStats {
+        latents: latent_diff,
+        pixels: pixel_diff,
+        psnr: 10.0 * (255.0f64 * 255.0 / mse).log10(),
+    })
 }
 
-fn cases_of(model: &str) -> Result<Vec<std::path::PathBuf>> {
+pub fn cases_of(model: &str) -> Result<Vec<std::path::PathBuf>> {
     let root = fixture("reference/cases");
     let index: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("index.json"))?)?;

@@ -11,6 +11,7 @@ mod external_data;
 mod layout;
 mod lora;
 mod precision;
+mod quantized;
 mod replay;
 mod t5;
 mod text_support;

@@ -94,6 +94,7 @@ fn t5_dev_int32_matches_committed_graph_and_references() -> Result<()> {
         TextGraphOptions {
             float: Elem::F32,
             ids: Elem::I32,
+            weight_quant: None,
         },
     )?;
     let mut session = session_from_memory(&graph.encode_inline()?)?;

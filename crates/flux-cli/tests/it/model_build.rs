@@ -1,7 +1,7 @@
 //! Checkpoints as people hold them, through the `flux` binary: `flux generate` and `flux serve`
 //! on a diffusers folder (built once into the cache, then reused), `flux model build` of BFL
-//! single files with a LoRA into a portable ONNX folder, and the one clear error for a folder
-//! that is no model.
+//! single files with a LoRA into a portable ONNX folder, `--precision int4|int8` builds, and the
+//! one clear error for a folder that is no model.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -112,6 +112,67 @@ fn generate_on_a_diffusers_folder_builds_once_then_reuses_the_cache() -> anyhow:
             cache_entries(&cache)?
         );
     }
+    Ok(())
+}
+
+#[test]
+fn generate_with_int4_builds_quantized_graphs_beside_the_fp32_ones() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let cache = work.path().join("cache");
+    let model = fixture("tiny-flux-dev-diffusers");
+    let model = model.to_str().context("path")?;
+    let mut images = Vec::new();
+    for precision in ["fp32", "int4"] {
+        let out = work.path().join(precision);
+        let output = run(
+            &cache,
+            &[
+                "generate",
+                "a red circle",
+                "--model",
+                model,
+                "--precision",
+                precision,
+                "--steps",
+                "2",
+                "--size",
+                "64x64",
+                "--seed",
+                "5",
+                "--format",
+                "png",
+                "-o",
+                out.to_str().context("path")?,
+            ],
+        )?;
+        ensure!(
+            output.status.success(),
+            "{precision}: {}",
+            text(&output.stderr)
+        );
+        let image = text(&output.stdout);
+        let image = image.lines().next().context("no image path")?;
+        images.push(std::fs::read(image)?);
+    }
+    ensure!(images[0].starts_with(b"\x89PNG") && images[1].starts_with(b"\x89PNG"));
+    ensure!(
+        images[0] != images[1],
+        "int4 weights drew the fp32 image exactly"
+    );
+    // Two builds, one per precision; the int4 one holds the int4 transformer.
+    let entries = cache_entries(&cache)?;
+    ensure!(entries.len() == 2, "cache holds {entries:?}");
+    let int4 = entries
+        .iter()
+        .filter(|entry| {
+            cache
+                .join("models")
+                .join(entry)
+                .join("transformer.opt/int4/model.onnx")
+                .is_file()
+        })
+        .count();
+    ensure!(int4 == 1, "no int4 transformer in {entries:?}");
     Ok(())
 }
 
@@ -244,7 +305,8 @@ fn a_folder_that_is_no_model_gets_one_error_listing_what_was_looked_for() -> any
 }
 
 #[test]
-fn serve_on_a_diffusers_folder_answers_a_generation() -> anyhow::Result<()> {
+fn serve_on_a_diffusers_folder_at_int8_answers_a_generation_and_lists_its_precision()
+-> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let cache = work.path().join("cache");
     let model = fixture("tiny-flux-schnell-diffusers");
@@ -261,6 +323,7 @@ fn serve_on_a_diffusers_folder_answers_a_generation() -> anyhow::Result<()> {
         .arg(work.path().join("data"))
         .arg("--model")
         .arg(&model)
+        .args(["--precision", "int8"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -287,6 +350,16 @@ fn serve_on_a_diffusers_folder_answers_a_generation() -> anyhow::Result<()> {
             bail!("{answer}");
         }
         ensure!(answer.contains("data:image/jpeg;base64,"), "{answer}");
+        // The model list says how the transformer is stored.
+        let mut stream = TcpStream::connect(&address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            stream,
+            "GET /api/v1/models HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut models = String::new();
+        stream.read_to_string(&mut models)?;
+        ensure!(models.contains(r#""precision":"int8""#), "{models}");
         Ok(())
     })();
     let _ = child.kill();
