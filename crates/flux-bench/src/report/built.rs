@@ -1,0 +1,124 @@
+//! flux-rs on flux-builder's graphs (fused attention, what `--model DIFFUSERS_DIR` runs) against
+//! the export of the same weights and against the peers: the targets of the performance issue
+//! (the fused step and attention on the medium model at 1024×576, end to end against diffusers)
+//! and one table per model.
+
+use std::fmt::Write as _;
+
+use super::*;
+
+/// The built graphs' transformer step against the export's (medium model, 1024×576).
+const TARGET_FUSED_STEP: f64 = 1.6;
+/// Their attention against the export's three kernels.
+const TARGET_FUSED_ATTENTION: f64 = 2.0;
+/// End to end against diffusers: median and least over every size and step count.
+const TARGET_BUILT_DIFFUSERS_MEDIAN: f64 = 3.0;
+const TARGET_BUILT_DIFFUSERS_LEAST: f64 = 2.5;
+
+fn built_runs<'a>(results: &'a BenchResults, model: &str) -> Vec<&'a RunResult> {
+    results
+        .pipeline
+        .iter()
+        .filter(|e| e.model == model && e.document.implementation == implementation::FLUX_RS_BUILT)
+        .flat_map(|e| e.document.runs.iter())
+        .collect()
+}
+
+/// `peer` time / built-graph time over every run both measured.
+fn built_ratios(results: &BenchResults, model: &str, peer: &str) -> Vec<f64> {
+    built_runs(results, model)
+        .into_iter()
+        .filter_map(|run| {
+            ratio(
+                total(results.find_run(peer, model, [run.width, run.height], run.steps)),
+                run.median_of(stage::TOTAL),
+            )
+        })
+        .collect()
+}
+
+pub(super) fn built_targets(out: &mut String, results: &BenchResults) {
+    for profile in &results.step_profiles {
+        let Some(built) = &profile.onnxruntime_built else {
+            continue;
+        };
+        if profile.model != "medium" || [profile.width, profile.height] != [1024, 576] {
+            continue;
+        }
+        let step = profile.onnxruntime.step_ms / built.step_ms;
+        let attention = profile.onnxruntime.attention_ms / built.attention_ms;
+        let _ = writeln!(
+            out,
+            "| transformer step, flux-builder's graph vs the export, medium model at 1024×576 (target ≥ \
+             {TARGET_FUSED_STEP}×) | {step:.2}× ({:.1} vs {:.1} ms) | {} |",
+            built.step_ms,
+            profile.onnxruntime.step_ms,
+            met(step >= TARGET_FUSED_STEP)
+        );
+        let _ = writeln!(
+            out,
+            "| attention, fused `MultiHeadAttention` vs the export's three kernels, same step (target ≥ \
+             {TARGET_FUSED_ATTENTION}×) | {attention:.2}× ({:.1} vs {:.1} ms) | {} |",
+            built.attention_ms,
+            profile.onnxruntime.attention_ms,
+            met(attention >= TARGET_FUSED_ATTENTION)
+        );
+    }
+    for model in &results.models {
+        let found = built_ratios(results, &model.name, implementation::DIFFUSERS);
+        if let (Some(median), Some(least)) = (
+            crate::stats::median(&found),
+            found.iter().copied().reduce(f64::min),
+        ) {
+            let _ = writeln!(
+                out,
+                "| speed-up of flux-rs on flux-builder's graphs over diffusers, {} model (target median ≥ \
+                 {TARGET_BUILT_DIFFUSERS_MEDIAN}×, least ≥ {TARGET_BUILT_DIFFUSERS_LEAST}×) | median \
+                 {median:.2}×, least {least:.2}× over {} runs | {} |",
+                model.name,
+                found.len(),
+                met(median >= TARGET_BUILT_DIFFUSERS_MEDIAN
+                    && least >= TARGET_BUILT_DIFFUSERS_LEAST)
+            );
+        }
+    }
+}
+
+pub(super) fn built_table(out: &mut String, results: &BenchResults, model: &str) {
+    let runs = built_runs(results, model);
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "flux-rs on flux-builder's graphs of the same weights (built from the model's diffusers folder as \
+         `flux serve --model DIR` builds it: fused `MultiHeadAttention`, `RotaryEmbedding`, \
+         `SimplifiedLayerNormalization`, the VAE's attention fused), end to end in seconds (median); \
+         ratio = other time / built-graph time.\n\n\
+         | size | steps | built graphs | per step | export | ratio | Python ORT | ratio | diffusers | ratio |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for run in runs {
+        let size = [run.width, run.height];
+        let ours = run.median_of(stage::TOTAL);
+        let export = total(results.find_run(implementation::FLUX_RS, model, size, run.steps));
+        let python = total(results.find_run(implementation::PYTHON_ORT, model, size, run.steps));
+        let diffusers = total(results.find_run(implementation::DIFFUSERS, model, size, run.steps));
+        let _ = writeln!(
+            out,
+            "| {}×{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            run.width,
+            run.height,
+            run.steps,
+            secs(ours),
+            secs(run.median_of(stage::PER_STEP)),
+            secs(export),
+            fmt_ratio(ratio(export, ours)),
+            secs(python),
+            fmt_ratio(ratio(python, ours)),
+            secs(diffusers),
+            fmt_ratio(ratio(diffusers, ours)),
+        );
+    }
+    let _ = writeln!(out);
+}
