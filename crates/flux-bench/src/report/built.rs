@@ -1,7 +1,7 @@
-//! flux-rs on flux-builder's graphs (fused attention, what `--model DIFFUSERS_DIR` runs) against
-//! the export of the same weights and against the peers: the targets of the performance issue
-//! (the fused step and attention on the medium model at 1024×576, end to end against diffusers)
-//! and one table per model.
+//! The performance issue's targets and table: flux-rs on flux-builder's graphs (fused attention,
+//! what `--model DIFFUSERS_DIR` runs) against the export of the same weights and against the peers
+//! (the fused step and attention on the medium model at 1024×576, end to end against diffusers),
+//! JPEG encoding against Pillow, and one table per model.
 
 use std::fmt::Write as _;
 
@@ -37,7 +37,90 @@ fn built_ratios(results: &BenchResults, model: &str, peer: &str) -> Vec<f64> {
         .collect()
 }
 
+/// JPEG encoding (float to bytes, quality 95, 4:4:4) against Pillow's in the Python peer.
+const TARGET_JPEG_RATIO: f64 = 1.5;
+
+/// The `encode` stage at 1024² of flux-rs and of the Python ORT peer (both: float-to-u8 of the
+/// VAE's output, then JPEG at quality 95 with 4:4:4 chroma; Pillow's is libjpeg-turbo), median
+/// over the step counts measured on the tiny model.
+fn jpeg_target(out: &mut String, results: &BenchResults) {
+    let encode = |implementation: &str| -> Option<f64> {
+        let times: Vec<f64> = results
+            .pipeline
+            .iter()
+            .filter(|e| e.model == "tiny" && e.document.implementation == implementation)
+            .flat_map(|e| e.document.runs.iter())
+            .filter(|run| [run.width, run.height] == [1024, 1024])
+            .filter_map(|run| run.median_of(stage::ENCODE))
+            .collect();
+        crate::stats::median(&times)
+    };
+    if let (Some(ours), Some(pillow)) = (
+        encode(implementation::FLUX_RS),
+        encode(implementation::PYTHON_ORT),
+    ) {
+        let _ = writeln!(
+            out,
+            "| JPEG at 1024² (float to u8, quality 95, 4:4:4), flux-rs vs Pillow in the Python peer (target ≤ \
+             {TARGET_JPEG_RATIO}× Pillow's time) | {:.1} vs {:.1} ms, {:.2}× | {} |",
+            ours * 1e3,
+            pillow * 1e3,
+            ours / pillow,
+            met(ours / pillow <= TARGET_JPEG_RATIO)
+        );
+    }
+}
+
+/// Peak RSS of flux-rs on the built graphs against diffusers', per model and size (each one
+/// process that loaded the model and ran that size).
+fn memory_target(out: &mut String, results: &BenchResults) {
+    let peak = |implementation: &str, model: &str, size: [u32; 2]| {
+        results
+            .pipeline
+            .iter()
+            .find(|e| {
+                e.model == model
+                    && e.document.implementation == implementation
+                    && e.document
+                        .runs
+                        .first()
+                        .is_some_and(|r| [r.width, r.height] == size)
+            })
+            .map(|e| e.document.peak_rss_bytes)
+    };
+    for model in &results.models {
+        let pairs: Vec<(u64, u64)> = model
+            .sizes
+            .iter()
+            .filter_map(|&size| {
+                Some((
+                    peak(implementation::FLUX_RS_BUILT, &model.name, size)?,
+                    peak(implementation::DIFFUSERS, &model.name, size)?,
+                ))
+            })
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let over = pairs.iter().filter(|(ours, theirs)| ours > theirs).count();
+        let worst = pairs
+            .iter()
+            .map(|&(ours, theirs)| ours as f64 / theirs as f64)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "| peak RSS of flux-rs on flux-builder's graphs ≤ diffusers' at every size, {} model | \
+             over at {over} of {} sizes, at most {worst:.2}× diffusers' | {} |",
+            model.name,
+            pairs.len(),
+            met(over == 0)
+        );
+    }
+}
+
 pub(super) fn built_targets(out: &mut String, results: &BenchResults) {
+    jpeg_target(out, results);
+    memory_target(out, results);
     for profile in &results.step_profiles {
         let Some(built) = &profile.onnxruntime_built else {
             continue;

@@ -259,6 +259,10 @@ fn renders_tables_targets_and_plot() -> Result<()> {
         "{text}"
     );
     assert!(
+        text.contains("over at 0 of 1 sizes, at most 1.00× diffusers' | met |"),
+        "{text}"
+    );
+    assert!(
         text.contains("| ONNX Runtime, flux-builder's graph | 150.0 | 50.0 (33 %) | 90.0 | 10.0 |"),
         "{text}"
     );
