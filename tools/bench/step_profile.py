@@ -13,7 +13,7 @@ profilers' own cost is in neither the step nor "the rest". Prints one JSON docum
     {"width", "height", "image_tokens", "text_tokens", "threads", "repeats",
      "onnxruntime": {"step_ms", "attention_ms", "linear_ms", "other_ms"},
      "torch": {"step_ms", "attention_ms", "linear_ms", "other_ms"},
-     "onnxruntime_built": {...} or null}
+     "onnxruntime_built": {...} or null, "flops": {"linear", "attention"}}
 
 With --built-model, the same weights built by flux-builder (fused MultiHeadAttention, counted as
 attention; MatMulNBits as linear) are profiled the same way.
@@ -180,7 +180,31 @@ def profile_torch(model: Path, image_tokens: int, text_tokens: int, threads: int
     totals = {event.key: event.cpu_time_total for event in profiler.key_averages()}
     attention_us = totals.get("aten::scaled_dot_product_attention", 0.0)
     linear_us = totals.get("aten::linear", 0.0)
-    return split(walls, attention_us, linear_us, repeats)
+    return split(walls, attention_us, linear_us, repeats), step_flops(config, image_tokens, text_tokens)
+
+
+def step_flops(config, image_tokens: int, text_tokens: int) -> dict:
+    """Floating-point operations of one step (batch 1), counted from the architecture: a linear
+    layer of K inputs and N outputs applied to M tokens is 2*M*K*N; attention over S tokens of
+    width D is 2*S*S*D for QK^T and as much for PV, per block. The per-block modulation linears
+    and the embedders of the timestep, guidance and pooled text see one token: counted too."""
+    d = config.num_attention_heads * config.attention_head_dim
+    c, j, p = config.in_channels, config.joint_attention_dim, config.pooled_projection_dim
+    mlp = int(d * 4)
+    s = image_tokens + text_tokens
+    blocks = config.num_layers + config.num_single_layers
+    linear = 0
+    # Double blocks: each stream has its own q/k/v (3 D^2), output (D^2) and MLP (2 D*4D)
+    # weights, applied to that stream's tokens; modulation: 2 x (D -> 6D) on one token.
+    linear += config.num_layers * 2 * (s * (4 * d * d + 2 * d * mlp) + 2 * 6 * d * d)
+    # Single blocks: q/k/v, the MLP's input, and one output over the joined [D + 4D] width.
+    linear += config.num_single_layers * 2 * (s * (3 * d * d + d * mlp + (d + mlp) * d) + 3 * d * d)
+    # Embedders and the output layer.
+    linear += 2 * (image_tokens * c * d + text_tokens * j * d + image_tokens * d * c)
+    linear += 2 * (256 * d + d * d) * (3 if config.guidance_embeds else 2) + 2 * (p * d + d * d)
+    linear += 2 * 2 * d * d  # norm_out's modulation (D -> 2D)
+    attention = blocks * 4 * s * s * d
+    return {"linear": float(linear), "attention": float(attention)}
 
 
 def main() -> int:
@@ -199,7 +223,7 @@ def main() -> int:
     width, height = args.size
     image_tokens = (width // 16) * (height // 16)
     onnxruntime, text_tokens = profile_onnxruntime(args.onnx_model, image_tokens, args.threads, args.repeats)
-    torch_side = profile_torch(args.diffusers_model, image_tokens, text_tokens, args.threads, args.repeats)
+    torch_side, flops = profile_torch(args.diffusers_model, image_tokens, text_tokens, args.threads, args.repeats)
     built = None
     if args.built_model is not None:
         built, built_text = profile_onnxruntime(args.built_model, image_tokens, args.threads, args.repeats)
@@ -215,6 +239,7 @@ def main() -> int:
         "onnxruntime": onnxruntime,
         "torch": torch_side,
         "onnxruntime_built": built,
+        "flops": flops,
     }, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -22,6 +22,21 @@ pub struct HostInfo {
     pub date: String,
     pub onnxruntime_version: String,
     pub rustc_version: String,
+    /// The CPU's fp32 peak, derived from its vector units and clock (absent from older runs).
+    #[serde(default)]
+    pub cpu_peak: Option<CpuPeak>,
+}
+
+/// Peak fp32 throughput of the cores this process may use: cores × FLOP per cycle × clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuPeak {
+    pub cores: usize,
+    /// fp32 operations per cycle and core (an FMA counts two).
+    pub flops_per_cycle: u32,
+    pub ghz: f64,
+    pub gflops: f64,
+    /// How `flops_per_cycle` was derived.
+    pub how: String,
 }
 
 /// Reads the host facts; a fact that cannot be read is `"unknown"`, never an error.
@@ -45,7 +60,67 @@ pub fn collect(repo_root: &Path) -> HostInfo {
         date: rfc3339_utc(SystemTime::now()),
         onnxruntime_version: flux_core::ONNXRUNTIME_VERSION.to_owned(),
         rustc_version: command_output(Command::new("rustc").arg("-V")).unwrap_or_else(unknown),
+        cpu_peak: cpu_peak(
+            &cpuinfo,
+            std::thread::available_parallelism().map_or(1, usize::from),
+        ),
     }
+}
+
+fn cpuinfo_field<'a>(cpuinfo: &'a str, name: &str) -> Option<&'a str> {
+    cpuinfo
+        .lines()
+        .find(|line| line.split(':').next().is_some_and(|key| key.trim() == name))
+        .and_then(|line| line.split_once(':'))
+        .map(|(_, value)| value.trim())
+}
+
+/// fp32 FLOP per cycle per core from the vendor, family and vector flags, assuming two FMA pipes
+/// (every server core of the last decade has two): AVX-512 is 2 × 16 lanes × 2 on Intel and on
+/// AMD Zen 5 (family 26), but Zen 4 (family 25) runs it as two 256-bit halves, so 2 × 8 × 2, as
+/// AVX2 with FMA everywhere; without FMA, AVX is 2 × 8 (an add and a multiply pipe).
+pub fn flops_per_cycle(cpuinfo: &str) -> Option<(u32, String)> {
+    let flags: Vec<&str> = cpuinfo_field(cpuinfo, "flags")?
+        .split_whitespace()
+        .collect();
+    let has = |flag: &str| flags.contains(&flag);
+    let vendor = cpuinfo_field(cpuinfo, "vendor_id").unwrap_or("unknown");
+    let family: u32 = cpuinfo_field(cpuinfo, "cpu family")
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    let amd = vendor == "AuthenticAMD";
+    Some(if has("avx512f") && !(amd && family < 26) {
+        (
+            64,
+            format!("{vendor} with AVX-512: 2 FMA pipes × 16 fp32 lanes × 2"),
+        )
+    } else if has("avx512f") || (has("avx2") && has("fma")) {
+        (
+            32,
+            format!(
+                "{vendor} family {family}, AVX2/FMA (AVX-512 in 256-bit halves on AMD before Zen 5): 2 FMA pipes × 8 fp32 lanes × 2"
+            ),
+        )
+    } else if has("avx") {
+        (
+            16,
+            format!("{vendor}, AVX without FMA: an add and a multiply pipe × 8 fp32 lanes"),
+        )
+    } else {
+        (8, format!("{vendor}, SSE: 2 pipes × 4 fp32 lanes"))
+    })
+}
+
+fn cpu_peak(cpuinfo: &str, cores: usize) -> Option<CpuPeak> {
+    let (flops_per_cycle, how) = flops_per_cycle(cpuinfo)?;
+    let ghz = cpuinfo_field(cpuinfo, "cpu MHz")?.parse::<f64>().ok()? / 1000.0;
+    Some(CpuPeak {
+        cores,
+        flops_per_cycle,
+        ghz,
+        gflops: cores as f64 * f64::from(flops_per_cycle) * ghz,
+        how: format!("{how}; clock: /proc/cpuinfo's cpu MHz ({ghz:.2} GHz)"),
+    })
 }
 
 fn unknown() -> String {
@@ -114,6 +189,39 @@ mod tests {
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_798_072_258), "2026-12-24T00:30:58Z");
         assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn peak_from_vendor_family_and_flags() {
+        let info = |vendor: &str, family: u32, flags: &str| {
+            format!(
+                "vendor_id\t: {vendor}\ncpu family\t: {family}\ncpu MHz\t\t: 2000.000\nflags\t\t: {flags}\n"
+            )
+        };
+        let per_cycle = |text: &str| flops_per_cycle(text).map(|(n, _)| n);
+        assert_eq!(
+            per_cycle(&info("GenuineIntel", 6, "fpu avx avx2 fma avx512f")),
+            Some(64)
+        );
+        assert_eq!(
+            per_cycle(&info("AuthenticAMD", 25, "avx avx2 fma avx512f")),
+            Some(32)
+        );
+        assert_eq!(
+            per_cycle(&info("AuthenticAMD", 26, "avx avx2 fma avx512f")),
+            Some(64)
+        );
+        assert_eq!(
+            per_cycle(&info("AuthenticAMD", 23, "avx avx2 fma")),
+            Some(32)
+        );
+        assert_eq!(
+            per_cycle(&info("GenuineIntel", 6, "sse sse2 avx")),
+            Some(16)
+        );
+        let peak = cpu_peak(&info("GenuineIntel", 6, "avx2 fma avx512f"), 2).expect("peak");
+        assert_eq!(peak.gflops, 256.0);
+        assert_eq!(flops_per_cycle("processor : 0\n"), None);
     }
 
     #[test]

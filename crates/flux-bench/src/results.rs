@@ -378,6 +378,18 @@ pub struct StepProfile {
     /// runs before it was measured.
     #[serde(default)]
     pub onnxruntime_built: Option<StepSplit>,
+    /// The step's operations, counted from the architecture (absent from older runs).
+    #[serde(default)]
+    pub flops: Option<StepFlops>,
+}
+
+/// Floating-point operations of one transformer step (batch 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepFlops {
+    /// Every linear layer: 2 × tokens × inputs × outputs.
+    pub linear: f64,
+    /// QKᵀ and PV of every block: 4 × S² × width.
+    pub attention: f64,
 }
 
 /// Milliseconds of one transformer step.

@@ -10,6 +10,7 @@ use super::results::{BenchResults, RunResult, StepSplit, implementation, stage};
 
 mod built;
 mod fleet;
+mod machine;
 mod peak_memory;
 mod plot;
 mod quantized;
@@ -459,4 +460,5 @@ fn reading(out: &mut String, results: &BenchResults) {
     }
     let _ = writeln!(out);
     step_profiles(out, results);
+    machine::machine_section(out, results);
 }

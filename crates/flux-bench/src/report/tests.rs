@@ -66,6 +66,13 @@ fn synthetic_results() -> BenchResults {
             date: "2026-01-01T00:00:00Z".to_owned(),
             onnxruntime_version: "1.31.1".to_owned(),
             rustc_version: "rustc".to_owned(),
+            cpu_peak: Some(crate::host::CpuPeak {
+                cores: 2,
+                flops_per_cycle: 64,
+                ghz: 2.0,
+                gflops: 256.0,
+                how: "test".to_owned(),
+            }),
         },
         settings: Settings {
             quick: false,
@@ -162,6 +169,10 @@ fn synthetic_results() -> BenchResults {
                 linear_ms: 90.0,
                 other_ms: 10.0,
             }),
+            flops: Some(crate::results::StepFlops {
+                linear: 9e9,
+                attention: 5e9,
+            }),
         }],
         quantized: vec![synthetic_quantized()],
         gpu: GpuSection {
@@ -256,6 +267,11 @@ fn renders_tables_targets_and_plot() -> Result<()> {
     );
     assert!(
         text.contains("median 3.75×, least 3.75× over 2 runs | met |"),
+        "{text}"
+    );
+    // 9 GFLOP in 90 ms is 100 GFLOP/s, 39 % of a 256 GFLOP/s peak; 5 GFLOP in 50 ms likewise.
+    assert!(
+        text.contains("| medium | 512×512 | ONNX Runtime, flux-builder's graph | 100.0 | 39 % | 100.0 | 39 % |"),
         "{text}"
     );
     assert!(
