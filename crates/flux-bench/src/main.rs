@@ -9,6 +9,7 @@
 //! nor the plotting library: `cargo xtask bench ARGS` runs `cargo run --release -p flux-bench --
 //! ARGS`, and this binary is the benchmark.
 
+mod candle;
 mod fleet;
 mod host;
 mod memory;
@@ -244,6 +245,7 @@ fn run(args: &[String]) -> Result<()> {
         peak_memory: Vec::new(),
         step_profiles: Vec::new(),
         quantized: Vec::new(),
+        candle: Vec::new(),
         gpu: GpuSection {
             measured: false,
             note: gpu_note(),

@@ -151,6 +151,11 @@ pub(crate) fn bench_model(
             }
         }
     }
+    if let (Some(python), Some(built), true) =
+        (python.filter(|_| options.peers), &built, options.candle)
+    {
+        candle_peer(python, plan, built, options, root, results);
+    }
     // The smallest and largest size: where the attention share is least and most.
     let by_tokens = |size: &&[u32; 2]| size[0] * size[1];
     let mut profiled: Vec<[u32; 2]> = Vec::new();
@@ -219,6 +224,44 @@ fn step_profile(
         }
         Err(error) => results.notes.push(format!(
             "step profile failed on the {model} model: {error:#}"
+        )),
+    }
+}
+
+/// candle's transformer step at every size of the plan (a note where it could not run).
+fn candle_peer(
+    python: &PythonEnv,
+    plan: &ModelPlan,
+    built: &Path,
+    options: &Options,
+    root: &Path,
+    results: &mut BenchResults,
+) {
+    let model = plan.choice.name();
+    let text_tokens = std::fs::read_to_string(built.join("flux-rs.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|manifest| manifest["text_length"].as_u64());
+    let Some(text_tokens) = text_tokens else {
+        results.notes.push(format!(
+            "candle peer skipped for the {model} model: no text length in {}",
+            built.display()
+        ));
+        return;
+    };
+    match crate::candle::run_all(
+        python,
+        root,
+        model,
+        &diffusers_source(plan.choice, root),
+        text_tokens as usize,
+        &plan.sizes,
+        options.threads,
+        options.repeats,
+    ) {
+        Ok(steps) => results.candle.extend(steps),
+        Err(error) => results.notes.push(format!(
+            "candle peer failed on the {model} model: {error:#}"
         )),
     }
 }

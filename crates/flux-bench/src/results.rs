@@ -63,6 +63,9 @@ pub struct BenchResults {
     /// int8 and int4 weights against fp32, per model (absent from runs before it was measured).
     #[serde(default)]
     pub quantized: Vec<super::quantized::QuantizedEntry>,
+    /// candle's transformer step per model and size (the Rust peer; absent from older runs).
+    #[serde(default)]
+    pub candle: Vec<super::candle::CandleStep>,
     pub gpu: GpuSection,
     /// What was skipped or could not be measured, and why.
     pub notes: Vec<String>,

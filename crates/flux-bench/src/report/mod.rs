@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use super::results::{BenchResults, RunResult, StepSplit, implementation, stage};
 
 mod built;
+mod candle;
 mod fleet;
 mod machine;
 mod peak_memory;
@@ -190,6 +191,7 @@ fn markdown(results: &BenchResults, source: &Path, docs: &Path, plot_note: Optio
     memory_table(&mut out, results);
     peak_memory_section(&mut out, results);
     quantized::quantized_section(&mut out, results);
+    candle::candle_section(&mut out, results);
     server_section(&mut out, results);
     queue_section(&mut out, results);
     fleet::fleet_section(&mut out, results);
@@ -348,6 +350,7 @@ fn summary(out: &mut String, results: &BenchResults) {
         }
     }
     built::built_targets(out, results);
+    candle::candle_targets(out, results);
     if let Some(server) = &results.server {
         for (label, added, paired) in [
             (

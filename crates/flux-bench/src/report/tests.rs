@@ -175,6 +175,16 @@ fn synthetic_results() -> BenchResults {
             }),
         }],
         quantized: vec![synthetic_quantized()],
+        candle: vec![crate::candle::CandleStep {
+            model: "medium".to_owned(),
+            width: 256,
+            height: 256,
+            image_tokens: 256,
+            text_tokens: 128,
+            threads: 2,
+            step_ms: vec![100.0, 120.0, 130.0],
+            candle: "0.11.1".to_owned(),
+        }],
         gpu: GpuSection {
             measured: false,
             note: "no GPU".to_owned(),
@@ -272,6 +282,11 @@ fn renders_tables_targets_and_plot() -> Result<()> {
     // 9 GFLOP in 90 ms is 100 GFLOP/s, 39 % of a 256 GFLOP/s peak; 5 GFLOP in 50 ms likewise.
     assert!(
         text.contains("| medium | 512×512 | ONNX Runtime, flux-builder's graph | 100.0 | 39 % | 100.0 | 39 % |"),
+        "{text}"
+    );
+    // The synthetic runs have no per-step stage: candle's median stands alone.
+    assert!(
+        text.contains("| medium | 256×256 | 256 + 128 | 120.0 | — | — | — | — |"),
         "{text}"
     );
     assert!(
