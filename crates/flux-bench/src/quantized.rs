@@ -64,6 +64,9 @@ pub struct QuantizedRun {
     pub transformer_bytes: u64,
     /// Initializer bytes the T5 graph loads.
     pub t5_bytes: u64,
+    /// Initializer bytes of CLIP and the VAE (fp32 at every precision).
+    #[serde(default)]
+    pub other_bytes: u64,
     pub load_seconds: f64,
     pub rss_after_load_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -165,6 +168,8 @@ pub fn measure(spec: &QuantizedSpec) -> Result<QuantizedRun> {
         precision: spec.precision.clone(),
         transformer_bytes: initializer_bytes(&transformer_graph(&spec.model_dir)?)?,
         t5_bytes: initializer_bytes(&spec.model_dir.join("t5.opt/model.onnx"))?,
+        other_bytes: initializer_bytes(&spec.model_dir.join("clip.opt/model.onnx"))?
+            + initializer_bytes(&spec.model_dir.join("vae.opt/model.onnx"))?,
         load_seconds,
         rss_after_load_bytes: after_load.rss_bytes,
         peak_rss_bytes: end.peak_rss_bytes,

@@ -26,10 +26,25 @@ fn step_ms(run: &QuantizedRun) -> f64 {
     median(&run.step_seconds).unwrap_or(f64::NAN) * 1e3
 }
 
-/// What FLUX.1-dev with its encoders needs at int4: (weights, resident after load), in bytes,
-/// from the medium (else the largest) model's measured int4 bytes per fp32 byte and its RSS after
-/// load per weight byte.
-fn int4_projection(results: &BenchResults) -> Option<(f64, f64, &QuantizedEntry)> {
+/// What FLUX.1-dev with its encoders needs at int4, from the medium (else the largest) model's
+/// int4 build: the weights at its measured bytes per parameter, and resident after load = those
+/// weights + the runtime's fixed part (RSS after load minus the bytes of all four graphs).
+struct Projection<'a> {
+    entry: &'a QuantizedEntry,
+    /// Measured int4 bytes per transformer parameter.
+    per_param: f64,
+    weights: f64,
+    resident: f64,
+    fixed: f64,
+    /// RSS after load gained per weight byte from the int4 to the fp32 build (1 = no copies).
+    growth: Option<f64>,
+}
+
+fn loaded(run: &QuantizedRun) -> f64 {
+    (run.transformer_bytes + run.t5_bytes + run.other_bytes) as f64
+}
+
+fn int4_projection(results: &BenchResults) -> Option<Projection<'_>> {
     let entry = results
         .quantized
         .iter()
@@ -42,23 +57,37 @@ fn int4_projection(results: &BenchResults) -> Option<(f64, f64, &QuantizedEntry)
         + (T5_XXL_ENCODER - T5_XXL_EMBEDDING) * per_param
         + T5_XXL_EMBEDDING * 4.0
         + (CLIP_L_TEXT + VAE_DECODER) * 4.0;
-    let loaded = (int4.transformer_bytes + int4.t5_bytes) as f64;
-    let resident_per_weight = int4.rss_after_load_bytes as f64 / loaded.max(1.0);
-    Some((weights, weights * resident_per_weight.max(1.0), entry))
+    let fixed = (int4.rss_after_load_bytes as f64 - loaded(int4)).max(0.0);
+    let growth = (loaded(full) > loaded(int4)).then(|| {
+        (full.rss_after_load_bytes as f64 - int4.rss_after_load_bytes as f64)
+            / (loaded(full) - loaded(int4))
+    });
+    Some(Projection {
+        entry,
+        per_param,
+        weights,
+        resident: weights + fixed,
+        fixed,
+        growth,
+    })
+}
+
+fn mib_1(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1048576.0)
 }
 
 pub(super) fn quantized_targets(out: &mut String, results: &BenchResults) {
-    let Some((weights, resident, entry)) = int4_projection(results) else {
+    let Some(p) = int4_projection(results) else {
         return;
     };
     let _ = writeln!(
         out,
         "| FLUX.1-dev at int4 with its encoders fits a 16 GB machine (projected from the {} model's int4 build) | \
          weights {:.1} GB, resident after load {:.1} GB | {} |",
-        entry.model,
-        weights / 1e9,
-        resident / 1e9,
-        met(resident < TARGET_INT4_BYTES)
+        p.entry.model,
+        p.weights / 1e9,
+        p.resident / 1e9,
+        met(p.resident < TARGET_INT4_BYTES)
     );
 }
 
@@ -104,8 +133,8 @@ pub(super) fn quantized_section(out: &mut String, results: &BenchResults) {
                 entry.steps,
                 entry.cases,
                 r.precision,
-                mib(r.transformer_bytes),
-                mib(r.t5_bytes),
+                mib_1(r.transformer_bytes),
+                mib_1(r.t5_bytes),
                 r.load_seconds,
                 mib(r.rss_after_load_bytes),
                 mib(r.peak_rss_bytes),
@@ -117,32 +146,35 @@ pub(super) fn quantized_section(out: &mut String, results: &BenchResults) {
         }
     }
     let _ = writeln!(out);
-    if let Some((weights, resident, entry)) = int4_projection(results) {
-        let full = run(entry, "fp32");
-        let int4 = run(entry, "int4");
-        if let (Some(full), Some(int4)) = (full, int4) {
-            let per_param = int4.transformer_bytes as f64 / (full.transformer_bytes as f64 / 4.0);
-            let _ = writeln!(
-                out,
-                "FLUX.1-dev at int4, projected from the {} model's builds (the same layer types; block-wise \
-                 quantization costs the same bytes per weight at any width): its int4 transformer graph holds \
-                 {per_param:.3} bytes per parameter (4 bits of code, and per 32 weights a 32-bit scale and a 4-bit \
-                 zero point: 0.64 bytes per linear weight, plus its few f32 norms and biases), so FLUX.1-dev's {:.1} B-parameter transformer needs {:.1} GB and T5-XXL's \
-                 encoder {:.1} GB ({:.2} B parameters at that rate, its {:.0} M-entry embedding table in f32), \
-                 CLIP-L and the VAE decoder {:.1} GB in fp32: {:.1} GB of weights. ONNX Runtime's resident memory \
-                 after loading the int4 build was {:.2}× its weight bytes here, hence {:.1} GB resident before the \
-                 activations of a request (target: a 16 GB machine).\n",
-                entry.model,
-                FLUX_DEV_TRANSFORMER / 1e9,
-                FLUX_DEV_TRANSFORMER * per_param / 1e9,
-                ((T5_XXL_ENCODER - T5_XXL_EMBEDDING) * per_param + T5_XXL_EMBEDDING * 4.0) / 1e9,
-                (T5_XXL_ENCODER - T5_XXL_EMBEDDING) / 1e9,
-                T5_XXL_EMBEDDING / 1e6,
-                (CLIP_L_TEXT + VAE_DECODER) * 4.0 / 1e9,
-                weights / 1e9,
-                resident / weights,
-                resident / 1e9
-            );
-        }
+    if let Some(p) = int4_projection(results) {
+        let growth = p.growth.map_or_else(String::new, |g| {
+            format!(
+                " Between its int4 and fp32 builds, the resident memory after load grew {g:.2} bytes per byte of \
+                 weights (1 would mean the weights are held once, as loaded)."
+            )
+        });
+        let _ = writeln!(
+            out,
+            "FLUX.1-dev at int4, projected from the {} model's builds (the same layer types; block-wise \
+             quantization costs the same bytes per weight at any width): its int4 transformer graph holds \
+             {:.3} bytes per parameter (4 bits of code, and per 32 weights a 32-bit scale and a 4-bit zero \
+             point: 0.64 bytes per linear weight, plus its few f32 norms and biases), so FLUX.1-dev's {:.1} \
+             B-parameter transformer needs {:.1} GB and T5-XXL's encoder {:.1} GB ({:.2} B parameters at that \
+             rate, its {:.0} M-entry embedding table in f32), CLIP-L and the VAE decoder {:.1} GB in fp32: {:.1} \
+             GB of weights. Resident after load = those weights + the runtime's fixed part measured here (RSS \
+             after load minus the bytes of the four graphs: {:.2} GB): {:.1} GB before the activations of a \
+             request (target: a 16 GB machine).{growth}\n",
+            p.entry.model,
+            p.per_param,
+            FLUX_DEV_TRANSFORMER / 1e9,
+            FLUX_DEV_TRANSFORMER * p.per_param / 1e9,
+            ((T5_XXL_ENCODER - T5_XXL_EMBEDDING) * p.per_param + T5_XXL_EMBEDDING * 4.0) / 1e9,
+            (T5_XXL_ENCODER - T5_XXL_EMBEDDING) / 1e9,
+            T5_XXL_EMBEDDING / 1e6,
+            (CLIP_L_TEXT + VAE_DECODER) * 4.0 / 1e9,
+            p.weights / 1e9,
+            p.fixed / 1e9,
+            p.resident / 1e9,
+        );
     }
 }

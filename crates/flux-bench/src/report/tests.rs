@@ -201,6 +201,7 @@ fn synthetic_quantized() -> crate::quantized::QuantizedEntry {
         precision: precision.to_owned(),
         transformer_bytes: transformer << 20,
         t5_bytes: 100 << 20,
+        other_bytes: 0,
         load_seconds: 0.5,
         rss_after_load_bytes: (transformer + 100) << 20,
         peak_rss_bytes: (transformer + 300) << 20,
@@ -298,15 +299,15 @@ fn renders_tables_targets_and_plot() -> Result<()> {
         "{text}"
     );
     assert!(
-        text.contains("| medium | 512×512, 8, 3 | int4 | 80 | 100 | 0.50 | 180 | 380 | 80.0 | 1.25× | 33.0 / 30.0 | 40 |"),
+        text.contains("| medium | 512×512, 8, 3 | int4 | 80.0 | 100.0 | 0.50 | 180 | 380 | 80.0 | 1.25× | 33.0 / 30.0 | 40 |"),
         "{text}"
     );
     assert!(
-        text.contains("| medium | 512×512, 8, 3 | fp32 | 400 | 100 | 0.50 | 500 | 700 | 100.0 | 1.00× | reference | — |"),
+        text.contains("| medium | 512×512, 8, 3 | fp32 | 400.0 | 100.0 | 0.50 | 500 | 700 | 100.0 | 1.00× | reference | — |"),
         "{text}"
     );
     // int4 holds 0.8 bytes per parameter here: FLUX.1-dev's transformer 9.5 GB, T5 4.2 GB (its
-    // embedding table in f32), CLIP + VAE 0.7 GB; resident after load = 1.0 x the weights.
+    // embedding table in f32), CLIP + VAE 0.7 GB; no fixed part (RSS after load = the weights).
     assert!(
         text.contains("weights 14.4 GB, resident after load 14.4 GB | met |"),
         "{text}"
