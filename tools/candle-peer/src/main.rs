@@ -71,7 +71,9 @@ fn config(path: &PathBuf) -> Result<Config, String> {
         vec_in_dim: int("vec_in_dim")?,
         context_in_dim: int("context_in_dim")?,
         hidden_size: int("hidden_size")?,
-        mlp_ratio: json["mlp_ratio"].as_f64().ok_or("config: mlp_ratio missing")?,
+        mlp_ratio: json["mlp_ratio"]
+            .as_f64()
+            .ok_or("config: mlp_ratio missing")?,
         num_heads: int("num_heads")?,
         depth: int("depth")?,
         depth_single_blocks: int("depth_single_blocks")?,
@@ -92,8 +94,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = config(&args.config)?;
     let device = Device::Cpu;
     // SAFETY (of the mapping): the weights file is not modified while the peer runs.
-    let vb =
-        unsafe { VarBuilder::from_mmaped_safetensors(&[&args.weights], DType::F32, &device)? };
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&args.weights], DType::F32, &device)? };
     let model = Flux::new(&cfg, vb)?;
     let (h2, w2) = (args.height / 16, args.width / 16);
     let image_tokens = h2 * w2;
@@ -105,7 +106,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let img_ids = Tensor::from_vec(ids, (1, image_tokens, 3), &device)?;
-    let txt = Tensor::randn(0f32, 1.0, (1, args.text_tokens, cfg.context_in_dim), &device)?;
+    let txt = Tensor::randn(
+        0f32,
+        1.0,
+        (1, args.text_tokens, cfg.context_in_dim),
+        &device,
+    )?;
     let txt_ids = Tensor::zeros((1, args.text_tokens, 3), DType::F32, &device)?;
     let y = Tensor::randn(0f32, 1.0, (1, cfg.vec_in_dim), &device)?;
     let t = Tensor::new(&[0.5f32], &device)?;
