@@ -266,6 +266,26 @@ fn candle_peer(
     }
 }
 
+/// The T5 length fixed in an exported folder's graph (`input_ids`' second axis), if it is fixed.
+fn export_text_length(export: &Path) -> Option<usize> {
+    use flux_builder::proto::{ModelProto, tensor_shape_proto::dimension, type_proto};
+    use prost::Message;
+    let bytes = std::fs::read(export.join("t5.opt").join("model.onnx")).ok()?;
+    let model = ModelProto::decode(bytes.as_slice()).ok()?;
+    let input = model
+        .graph?
+        .input
+        .into_iter()
+        .find(|i| i.name == "input_ids")?;
+    let Some(type_proto::Value::TensorType(tensor)) = input.r#type?.value else {
+        return None;
+    };
+    match tensor.shape?.dim.get(1)?.value {
+        Some(dimension::Value::DimValue(n)) => usize::try_from(n).ok(),
+        _ => None,
+    }
+}
+
 /// flux-builder's graphs of the model's diffusers folder (the same weights as its export), built
 /// once into the cache as `flux serve --model DIR` builds them; `None` (with a note) without one.
 fn built_graphs(plan: &ModelPlan, root: &Path, results: &mut BenchResults) -> Option<PathBuf> {
@@ -281,8 +301,13 @@ fn built_graphs(plan: &ModelPlan, root: &Path, results: &mut BenchResults) -> Op
     let built = flux_core::runtime::cache_root()
         .map_err(anyhow::Error::from)
         .and_then(|cache| {
-            flux_builder::build_cached(&source, &flux_builder::BuildOptions::default(), &cache)
-                .map_err(anyhow::Error::from)
+            // The export's T5 length, so that both run the same shapes (the tiny export has 32
+            // tokens where a dev build defaults to 512).
+            let opts = flux_builder::BuildOptions {
+                text_length: export_text_length(&plan.dir),
+                ..flux_builder::BuildOptions::default()
+            };
+            flux_builder::build_cached(&source, &opts, &cache).map_err(anyhow::Error::from)
         });
     match built {
         Ok(dir) => Some(dir),
@@ -304,6 +329,24 @@ fn log_document(document: &results::WorkerDocument) {
         eprintln!(
             "bench:   {} {}x{} {} steps: {total:.3} s end to end{overhead}",
             document.implementation, run.width, run.height, run.steps
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::export_text_length;
+
+    #[test]
+    fn the_tiny_exports_text_length_is_read_from_its_t5_graph() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        assert_eq!(
+            export_text_length(&repo.join("fixtures/tiny-flux-dev")),
+            Some(32)
+        );
+        assert_eq!(
+            export_text_length(&repo.join("fixtures/no-such-model")),
+            None
         );
     }
 }
