@@ -5,7 +5,6 @@
 use std::fmt::Write as _;
 
 use super::*;
-use crate::results::StepProfile;
 
 fn rate(flops: f64, ms: f64) -> Option<f64> {
     (ms > 0.0).then(|| flops / (ms * 1e-3) / 1e9)
@@ -49,15 +48,7 @@ pub(super) fn machine_section(out: &mut String, results: &BenchResults) {
         let Some(flops) = &profile.flops else {
             continue;
         };
-        let rows = [
-            Some(("ONNX Runtime, export", &profile.onnxruntime)),
-            profile
-                .onnxruntime_built
-                .as_ref()
-                .map(|built| ("ONNX Runtime, flux-builder's graph", built)),
-            Some(("torch (diffusers)", &profile.torch)),
-        ];
-        for (runtime, split) in rows.into_iter().flatten() {
+        for (runtime, split) in super::sections::runtime_rows(profile) {
             let linear = rate(flops.linear, split.linear_ms);
             let attention = rate(flops.attention, split.attention_ms);
             let _ = writeln!(

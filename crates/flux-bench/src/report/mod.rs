@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::results::{BenchResults, RunResult, StepSplit, implementation, stage};
+use super::results::{BenchResults, RunResult, StepProfile, StepSplit, implementation, stage};
 
 mod built;
 mod candle;

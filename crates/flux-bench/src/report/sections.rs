@@ -5,6 +5,22 @@ use std::fmt::Write as _;
 
 use super::*;
 
+/// A step profile's rows: the export and the built graph in ONNX Runtime (when profiled), torch.
+pub(super) fn runtime_rows(
+    profile: &StepProfile,
+) -> impl Iterator<Item = (&'static str, &StepSplit)> {
+    [
+        Some(("ONNX Runtime", &profile.onnxruntime)),
+        profile
+            .onnxruntime_built
+            .as_ref()
+            .map(|built| ("ONNX Runtime, flux-builder's graph", built)),
+        Some(("torch (diffusers)", &profile.torch)),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Where one transformer step goes, in ONNX Runtime and in torch: why diffusers is closer on the
 /// larger model than on the tiny one.
 pub(super) fn step_profiles(out: &mut String, results: &BenchResults) {
@@ -24,15 +40,7 @@ pub(super) fn step_profiles(out: &mut String, results: &BenchResults) {
         results.step_profiles[0].repeats
     );
     for profile in &results.step_profiles {
-        let rows = [
-            Some(("ONNX Runtime", &profile.onnxruntime)),
-            profile
-                .onnxruntime_built
-                .as_ref()
-                .map(|built| ("ONNX Runtime, flux-builder's graph", built)),
-            Some(("torch (diffusers)", &profile.torch)),
-        ];
-        for (runtime, split) in rows.into_iter().flatten() {
+        for (runtime, split) in runtime_rows(profile) {
             let _ = writeln!(
                 out,
                 "| {} | {}×{} | {} + {} | {runtime} | {:.1} | {:.1} ({:.0} %) | {:.1} | {:.1} |",

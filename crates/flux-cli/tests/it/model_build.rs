@@ -48,6 +48,26 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `flux generate "a red circle"` on `model` (seed 5, PNG) with `extra` flags into `out`; the
+/// image's bytes, or the command's error output.
+fn generate_png(cache: &Path, model: &str, extra: &[&str], out: &Path) -> anyhow::Result<Vec<u8>> {
+    let out = out.to_str().context("path")?;
+    let mut args = vec!["generate", "a red circle", "--model", model];
+    args.extend_from_slice(extra);
+    args.extend(["--seed", "5", "--format", "png", "-o", out]);
+    let output = run(cache, &args)?;
+    ensure!(
+        output.status.success(),
+        "{extra:?}: {}",
+        text(&output.stderr)
+    );
+    let stdout = text(&output.stdout);
+    let image = stdout.lines().next().context("no image path")?;
+    let bytes = std::fs::read(image)?;
+    ensure!(bytes.starts_with(b"\x89PNG"), "{image} is not a PNG");
+    Ok(bytes)
+}
+
 /// The entries the builder published in a cache (temp folders and locks excluded).
 fn cache_entries(cache: &Path) -> anyhow::Result<Vec<String>> {
     let models = cache.join("models");
@@ -73,34 +93,7 @@ fn generate_on_a_diffusers_folder_builds_once_then_reuses_the_cache() -> anyhow:
     let mut first_image = Vec::new();
     for attempt in 0..2 {
         let out = work.path().join(format!("out{attempt}"));
-        let output = run(
-            &cache,
-            &[
-                "generate",
-                "a red circle",
-                "--model",
-                model,
-                "--steps",
-                "2",
-                "--size",
-                "128x128",
-                "--seed",
-                "5",
-                "--format",
-                "png",
-                "-o",
-                out.to_str().context("path")?,
-            ],
-        )?;
-        ensure!(
-            output.status.success(),
-            "attempt {attempt}: {}",
-            text(&output.stderr)
-        );
-        let stdout = text(&output.stdout);
-        let image = stdout.lines().next().context("no image path")?;
-        let bytes = std::fs::read(image)?;
-        ensure!(bytes.starts_with(b"\x89PNG"), "{image} is not a PNG");
+        let bytes = generate_png(&cache, model, &["--steps", "2", "--size", "128x128"], &out)?;
         if attempt == 0 {
             first_image = bytes;
         } else {
@@ -124,37 +117,9 @@ fn generate_with_int4_builds_quantized_graphs_beside_the_fp32_ones() -> anyhow::
     let mut images = Vec::new();
     for precision in ["fp32", "int4"] {
         let out = work.path().join(precision);
-        let output = run(
-            &cache,
-            &[
-                "generate",
-                "a red circle",
-                "--model",
-                model,
-                "--precision",
-                precision,
-                "--steps",
-                "2",
-                "--size",
-                "64x64",
-                "--seed",
-                "5",
-                "--format",
-                "png",
-                "-o",
-                out.to_str().context("path")?,
-            ],
-        )?;
-        ensure!(
-            output.status.success(),
-            "{precision}: {}",
-            text(&output.stderr)
-        );
-        let image = text(&output.stdout);
-        let image = image.lines().next().context("no image path")?;
-        images.push(std::fs::read(image)?);
+        let flags = ["--precision", precision, "--steps", "2", "--size", "64x64"];
+        images.push(generate_png(&cache, model, &flags, &out)?);
     }
-    ensure!(images[0].starts_with(b"\x89PNG") && images[1].starts_with(b"\x89PNG"));
     ensure!(
         images[0] != images[1],
         "int4 weights drew the fp32 image exactly"
