@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use flux_builder::proto::ModelProto;
+use flux_builder::onnx::initializer_bytes;
 use flux_builder::{BuildOptions, Precision};
 use flux_core::pipeline::FluxPipeline;
 use flux_core::{RuntimeKind, init_runtime};
 use flux_types::OutputFormat;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::memory;
@@ -95,21 +94,6 @@ pub struct QuantizedEntry {
     pub cases: usize,
     pub runs: Vec<QuantizedRun>,
     pub quality: Vec<Quality>,
-}
-
-/// Initializer bytes a graph loads: external ranges plus inline data.
-pub fn initializer_bytes(graph: &Path) -> Result<u64> {
-    let bytes = std::fs::read(graph).with_context(|| format!("reading {}", graph.display()))?;
-    let model = ModelProto::decode(bytes.as_slice())
-        .with_context(|| format!("decoding {}", graph.display()))?;
-    let mut total = 0;
-    for tensor in model.graph.context("no graph")?.initializer {
-        total += tensor.raw_data.len() as u64;
-        for entry in tensor.external_data.iter().filter(|e| e.key == "length") {
-            total += entry.value.parse::<u64>()?;
-        }
-    }
-    Ok(total)
 }
 
 fn transformer_graph(model_dir: &Path) -> Result<PathBuf> {

@@ -83,6 +83,19 @@ pub struct GraphBuilder {
     weight_quant: Option<WeightQuant>,
 }
 
+/// Where a checkpoint tensor's data comes from: computed in memory (a LoRA merge, a BFL split)
+/// or read from its file at `finish`.
+fn checkpoint_source(ckpt: &Checkpoint, name: &str, info: TensorInfo, transpose: bool) -> Source {
+    match ckpt.owned(name) {
+        Some(data) => Source::Owned {
+            shape: info.shape,
+            data,
+            transpose,
+        },
+        None => Source::Tensor { info, transpose },
+    }
+}
+
 fn value_info(name: &str, elem: Elem, dims: &[Dim]) -> proto::ValueInfoProto {
     use proto::tensor_shape_proto::{Dimension, dimension};
     let dim = dims
@@ -195,17 +208,9 @@ impl GraphBuilder {
                 message: format!("expected a 2-D matrix, got shape {:?}", info.shape),
             });
         }
-        let source = match ckpt.owned(name) {
-            Some(data) => Source::Owned {
-                shape: info.shape,
-                data,
-                transpose,
-            },
-            None => Source::Tensor { info, transpose },
-        };
         self.pending.push(Pending {
             name: graph_name.clone(),
-            source,
+            source: checkpoint_source(ckpt, name, info, transpose),
         });
         let value = Value(graph_name.clone());
         self.weights.insert(graph_name, value.clone());
@@ -235,18 +240,7 @@ impl GraphBuilder {
         if self.weights.contains_key(name) {
             return Ok(parts);
         }
-        let info = ckpt.info(name)?;
-        let weight = match ckpt.owned(name) {
-            Some(data) => Source::Owned {
-                shape: info.shape,
-                data,
-                transpose: false,
-            },
-            None => Source::Tensor {
-                info,
-                transpose: false,
-            },
-        };
+        let weight = checkpoint_source(ckpt, name, ckpt.info(name)?, false);
         self.pending.push(Pending {
             name: name.to_owned(),
             source: Source::Quantized {

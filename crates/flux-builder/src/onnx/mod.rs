@@ -8,3 +8,4 @@ mod store;
 mod types;
 
 pub use graph::{Attr, DATA_FILE, Dim, Elem, GraphBuilder, Value, WeightsReport};
+pub use store::initializer_bytes;

@@ -37,6 +37,32 @@ pub(super) fn external(
     }
 }
 
+/// Bytes of the initializers a written graph loads (external ranges plus inline data): what
+/// ONNX Runtime reads into memory. A folder's file sizes are no such measure, since a build
+/// hard-links whole checkpoint files for the tensors it uses from them.
+pub fn initializer_bytes(graph: &Path) -> Result<u64> {
+    use prost::Message;
+    let bytes = std::fs::read(graph).map_err(|e| BuilderError::io(graph, e))?;
+    let model = proto::ModelProto::decode(bytes.as_slice()).map_err(|e| BuilderError::Graph {
+        graph: graph.display().to_string(),
+        message: format!("not an ONNX model: {e}"),
+    })?;
+    let mut total = 0;
+    for tensor in model.graph.map(|g| g.initializer).unwrap_or_default() {
+        total += tensor.raw_data.len() as u64;
+        for entry in tensor.external_data.iter().filter(|e| e.key == "length") {
+            total += entry
+                .value
+                .parse::<u64>()
+                .map_err(|e| BuilderError::Graph {
+                    graph: graph.display().to_string(),
+                    message: format!("{}: external length {:?}: {e}", tensor.name, entry.value),
+                })?;
+        }
+    }
+    Ok(total)
+}
+
 /// Hard-links `source` into `dir` as `weights-<n>.safetensors`; `None` when that is impossible.
 pub(super) fn hard_link_into(source: &Path, dir: &Path, n: usize) -> Option<String> {
     // A Hugging Face cache folder holds symlinks into its blob store: link the file itself.
@@ -114,6 +140,16 @@ impl DataFile {
     }
 }
 
+/// A whole checkpoint tensor as f32 (for the conversions that need all of it at once).
+fn read_f32(info: &weights::TensorInfo) -> Result<Vec<f32>> {
+    let mut values = Vec::with_capacity(info.numel());
+    weights::for_each_chunk(info, |bytes| {
+        weights::extend_f32(&mut values, bytes, info.dtype);
+        Ok(())
+    })?;
+    Ok(values)
+}
+
 /// One of MatMulNBits' weight initializers, in memory.
 pub(super) struct QuantizedPart {
     pub(super) name: String,
@@ -132,14 +168,7 @@ pub(super) fn quantized_parts(
 ) -> Result<Vec<QuantizedPart>> {
     let (values, shape) = match weight {
         Source::Owned { shape, data, .. } => (data.to_vec(), shape.clone()),
-        Source::Tensor { info, .. } => {
-            let mut values = Vec::with_capacity(info.numel());
-            weights::for_each_chunk(info, |bytes| {
-                weights::extend_f32(&mut values, bytes, info.dtype);
-                Ok(())
-            })?;
-            (values, info.shape.clone())
-        }
+        Source::Tensor { info, .. } => (read_f32(info)?, info.shape.clone()),
         Source::Quantized { .. } => {
             return Err(BuilderError::Graph {
                 graph: String::new(),
@@ -170,7 +199,7 @@ pub(super) fn quantized_parts(
         },
         QuantizedPart {
             name: format!("{name}.zero_points"),
-            dims: vec![n * quant.zero_point_row(shape[1]) as i64],
+            dims: vec![n * quant.zero_point_row(k) as i64],
             elem: Elem::U8,
             bytes: q.zero_points,
         },
@@ -238,12 +267,7 @@ pub(super) fn write_converted(
             info,
             transpose: true,
         } => {
-            let mut values = Vec::with_capacity(info.numel());
-            weights::for_each_chunk(info, |bytes| {
-                weights::extend_f32(&mut values, bytes, info.dtype);
-                Ok(())
-            })
-            .map_err(WriteError::Builder)?;
+            let values = read_f32(info).map_err(WriteError::Builder)?;
             let values = transposed(&values, info.shape[0], info.shape[1]);
             encode_into(&values, float, out).map_err(WriteError::Io)
         }

@@ -5,6 +5,7 @@
 //! no outliers are smoothed by training, every block uses its whole range).
 
 use anyhow::{Context, Result, ensure};
+use flux_builder::onnx::initializer_bytes;
 use flux_builder::onnx::proto::ModelProto;
 use flux_builder::{BuildOptions, Precision};
 use prost::Message;
@@ -17,23 +18,6 @@ fn op_counts(graph: &std::path::Path) -> Result<(usize, usize)> {
     let nodes = model.graph.context("graph")?.node;
     let count = |op: &str| nodes.iter().filter(|n| n.op_type == op).count();
     Ok((count("MatMulNBits"), count("Gemm")))
-}
-
-/// Bytes of the initializers a graph loads (external ranges and inline data): what ONNX Runtime
-/// reads into memory. (The folder's files are no measure: a quantized build still hard-links
-/// the checkpoint for its f32 norms and biases.)
-fn weight_bytes(graph: &std::path::Path) -> Result<u64> {
-    let model = ModelProto::decode(std::fs::read(graph)?.as_slice())?;
-    let mut total = 0;
-    for tensor in model.graph.context("graph")?.initializer {
-        total += tensor.raw_data.len() as u64;
-        for entry in &tensor.external_data {
-            if entry.key == "length" {
-                total += entry.value.parse::<u64>()?;
-            }
-        }
-    }
-    Ok(total)
 }
 
 #[test]
@@ -89,8 +73,8 @@ fn int8_and_int4_builds_quantize_every_large_linear_and_replay_close_to_diffuser
             "CLIP stays fp32"
         );
         let (small, full) = (
-            weight_bytes(&transformer.join("model.onnx"))?,
-            weight_bytes(&fp32.join("transformer.opt/fp32/model.onnx"))?,
+            initializer_bytes(&transformer.join("model.onnx"))?,
+            initializer_bytes(&fp32.join("transformer.opt/fp32/model.onnx"))?,
         );
         println!("{name}: transformer weights {small} bytes vs fp32 {full}");
         ensure!(
