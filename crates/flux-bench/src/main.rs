@@ -98,25 +98,17 @@ fn plan(choice: ModelChoice, quick: bool, root: &Path) -> ModelPlan {
     }
 }
 
-/// The diffusers folder of each model, loaded as `flux serve --model DIR` loads it (through the
-/// model builder's graphs): the bundled model's folder for tiny, the medium model's when
-/// `generate.py --medium` wrote one.
+/// Peak RSS per request size, on the model's diffusers folder loaded as `flux serve --model DIR`
+/// loads it (through the model builder's graphs).
 fn bench_peak_memory(
     choice: ModelChoice,
     options: &Options,
     root: &Path,
     results: &mut BenchResults,
 ) -> Result<()> {
-    let dir = diffusers_source(choice, root);
-    if !dir.join("model_index.json").is_file() {
-        results.notes.push(format!(
-            "peak memory of the {} model not measured: no diffusers folder at {} \
-             (`python tools/tiny-flux/generate.py --medium` writes it)",
-            choice.name(),
-            dir.display()
-        ));
+    let Some(dir) = diffusers_folder(choice, root, "peak memory", &mut results.notes) else {
         return Ok(());
-    }
+    };
     let requests: &[(u32, u32, u32)] = if options.quick {
         &peak_memory::QUICK_REQUESTS
     } else {
@@ -135,16 +127,10 @@ fn bench_quantized(
     root: &Path,
     results: &mut BenchResults,
 ) -> Result<()> {
-    let source = diffusers_source(choice, root);
-    if !source.join("model_index.json").is_file() {
-        results.notes.push(format!(
-            "8- and 4-bit weights of the {} model not measured: no diffusers folder at {} \
-             (`python tools/tiny-flux/generate.py --medium` writes it)",
-            choice.name(),
-            source.display()
-        ));
+    let Some(source) = diffusers_folder(choice, root, "8- and 4-bit weights", &mut results.notes)
+    else {
         return Ok(());
-    }
+    };
     let (size, steps, cases) = if options.quick {
         ([256, 256], 4, 3)
     } else {
@@ -153,6 +139,26 @@ fn bench_quantized(
     let entry = quantized::run_all(choice.name(), &source, size, steps, cases, options.threads)?;
     results.quantized.push(entry);
     Ok(())
+}
+
+/// The model's diffusers folder when it has one; otherwise a note that `what` was not measured.
+pub(crate) fn diffusers_folder(
+    choice: ModelChoice,
+    root: &Path,
+    what: &str,
+    notes: &mut Vec<String>,
+) -> Option<PathBuf> {
+    let dir = diffusers_source(choice, root);
+    if dir.join("model_index.json").is_file() {
+        return Some(dir);
+    }
+    notes.push(format!(
+        "{what} of the {} model not measured: no diffusers folder at {} \
+         (`python tools/tiny-flux/generate.py --medium` writes it)",
+        choice.name(),
+        dir.display()
+    ));
+    None
 }
 
 /// The diffusers folder of a model: the bundled one for tiny, `generate.py --medium`'s for medium.

@@ -12,7 +12,8 @@ use crate::python::PythonEnv;
 use crate::results::{self, BenchResults, ModelInfo, PipelineEntry, implementation};
 use crate::worker::{self, WorkerSpec};
 use crate::{
-    GUIDANCE, ModelPlan, OUTPUT_FORMAT, PROMPT, SEED, diffusers_dir, diffusers_source, path_arg,
+    GUIDANCE, ModelPlan, OUTPUT_FORMAT, PROMPT, SEED, diffusers_dir, diffusers_folder,
+    diffusers_source, path_arg,
 };
 
 pub(crate) fn bench_model(
@@ -289,15 +290,13 @@ fn export_text_length(export: &Path) -> Option<usize> {
 /// flux-builder's graphs of the model's diffusers folder (the same weights as its export), built
 /// once into the cache as `flux serve --model DIR` builds them; `None` (with a note) without one.
 fn built_graphs(plan: &ModelPlan, root: &Path, results: &mut BenchResults) -> Option<PathBuf> {
-    let source = diffusers_source(plan.choice, root);
+    let source = diffusers_folder(
+        plan.choice,
+        root,
+        "flux-rs on flux-builder's graphs",
+        &mut results.notes,
+    )?;
     let model = plan.choice.name();
-    if !source.join("model_index.json").is_file() {
-        results.notes.push(format!(
-            "flux-rs on flux-builder's graphs not measured for the {model} model: no diffusers folder at {}",
-            source.display()
-        ));
-        return None;
-    }
     let built = flux_core::runtime::cache_root()
         .map_err(anyhow::Error::from)
         .and_then(|cache| {

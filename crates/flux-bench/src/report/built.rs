@@ -15,28 +15,6 @@ const TARGET_FUSED_ATTENTION: f64 = 2.0;
 const TARGET_BUILT_DIFFUSERS_MEDIAN: f64 = 3.0;
 const TARGET_BUILT_DIFFUSERS_LEAST: f64 = 2.5;
 
-fn built_runs<'a>(results: &'a BenchResults, model: &str) -> Vec<&'a RunResult> {
-    results
-        .pipeline
-        .iter()
-        .filter(|e| e.model == model && e.document.implementation == implementation::FLUX_RS_BUILT)
-        .flat_map(|e| e.document.runs.iter())
-        .collect()
-}
-
-/// `peer` time / built-graph time over every run both measured.
-fn built_ratios(results: &BenchResults, model: &str, peer: &str) -> Vec<f64> {
-    built_runs(results, model)
-        .into_iter()
-        .filter_map(|run| {
-            ratio(
-                total(results.find_run(peer, model, [run.width, run.height], run.steps)),
-                run.median_of(stage::TOTAL),
-            )
-        })
-        .collect()
-}
-
 /// JPEG encoding (float to bytes, quality 95, 4:4:4) against Pillow's in the Python peer.
 const TARGET_JPEG_RATIO: f64 = 1.5;
 
@@ -45,11 +23,8 @@ const TARGET_JPEG_RATIO: f64 = 1.5;
 /// over the step counts measured on the tiny model.
 fn jpeg_target(out: &mut String, results: &BenchResults) {
     let encode = |implementation: &str| -> Option<f64> {
-        let times: Vec<f64> = results
-            .pipeline
-            .iter()
-            .filter(|e| e.model == "tiny" && e.document.implementation == implementation)
-            .flat_map(|e| e.document.runs.iter())
+        let times: Vec<f64> = runs_of(results, implementation, "tiny")
+            .into_iter()
             .filter(|run| [run.width, run.height] == [1024, 1024])
             .filter_map(|run| run.median_of(stage::ENCODE))
             .collect();
@@ -148,7 +123,12 @@ pub(super) fn built_targets(out: &mut String, results: &BenchResults) {
         );
     }
     for model in &results.models {
-        let found = built_ratios(results, &model.name, implementation::DIFFUSERS);
+        let found = ratios_of(
+            results,
+            &model.name,
+            implementation::FLUX_RS_BUILT,
+            implementation::DIFFUSERS,
+        );
         if let (Some(median), Some(least)) = (
             crate::stats::median(&found),
             found.iter().copied().reduce(f64::min),
@@ -168,7 +148,7 @@ pub(super) fn built_targets(out: &mut String, results: &BenchResults) {
 }
 
 pub(super) fn built_table(out: &mut String, results: &BenchResults, model: &str) {
-    let runs = built_runs(results, model);
+    let runs = runs_of(results, implementation::FLUX_RS_BUILT, model);
     if runs.is_empty() {
         return;
     }

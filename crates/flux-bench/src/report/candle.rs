@@ -17,11 +17,8 @@ fn per_step(
     model: &str,
     size: [u32; 2],
 ) -> Option<f64> {
-    results
-        .pipeline
-        .iter()
-        .filter(|e| e.model == model && e.document.implementation == implementation)
-        .flat_map(|e| e.document.runs.iter())
+    runs_of(results, implementation, model)
+        .into_iter()
         .filter(|run| [run.width, run.height] == size)
         .max_by_key(|run| run.steps)
         .and_then(|run| run.median_of(stage::PER_STEP))

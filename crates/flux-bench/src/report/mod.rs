@@ -89,19 +89,29 @@ fn total(run: Option<&RunResult>) -> Option<f64> {
     run.and_then(|r| r.median_of(stage::TOTAL))
 }
 
-/// (model, size, steps) of every flux-rs run, in measurement order.
-fn flux_runs<'a>(results: &'a BenchResults, model: &str) -> Vec<&'a RunResult> {
+/// Every run of one implementation on one model, in measurement order.
+fn runs_of<'a>(results: &'a BenchResults, implementation: &str, model: &str) -> Vec<&'a RunResult> {
     results
         .pipeline
         .iter()
-        .filter(|e| e.model == model && e.document.implementation == implementation::FLUX_RS)
+        .filter(|e| e.model == model && e.document.implementation == implementation)
         .flat_map(|e| e.document.runs.iter())
         .collect()
 }
 
+/// (model, size, steps) of every flux-rs run, in measurement order.
+fn flux_runs<'a>(results: &'a BenchResults, model: &str) -> Vec<&'a RunResult> {
+    runs_of(results, implementation::FLUX_RS, model)
+}
+
 /// Peer-time / flux-rs-time over every run both measured, for one model.
 fn ratios(results: &BenchResults, model: &str, peer: &str) -> Vec<f64> {
-    flux_runs(results, model)
+    ratios_of(results, model, implementation::FLUX_RS, peer)
+}
+
+/// Peer-time / `ours`-time over every run both measured, for one model.
+fn ratios_of(results: &BenchResults, model: &str, ours: &str, peer: &str) -> Vec<f64> {
+    runs_of(results, ours, model)
         .into_iter()
         .filter_map(|run| {
             let size = [run.width, run.height];
