@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use crate::error::{BuilderError, Result};
 use crate::onnx::Elem;
-use crate::onnx::quant::WeightQuant;
+use crate::onnx::quant::{BlockQuant, WeightQuant};
 
 /// `--precision`: the float type of the built graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -17,9 +17,10 @@ pub enum Precision {
     F32,
     F16,
     BF16,
-    /// fp32 graphs whose transformer and T5 linear weights are 8-bit blocks (MatMulNBits).
+    /// fp32 graphs whose transformer linears are int8 per output channel, multiplied in integers
+    /// (DynamicQuantizeMatMul), and whose T5 linears are 8-bit blocks (MatMulNBits).
     Int8,
-    /// As `Int8`, in 4 bits.
+    /// fp32 graphs whose transformer and T5 linear weights are 4-bit blocks (MatMulNBits).
     Int4,
 }
 
@@ -92,7 +93,7 @@ impl Precision {
         match (device, self) {
             (Device::Cpu, Self::Auto | Self::F32 | Self::Int8 | Self::Int4) => Ok(Elem::F32),
             (Device::Cuda, Self::Int8 | Self::Int4) => Err(refuse(
-                "8- and 4-bit graphs are built for ONNX Runtime's CPU provider (MatMulNBits over f32 activations); on CUDA use fp16",
+                "8- and 4-bit graphs are built for ONNX Runtime's CPU provider (MatMulNBits and DynamicQuantizeMatMul over f32 activations); on CUDA use fp16",
             )),
             (Device::Cpu, Self::F16 | Self::BF16) => Err(refuse(
                 "ONNX Runtime's CPU provider runs FLUX graphs only in fp32 (it has no bf16 kernels and fp16 ones only for a few operators); use --precision fp32 or auto",
@@ -119,16 +120,24 @@ impl Precision {
     /// How a component's linear weights are stored: quantized (the transformer and T5, which
     /// hold nearly all the weights) or as floats (`None`; CLIP and the VAE stay fp32 under
     /// int8/int4: together about 0.2 B parameters, and the VAE's are convolutions).
+    ///
+    /// Under int8 the transformer's linears use integer GEMMs over per-tensor activations (the
+    /// fast kernel); T5's activations reach thousands in a few channels (why it overflows fp16),
+    /// which one scale per tensor would flatten, so T5 keeps 8-bit blocks whose activations are
+    /// quantized per block of 32.
     pub fn weight_quant(self, component: Component) -> Option<WeightQuant> {
-        let bits = match self {
-            Self::Int8 => 8,
-            Self::Int4 => 4,
-            _ => return None,
+        let blocks = |bits| {
+            WeightQuant::Blocks(BlockQuant {
+                bits,
+                block: QUANT_BLOCK,
+            })
         };
-        matches!(component, Component::Transformer | Component::T5).then_some(WeightQuant {
-            bits,
-            block: QUANT_BLOCK,
-        })
+        match (self, component) {
+            (Self::Int8, Component::Transformer) => Some(WeightQuant::Channels8),
+            (Self::Int8, Component::T5) => Some(blocks(8)),
+            (Self::Int4, Component::Transformer | Component::T5) => Some(blocks(4)),
+            _ => None,
+        }
     }
 }
 
@@ -197,10 +206,16 @@ mod tests {
                 .is_err()
         );
         assert_eq!(
-            Precision::Int4
-                .weight_quant(Component::Transformer)
-                .map(|q| q.bits),
-            Some(4)
+            Precision::Int4.weight_quant(Component::Transformer),
+            Some(WeightQuant::Blocks(BlockQuant { bits: 4, block: 32 }))
+        );
+        assert_eq!(
+            Precision::Int8.weight_quant(Component::Transformer),
+            Some(WeightQuant::Channels8)
+        );
+        assert_eq!(
+            Precision::Int8.weight_quant(Component::T5),
+            Some(WeightQuant::Blocks(BlockQuant { bits: 8, block: 32 }))
         );
         assert_eq!(Precision::Int8.weight_quant(Component::Clip), None);
         assert_eq!(Precision::F32.weight_quant(Component::Transformer), None);

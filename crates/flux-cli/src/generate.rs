@@ -58,7 +58,8 @@ pub struct BackendArgs {
 
     /// The precision a checkpoint is built in: `auto` (fp32 on the CPU; on CUDA fp16 where
     /// known to be correct), `fp32`, `fp16`, `bf16`, or `int8`/`int4` (CPU: the transformer's
-    /// and T5's linear weights in 8/4-bit blocks); one the device cannot run is refused.
+    /// and T5's linear weights in 8/4 bits; int8 multiplies in integers); one the device
+    /// cannot run is refused.
     #[arg(long, value_name = "auto|fp32|fp16|bf16|int8|int4")]
     pub precision: Option<String>,
 

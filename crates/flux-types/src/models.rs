@@ -23,7 +23,7 @@ pub struct ServedModel {
     /// T5 tokens per prompt (512 for FLUX.1-dev, 256 for schnell): longer prompts are cut.
     pub text_length: Option<u32>,
     /// How the transformer is stored: `fp32`, `fp16` or `bf16`, or `int8`/`int4` (its linear
-    /// weights in 8/4-bit blocks, computing in fp32).
+    /// weights in 8 bits per output channel or 4-bit blocks, activations fp32 between them).
     pub precision: Option<String>,
     /// Where it runs: `cpu`, `cuda:N`.
     pub device: Option<String>,

@@ -16,7 +16,7 @@ pub struct TextGraphOptions {
     pub float: Elem,
     /// The element type of `input_ids`: I64 (diffusers' own) or I32 (the official ONNX export's).
     pub ids: Elem,
-    /// Linear weights quantized (MatMulNBits) instead of stored in `float`.
+    /// Linear weights quantized (MatMulNBits blocks for T5) instead of stored in `float`.
     pub weight_quant: Option<WeightQuant>,
 }
 

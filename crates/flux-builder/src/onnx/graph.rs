@@ -42,7 +42,8 @@ pub(super) enum Source {
         transpose: bool,
     },
     /// A linear layer's `[N, K]` weight (itself a `Tensor` or `Owned` source, untransposed),
-    /// stored as MatMulNBits' three initializers `<name>.codes`, `.scales`, `.zero_points`.
+    /// stored as the quantized kernel's initializers `<name>.codes`, `.scales` (and for
+    /// MatMulNBits `.zero_points`).
     Quantized {
         weight: Box<Source>,
         quant: WeightQuant,
@@ -156,7 +157,7 @@ impl GraphBuilder {
         self.link_weights = link;
     }
 
-    /// Linear layers' weights quantized as `quant` (MatMulNBits) instead of stored as floats.
+    /// Linear layers' weights quantized as `quant` instead of stored as floats.
     pub fn set_weight_quant(&mut self, quant: Option<WeightQuant>) {
         self.weight_quant = quant;
     }
@@ -228,15 +229,22 @@ impl GraphBuilder {
         self.add_weight(ckpt, name, true)
     }
 
-    /// A linear layer's `[N, K]` checkpoint weight quantized as `quant`: MatMulNBits' `B`,
-    /// `scales` and `zero_points` inputs.
+    /// A linear layer's `[N, K]` checkpoint weight quantized as `quant`: the kernel's weight
+    /// inputs (MatMulNBits' `B`, `scales`, `zero_points`; DynamicQuantizeMatMul's `B`, `b_scale`).
     pub fn quantized_weight(
         &mut self,
         ckpt: &Checkpoint,
         name: &str,
         quant: WeightQuant,
-    ) -> Result<[Value; 3]> {
-        let parts = ["codes", "scales", "zero_points"].map(|part| Value(format!("{name}.{part}")));
+    ) -> Result<Vec<Value>> {
+        let suffixes: &[&str] = match quant {
+            WeightQuant::Blocks(_) => &["codes", "scales", "zero_points"],
+            WeightQuant::Channels8 => &["codes", "scales"],
+        };
+        let parts: Vec<Value> = suffixes
+            .iter()
+            .map(|part| Value(format!("{name}.{part}")))
+            .collect();
         if self.weights.contains_key(name) {
             return Ok(parts);
         }

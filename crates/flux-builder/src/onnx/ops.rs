@@ -7,9 +7,11 @@
 //! (opset 20, `approximate`); `InstanceNormalization` on a `[B, G, -1]` view for GroupNorm (a
 //! kernel, where `GroupNormalization`-21 is expanded into a function of reductions). Under
 //! `--precision int8|int4` a linear is one `com.microsoft.MatMulNBits` over block-quantized
-//! weights (`quant.rs`) instead.
+//! weights or one `com.microsoft.DynamicQuantizeMatMul` over per-channel int8 weights
+//! (`quant.rs`) instead.
 
 use super::graph::{Attr, GraphBuilder, Value};
+use super::quant::WeightQuant;
 use crate::error::Result;
 use crate::weights::Checkpoint;
 
@@ -142,26 +144,48 @@ impl GraphBuilder {
         };
         let bias_name = format!("{prefix}.bias");
         if let Some(quant) = self.weight_quant() {
-            let [codes, scales, zero_points] = self.quantized_weight(ckpt, &weight_name, quant)?;
-            let mut inputs = vec![x.clone(), codes, scales, zero_points];
-            if ckpt.contains(&bias_name) {
+            let parts = self.quantized_weight(ckpt, &weight_name, quant)?;
+            let bias = if ckpt.contains(&bias_name) {
                 ckpt.expect_shape(&bias_name, &[out as usize])?;
-                // g_idx (input 4) left out: blocks are in order.
-                inputs.push(GraphBuilder::none());
-                inputs.push(self.weight(ckpt, &bias_name)?);
-            }
-            let refs: Vec<&Value> = inputs.iter().collect();
-            return Ok(self.ms_op(
-                "MatMulNBits",
-                &refs,
-                vec![
-                    Attr::int("K", inp),
-                    Attr::int("N", out),
-                    Attr::int("bits", i64::from(quant.bits)),
-                    Attr::int("block_size", quant.block as i64),
-                    Attr::int("accuracy_level", MATMUL_NBITS_ACCURACY),
-                ],
-            ));
+                Some(self.weight(ckpt, &bias_name)?)
+            } else {
+                None
+            };
+            let none = GraphBuilder::none();
+            return Ok(match (quant, parts.as_slice()) {
+                (WeightQuant::Blocks(blocks), [codes, scales, zero_points]) => {
+                    let mut inputs = vec![x, codes, scales, zero_points];
+                    if let Some(bias) = &bias {
+                        // g_idx (input 4) left out: blocks are in order.
+                        inputs.extend([&none, bias]);
+                    }
+                    self.ms_op(
+                        "MatMulNBits",
+                        &inputs,
+                        vec![
+                            Attr::int("K", inp),
+                            Attr::int("N", out),
+                            Attr::int("bits", i64::from(blocks.bits)),
+                            Attr::int("block_size", blocks.block as i64),
+                            Attr::int("accuracy_level", MATMUL_NBITS_ACCURACY),
+                        ],
+                    )
+                }
+                (WeightQuant::Channels8, [codes, scales]) => {
+                    let mut inputs = vec![x, codes, scales];
+                    if let Some(bias) = &bias {
+                        // B's zero point (input 3) left out: the codes are symmetric.
+                        inputs.extend([&none, bias]);
+                    }
+                    self.ms_op("DynamicQuantizeMatMul", &inputs, vec![])
+                }
+                _ => {
+                    return Err(crate::error::BuilderError::Graph {
+                        graph: String::new(),
+                        message: format!("{weight_name}: {quant:?} gave {} parts", parts.len()),
+                    });
+                }
+            });
         }
         let w = self.weight(ckpt, &weight_name)?;
         let mut inputs = vec![];

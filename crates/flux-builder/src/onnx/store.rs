@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::graph::{Elem, Source};
 use super::proto;
-use super::quant::WeightQuant;
+use super::quant::{WeightQuant, quantize_channels};
 use crate::error::{BuilderError, Result};
 use crate::weights;
 
@@ -158,9 +158,10 @@ pub(super) struct QuantizedPart {
     pub(super) bytes: Vec<u8>,
 }
 
-/// Reads a linear weight (one tensor in memory at a time) and quantizes it into MatMulNBits'
-/// `<name>.codes` `[N, k_blocks, blob]`, `<name>.scales` `[N * k_blocks]` (f32) and
-/// `<name>.zero_points` `[N * ceil(k_blocks * bits / 8)]`.
+/// Reads a linear weight (one tensor in memory at a time) and quantizes it into the kernel's
+/// initializers: for MatMulNBits `<name>.codes` `[N, k_blocks, blob]`, `<name>.scales`
+/// `[N * k_blocks]` (f32) and `<name>.zero_points` `[N * ceil(k_blocks * bits / 8)]`; for
+/// DynamicQuantizeMatMul `<name>.codes` `[K, N]` (int8) and `<name>.scales` `[N]`.
 pub(super) fn quantized_parts(
     name: &str,
     weight: &Source,
@@ -182,28 +183,55 @@ pub(super) fn quantized_parts(
             message: format!("{name}: only 2-D weights are quantized, got {shape:?}"),
         });
     };
-    let q = quant.quantize(&values, n, k);
-    let (n, k_blocks) = (n as i64, q.k_blocks as i64);
-    Ok(vec![
-        QuantizedPart {
-            name: format!("{name}.codes"),
-            dims: vec![n, k_blocks, quant.blob() as i64],
-            elem: Elem::U8,
-            bytes: q.codes,
-        },
-        QuantizedPart {
-            name: format!("{name}.scales"),
-            dims: vec![n * k_blocks],
-            elem: Elem::F32,
-            bytes: weights::f32_bytes(&q.scales),
-        },
-        QuantizedPart {
-            name: format!("{name}.zero_points"),
-            dims: vec![n * quant.zero_point_row(k) as i64],
-            elem: Elem::U8,
-            bytes: q.zero_points,
-        },
-    ])
+    let part = |suffix: &str, dims: Vec<i64>, elem: Elem, bytes: Vec<u8>| QuantizedPart {
+        name: format!("{name}.{suffix}"),
+        dims,
+        elem,
+        bytes,
+    };
+    Ok(match quant {
+        WeightQuant::Blocks(blocks) => {
+            let q = blocks.quantize(&values, n, k);
+            let (rows, k_blocks) = (n as i64, q.k_blocks as i64);
+            vec![
+                part(
+                    "codes",
+                    vec![rows, k_blocks, blocks.blob() as i64],
+                    Elem::U8,
+                    q.codes,
+                ),
+                part(
+                    "scales",
+                    vec![rows * k_blocks],
+                    Elem::F32,
+                    weights::f32_bytes(&q.scales),
+                ),
+                part(
+                    "zero_points",
+                    vec![rows * blocks.zero_point_row(k) as i64],
+                    Elem::U8,
+                    q.zero_points,
+                ),
+            ]
+        }
+        WeightQuant::Channels8 => {
+            let q = quantize_channels(&values, n, k);
+            vec![
+                part(
+                    "codes",
+                    vec![k as i64, n as i64],
+                    Elem::I8,
+                    q.codes.iter().map(|&c| c as u8).collect(),
+                ),
+                part(
+                    "scales",
+                    vec![n as i64],
+                    Elem::F32,
+                    weights::f32_bytes(&q.scales),
+                ),
+            ]
+        }
+    })
 }
 
 pub(super) fn encode_into(

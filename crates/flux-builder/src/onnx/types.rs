@@ -13,6 +13,7 @@ pub enum Elem {
     I64,
     I32,
     U8,
+    I8,
     Bool,
 }
 
@@ -27,6 +28,7 @@ impl Elem {
             Elem::I64 => data_type::INT64,
             Elem::I32 => data_type::INT32,
             Elem::U8 => data_type::UINT8,
+            Elem::I8 => data_type::INT8,
             Elem::Bool => data_type::BOOL,
         }
     }

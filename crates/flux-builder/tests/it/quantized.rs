@@ -1,6 +1,7 @@
-//! `--precision int8|int4`: the transformer's and T5's linears as MatMulNBits over block-quantized
-//! weights (CLIP and the VAE stay fp32). The built folders load, every linear of the two graphs is
-//! quantized, the weights shrink, and each reference case replays close to diffusers' fp32
+//! `--precision int8|int4`: the transformer's and T5's linears quantized (int8: the transformer's
+//! as DynamicQuantizeMatMul over per-channel int8, T5's as 8-bit MatMulNBits blocks; int4: both as
+//! 4-bit blocks; CLIP and the VAE stay fp32). The built folders load, every linear of the two
+//! graphs is quantized with its kernel, the weights shrink, and each reference case replays close to diffusers' fp32
 //! result (stated bounds below; the tiny model's random weights are a hard case for quantization:
 //! no outliers are smoothed by training, every block uses its whole range).
 
@@ -13,11 +14,12 @@ use prost::Message;
 use crate::common::fixture;
 use crate::layout::{cases_of, replay_stats};
 
-fn op_counts(graph: &std::path::Path) -> Result<(usize, usize)> {
+/// Nodes of `op` and `Gemm` (an fp32 linear) in a graph.
+fn op_counts(graph: &std::path::Path, op: &str) -> Result<(usize, usize)> {
     let model = ModelProto::decode(std::fs::read(graph)?.as_slice())?;
     let nodes = model.graph.context("graph")?.node;
     let count = |op: &str| nodes.iter().filter(|n| n.op_type == op).count();
-    Ok((count("MatMulNBits"), count("Gemm")))
+    Ok((count(op), count("Gemm")))
 }
 
 #[test]
@@ -38,14 +40,14 @@ fn int8_and_int4_builds_quantize_every_large_linear_and_replay_close_to_diffuser
         .map(|_| out)
     };
     let fp32 = build(Precision::F32, "fp32")?;
-    let fp32_gemms = op_counts(&fp32.join("transformer.opt/fp32/model.onnx"))?.1;
-    let fp32_t5_gemms = op_counts(&fp32.join("t5.opt/model.onnx"))?.1;
+    let fp32_gemms = op_counts(&fp32.join("transformer.opt/fp32/model.onnx"), "Gemm")?.1;
+    let fp32_t5_gemms = op_counts(&fp32.join("t5.opt/model.onnx"), "Gemm")?.1;
     // Bounds for the tiny random-weight model, with a margin over what was measured (int8:
     // pixels <= 2, PSNR 53.5-55.5 dB; int4: pixels 20-26, PSNR 36.6-37.3 dB); pixels are 0-255,
     // PSNR against diffusers' fp32 PNGs.
-    for (precision, name, max_pixels, min_psnr) in [
-        (Precision::Int8, "int8", 4, 50.0),
-        (Precision::Int4, "int4", 40, 33.0),
+    for (precision, name, transformer_op, max_pixels, min_psnr) in [
+        (Precision::Int8, "int8", "DynamicQuantizeMatMul", 4, 50.0),
+        (Precision::Int4, "int4", "MatMulNBits", 40, 33.0),
     ] {
         let out = build(precision, name)?;
         let manifest: serde_json::Value =
@@ -55,23 +57,20 @@ fn int8_and_int4_builds_quantize_every_large_linear_and_replay_close_to_diffuser
             format!("transformer.opt/{name}/model.onnx")
         );
         let transformer = out.join(format!("transformer.opt/{name}"));
-        let (nbits, gemms) = op_counts(&transformer.join("model.onnx"))?;
         assert_eq!(
-            (nbits, gemms),
+            op_counts(&transformer.join("model.onnx"), transformer_op)?,
             (fp32_gemms, 0),
-            "{name}: every transformer linear"
+            "{name}: every transformer linear is {transformer_op}"
         );
-        let (nbits, gemms) = op_counts(&out.join("t5.opt/model.onnx"))?;
         assert_eq!(
-            (nbits, gemms),
+            op_counts(&out.join("t5.opt/model.onnx"), "MatMulNBits")?,
             (fp32_t5_gemms, 0),
-            "{name}: every T5 linear"
+            "{name}: every T5 linear is MatMulNBits"
         );
-        assert_eq!(
-            op_counts(&out.join("clip.opt/model.onnx"))?.0,
-            0,
-            "CLIP stays fp32"
-        );
+        let clip = out.join("clip.opt/model.onnx");
+        for op in ["MatMulNBits", "DynamicQuantizeMatMul"] {
+            assert_eq!(op_counts(&clip, op)?.0, 0, "CLIP stays fp32");
+        }
         let (small, full) = (
             initializer_bytes(&transformer.join("model.onnx"))?,
             initializer_bytes(&fp32.join("transformer.opt/fp32/model.onnx"))?,
