@@ -1,10 +1,11 @@
-//! One model's pipeline benchmark: flux-rs (on the export, and on flux-builder's graphs of the same
-//! weights) and its Python peers at each image size, each in a worker process, and the step
+//! One model's pipeline benchmark: flux-rs (on the export, and on flux-builder's fp32 and int8
+//! graphs of the same weights) and its Python peers at each image size, each in a worker process, and the step
 //! profiles of the denoising loop.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use flux_builder::Precision;
 
 use crate::options::Options;
 use crate::pipeline::{self, PipelineSpec};
@@ -60,7 +61,8 @@ pub(crate) fn bench_model(
         }
         _ => None,
     };
-    let built = built_graphs(plan, root, results);
+    let built = built_graphs(plan, root, Precision::F32, results);
+    let built_int8 = built_graphs(plan, root, Precision::Int8, results);
     for &size in &plan.sizes {
         let spec = PipelineSpec {
             model_dir: plan.dir.clone(),
@@ -80,17 +82,26 @@ pub(crate) fn bench_model(
             model: model.to_owned(),
             document,
         });
-        if let Some(built) = &built {
-            eprintln!(
-                "bench: {model} {}x{}: flux-rs on flux-builder's graphs",
-                size[0], size[1]
-            );
+        for (dir, name, label) in [
+            (
+                &built,
+                implementation::FLUX_RS_BUILT,
+                "flux-builder's graphs",
+            ),
+            (
+                &built_int8,
+                implementation::FLUX_RS_BUILT_INT8,
+                "flux-builder's int8 graphs",
+            ),
+        ] {
+            let Some(dir) = dir else { continue };
+            eprintln!("bench: {model} {}x{}: flux-rs on {label}", size[0], size[1]);
             let spec = PipelineSpec {
-                model_dir: built.clone(),
+                model_dir: dir.clone(),
                 ..spec.clone()
             };
             let mut document: results::WorkerDocument = worker::spawn(&WorkerSpec::Pipeline(spec))?;
-            document.implementation = implementation::FLUX_RS_BUILT.to_owned();
+            document.implementation = name.to_owned();
             log_document(&document);
             results.pipeline.push(PipelineEntry {
                 model: model.to_owned(),
@@ -287,9 +298,15 @@ fn export_text_length(export: &Path) -> Option<usize> {
     }
 }
 
-/// flux-builder's graphs of the model's diffusers folder (the same weights as its export), built
-/// once into the cache as `flux serve --model DIR` builds them; `None` (with a note) without one.
-fn built_graphs(plan: &ModelPlan, root: &Path, results: &mut BenchResults) -> Option<PathBuf> {
+/// flux-builder's graphs of the model's diffusers folder (the same weights as its export) at
+/// `precision`, built once into the cache as `flux serve --model DIR [--precision P]` builds
+/// them; `None` (with a note) without one.
+fn built_graphs(
+    plan: &ModelPlan,
+    root: &Path,
+    precision: Precision,
+    results: &mut BenchResults,
+) -> Option<PathBuf> {
     let source = diffusers_folder(
         plan.choice,
         root,
@@ -304,6 +321,7 @@ fn built_graphs(plan: &ModelPlan, root: &Path, results: &mut BenchResults) -> Op
             // tokens where a dev build defaults to 512).
             let opts = flux_builder::BuildOptions {
                 text_length: export_text_length(&plan.dir),
+                precision,
                 ..flux_builder::BuildOptions::default()
             };
             flux_builder::build_cached(&source, &opts, &cache).map_err(anyhow::Error::from)
@@ -312,7 +330,7 @@ fn built_graphs(plan: &ModelPlan, root: &Path, results: &mut BenchResults) -> Op
         Ok(dir) => Some(dir),
         Err(error) => {
             results.notes.push(format!(
-                "building the {model} model's graphs failed: {error:#}"
+                "building the {model} model's {precision} graphs failed: {error:#}"
             ));
             None
         }

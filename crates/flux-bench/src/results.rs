@@ -34,6 +34,8 @@ pub mod implementation {
     pub const DIFFUSERS: &str = "diffusers";
     /// flux-rs on flux-builder's graphs of the same weights (what `--model DIFFUSERS_DIR` runs).
     pub const FLUX_RS_BUILT: &str = "flux-rs-built";
+    /// The same under `--precision int8` (the transformer's linears in integer GEMMs).
+    pub const FLUX_RS_BUILT_INT8: &str = "flux-rs-built-int8";
 }
 
 /// One complete benchmark run.

@@ -1,7 +1,8 @@
 //! The performance issue's targets and table: flux-rs on flux-builder's graphs (fused attention,
 //! what `--model DIFFUSERS_DIR` runs) against the export of the same weights and against the peers
 //! (the fused step and attention on the medium model at 1024×576, end to end against diffusers),
-//! JPEG encoding against Pillow, and one table per model.
+//! the same at `--precision int8` (reported beside the fp32 rows, as a different precision whose
+//! fidelity the 8/4-bit section measures), JPEG encoding against Pillow, and one table per model.
 
 use std::fmt::Write as _;
 
@@ -122,28 +123,61 @@ pub(super) fn built_targets(out: &mut String, results: &BenchResults) {
             met(attention >= TARGET_FUSED_ATTENTION)
         );
     }
-    for model in &results.models {
-        let found = ratios_of(
-            results,
-            &model.name,
-            implementation::FLUX_RS_BUILT,
-            implementation::DIFFUSERS,
-        );
-        if let (Some(median), Some(least)) = (
-            crate::stats::median(&found),
-            found.iter().copied().reduce(f64::min),
-        ) {
-            let _ = writeln!(
-                out,
-                "| speed-up of flux-rs on flux-builder's graphs over diffusers, {} model (target median ≥ \
-                 {TARGET_BUILT_DIFFUSERS_MEDIAN}×, least ≥ {TARGET_BUILT_DIFFUSERS_LEAST}×) | median \
-                 {median:.2}×, least {least:.2}× over {} runs | {} |",
-                model.name,
-                found.len(),
-                met(median >= TARGET_BUILT_DIFFUSERS_MEDIAN
-                    && least >= TARGET_BUILT_DIFFUSERS_LEAST)
+    int8_step_target(out, results);
+    for (implementation, graphs) in [
+        (implementation::FLUX_RS_BUILT, "flux-builder's graphs"),
+        (
+            implementation::FLUX_RS_BUILT_INT8,
+            "flux-builder's int8 graphs",
+        ),
+    ] {
+        for model in &results.models {
+            let found = ratios_of(
+                results,
+                &model.name,
+                implementation,
+                implementation::DIFFUSERS,
             );
+            if let (Some(median), Some(least)) = (
+                crate::stats::median(&found),
+                found.iter().copied().reduce(f64::min),
+            ) {
+                let _ = writeln!(
+                    out,
+                    "| speed-up of flux-rs on {graphs} over diffusers (fp32), {} model (target median ≥ \
+                     {TARGET_BUILT_DIFFUSERS_MEDIAN}×, least ≥ {TARGET_BUILT_DIFFUSERS_LEAST}×) | median \
+                     {median:.2}×, least {least:.2}× over {} runs | {} |",
+                    model.name,
+                    found.len(),
+                    met(median >= TARGET_BUILT_DIFFUSERS_MEDIAN
+                        && least >= TARGET_BUILT_DIFFUSERS_LEAST)
+                );
+            }
         }
+    }
+}
+
+/// The step at `--precision int8` against the export's, from flux-rs's own pipeline runs (per
+/// step of the longest run; the fp32 row above is ONNX Runtime's profiler on one step).
+fn int8_step_target(out: &mut String, results: &BenchResults) {
+    let size = [1024, 576];
+    let step = |implementation| per_step(results, implementation, "medium", size);
+    if let (Some(int8), Some(fp32), Some(export)) = (
+        step(implementation::FLUX_RS_BUILT_INT8),
+        step(implementation::FLUX_RS_BUILT),
+        step(implementation::FLUX_RS),
+    ) {
+        let _ = writeln!(
+            out,
+            "| transformer step at `--precision int8` (integer GEMMs) vs the fp32 export, medium model at \
+             1024×576, flux-rs per step (target ≥ {TARGET_FUSED_STEP}×) | {:.2}× ({:.0} vs {:.0} ms; \
+             fp32 built graphs {:.0} ms) | {} |",
+            export / int8,
+            int8 * 1e3,
+            export * 1e3,
+            fp32 * 1e3,
+            met(export / int8 >= TARGET_FUSED_STEP)
+        );
     }
 }
 
@@ -158,23 +192,28 @@ pub(super) fn built_table(out: &mut String, results: &BenchResults, model: &str)
          `flux serve --model DIR` builds it: fused `MultiHeadAttention`, `RotaryEmbedding`, \
          `SimplifiedLayerNormalization`, the VAE's attention fused), end to end in seconds (median); \
          ratio = other time / built-graph time.\n\n\
-         | size | steps | built graphs | per step | export | ratio | Python ORT | ratio | diffusers | ratio |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         `int8` is the same graphs under `--precision int8` (ratio = built fp32 / int8).\n\n\
+         | size | steps | built graphs | per step | int8 | ratio | export | ratio | Python ORT | ratio | diffusers | ratio |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for run in runs {
         let size = [run.width, run.height];
         let ours = run.median_of(stage::TOTAL);
+        let int8 =
+            total(results.find_run(implementation::FLUX_RS_BUILT_INT8, model, size, run.steps));
         let export = total(results.find_run(implementation::FLUX_RS, model, size, run.steps));
         let python = total(results.find_run(implementation::PYTHON_ORT, model, size, run.steps));
         let diffusers = total(results.find_run(implementation::DIFFUSERS, model, size, run.steps));
         let _ = writeln!(
             out,
-            "| {}×{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {}×{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             run.width,
             run.height,
             run.steps,
             secs(ours),
             secs(run.median_of(stage::PER_STEP)),
+            secs(int8),
+            fmt_ratio(ratio(ours, int8)),
             secs(export),
             fmt_ratio(ratio(export, ours)),
             secs(python),

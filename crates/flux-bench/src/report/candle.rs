@@ -9,21 +9,6 @@ use crate::candle::CandleStep;
 /// flux-rs (built graphs) against candle's step.
 const TARGET_CANDLE: f64 = 1.5;
 
-/// flux-rs's denoising seconds per step at a size: the run with the most steps there (its
-/// per-step time is the least diluted by the first step's extra work).
-fn per_step(
-    results: &BenchResults,
-    implementation: &str,
-    model: &str,
-    size: [u32; 2],
-) -> Option<f64> {
-    runs_of(results, implementation, model)
-        .into_iter()
-        .filter(|run| [run.width, run.height] == size)
-        .max_by_key(|run| run.steps)
-        .and_then(|run| run.median_of(stage::PER_STEP))
-}
-
 fn candle_ms(step: &CandleStep) -> Option<f64> {
     crate::stats::median(&step.step_ms)
 }

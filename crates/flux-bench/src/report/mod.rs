@@ -89,6 +89,21 @@ fn total(run: Option<&RunResult>) -> Option<f64> {
     run.and_then(|r| r.median_of(stage::TOTAL))
 }
 
+/// flux-rs's denoising seconds per step at a size: the run with the most steps there (its
+/// per-step time is the least diluted by the first step's extra work).
+pub(super) fn per_step(
+    results: &BenchResults,
+    implementation: &str,
+    model: &str,
+    size: [u32; 2],
+) -> Option<f64> {
+    runs_of(results, implementation, model)
+        .into_iter()
+        .filter(|run| [run.width, run.height] == size)
+        .max_by_key(|run| run.steps)
+        .and_then(|run| run.median_of(stage::PER_STEP))
+}
+
 /// Every run of one implementation on one model, in measurement order.
 fn runs_of<'a>(results: &'a BenchResults, implementation: &str, model: &str) -> Vec<&'a RunResult> {
     results

@@ -98,10 +98,13 @@ pub(super) fn quantized_section(out: &mut String, results: &BenchResults) {
     let _ = writeln!(
         out,
         "## 8- and 4-bit weights\n\n\
-         `--precision int8|int4` builds the transformer's and T5's linear layers as ONNX Runtime's \
+         `--precision int4` builds the transformer's and T5's linear layers as ONNX Runtime's \
          `MatMulNBits` over weights quantized in blocks of 32 along the input axis (a scale and a zero \
          point per block, `accuracy_level` 4: activations quantized to int8 per block, integer dot \
-         products); CLIP and the VAE stay fp32. Each precision is built by flux-builder from the same \
+         products). `--precision int8` builds the transformer's as `DynamicQuantizeMatMul`: int8 weights \
+         with one symmetric scale per output channel, activations quantized to uint8 per tensor at run \
+         time, integer GEMMs (MLAS QGEMM, AVX-512 VNNI/AMX); T5's as 8-bit `MatMulNBits` blocks (its \
+         activations have outliers one scale per tensor would flatten). CLIP and the VAE stay fp32. Each precision is built by flux-builder from the same \
          diffusers folder and runs in its own process over the same prompt × seed cases after one \
          warm-up; weights = bytes of the graph's initializers (what ONNX Runtime loads); step = median \
          denoising seconds per step over the cases; quality = each case's 8-bit image against fp32's \

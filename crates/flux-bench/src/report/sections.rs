@@ -216,8 +216,8 @@ pub(super) fn memory_table(out: &mut String, results: &BenchResults) {
         "## Peak memory and model load\n\nPeak RSS (MiB, `VmHWM`) of one process that loaded the model and ran one size \
          (warm-up and all step counts); load = model load in that process (seconds; for the peers: sessions and \
          tokenizers, or `FluxPipeline.from_pretrained`, after the imports).\n\n\
-         | model | size | flux-rs RSS | load | flux-rs, built graphs RSS | load | Python ORT RSS | load | diffusers RSS | load |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | model | size | flux-rs RSS | load | flux-rs, built graphs RSS | load | built int8 RSS | load | Python ORT RSS | load | diffusers RSS | load |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for model in &results.models {
         for size in &model.sizes {
@@ -245,12 +245,13 @@ pub(super) fn memory_table(out: &mut String, results: &BenchResults) {
             };
             let _ = writeln!(
                 out,
-                "| {} | {}×{} | {} | {} | {} | {} |",
+                "| {} | {}×{} | {} | {} | {} | {} | {} |",
                 model.name,
                 size[0],
                 size[1],
                 cell(implementation::FLUX_RS),
                 cell(implementation::FLUX_RS_BUILT),
+                cell(implementation::FLUX_RS_BUILT_INT8),
                 cell(implementation::PYTHON_ORT),
                 cell(implementation::DIFFUSERS)
             );

@@ -96,6 +96,7 @@ fn synthetic_results() -> BenchResults {
             (implementation::PYTHON_ORT, 1.2, true),
             (implementation::DIFFUSERS, 3.0, false),
             (implementation::FLUX_RS_BUILT, 0.8, true),
+            (implementation::FLUX_RS_BUILT_INT8, 0.5, true),
         ]
         .into_iter()
         .map(|(name, scale, ort)| PipelineEntry {
@@ -270,10 +271,17 @@ fn renders_tables_targets_and_plot() -> Result<()> {
         text.contains("the step takes 300.0 ms in ONNX Runtime and 400.0 ms in torch, 1.33× as long; linear layers 2.50×, attention 0.33×, the rest 2.00×."),
         "{text}"
     );
-    // The built graphs: 0.8 s at 256², against the export's 1 s, Python ORT's 1.2 s and
-    // diffusers' 3 s; 3.75× over diffusers everywhere (target met), in its own table.
+    // The built graphs: 0.8 s at 256², against int8's 0.5 s, the export's 1 s, Python ORT's
+    // 1.2 s and diffusers' 3 s; 3.75× over diffusers everywhere (target met), in its own table;
+    // int8 6× over diffusers.
     assert!(
-        text.contains("| 256×256 | 4 | 0.800 | — | 1.00 | 1.25× | 1.20 | 1.50× | 3.00 | 3.75× |"),
+        text.contains(
+            "| 256×256 | 4 | 0.800 | — | 0.500 | 1.60× | 1.00 | 1.25× | 1.20 | 1.50× | 3.00 | 3.75× |"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("int8 graphs over diffusers (fp32), medium model (target median ≥ 3×, least ≥ 2.5×) | median 6.00×, least 6.00× over 2 runs | met |"),
         "{text}"
     );
     assert!(
