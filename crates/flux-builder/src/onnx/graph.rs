@@ -237,11 +237,8 @@ impl GraphBuilder {
         name: &str,
         quant: WeightQuant,
     ) -> Result<Vec<Value>> {
-        let suffixes: &[&str] = match quant {
-            WeightQuant::Blocks(_) => &["codes", "scales", "zero_points"],
-            WeightQuant::Channels8 => &["codes", "scales"],
-        };
-        let parts: Vec<Value> = suffixes
+        let parts: Vec<Value> = quant
+            .parts()
             .iter()
             .map(|part| Value(format!("{name}.{part}")))
             .collect();

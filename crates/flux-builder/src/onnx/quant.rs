@@ -26,6 +26,17 @@ pub enum WeightQuant {
     Channels8,
 }
 
+impl WeightQuant {
+    /// The suffixes of a quantized weight's initializers (`<name>.<suffix>`), in the kernel's
+    /// input order: what the graph's node reads and what the store writes.
+    pub fn parts(self) -> &'static [&'static str] {
+        match self {
+            Self::Blocks(_) => &["codes", "scales", "zero_points"],
+            Self::Channels8 => &["codes", "scales"],
+        }
+    }
+}
+
 /// MatMulNBits' layout: `bits` per weight in blocks of `block` values along K.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlockQuant {

@@ -183,31 +183,23 @@ pub(super) fn quantized_parts(
             message: format!("{name}: only 2-D weights are quantized, got {shape:?}"),
         });
     };
-    let part = |suffix: &str, dims: Vec<i64>, elem: Elem, bytes: Vec<u8>| QuantizedPart {
-        name: format!("{name}.{suffix}"),
-        dims,
-        elem,
-        bytes,
-    };
-    Ok(match quant {
+    // (dims, element type, bytes) of each initializer, in the order of `quant.parts()`.
+    let tensors: Vec<(Vec<i64>, Elem, Vec<u8>)> = match quant {
         WeightQuant::Blocks(blocks) => {
             let q = blocks.quantize(&values, n, k);
             let (rows, k_blocks) = (n as i64, q.k_blocks as i64);
             vec![
-                part(
-                    "codes",
+                (
                     vec![rows, k_blocks, blocks.blob() as i64],
                     Elem::U8,
                     q.codes,
                 ),
-                part(
-                    "scales",
+                (
                     vec![rows * k_blocks],
                     Elem::F32,
                     weights::f32_bytes(&q.scales),
                 ),
-                part(
-                    "zero_points",
+                (
                     vec![rows * blocks.zero_point_row(k) as i64],
                     Elem::U8,
                     q.zero_points,
@@ -217,21 +209,26 @@ pub(super) fn quantized_parts(
         WeightQuant::Channels8 => {
             let q = quantize_channels(&values, n, k);
             vec![
-                part(
-                    "codes",
+                (
                     vec![k as i64, n as i64],
                     Elem::I8,
                     q.codes.iter().map(|&c| c as u8).collect(),
                 ),
-                part(
-                    "scales",
-                    vec![n as i64],
-                    Elem::F32,
-                    weights::f32_bytes(&q.scales),
-                ),
+                (vec![n as i64], Elem::F32, weights::f32_bytes(&q.scales)),
             ]
         }
-    })
+    };
+    Ok(quant
+        .parts()
+        .iter()
+        .zip(tensors)
+        .map(|(suffix, (dims, elem, bytes))| QuantizedPart {
+            name: format!("{name}.{suffix}"),
+            dims,
+            elem,
+            bytes,
+        })
+        .collect())
 }
 
 pub(super) fn encode_into(
