@@ -20,8 +20,10 @@ use crate::options::BuildOptions;
 use crate::source::{SourceKind, detect};
 use crate::weights::Checkpoint;
 
-/// Bumped whenever the builder writes different graphs for the same input (part of every key).
-pub const BUILDER_FORMAT: u32 = 1;
+/// Bumped whenever the builder writes different graphs for the same input (part of every key),
+/// so that an upgrade never serves graphs an older builder wrote. 2: `--precision int8` stores
+/// the transformer for DynamicQuantizeMatMul (format 1 entries held 8-bit MatMulNBits blocks).
+pub const BUILDER_FORMAT: u32 = 2;
 
 /// A fresh, empty temp folder beside `dest` (same filesystem, so the final rename is atomic).
 pub(crate) fn temp_beside(dest: &Path) -> Result<PathBuf> {
