@@ -152,39 +152,26 @@ impl GraphBuilder {
                 None
             };
             let none = GraphBuilder::none();
-            return Ok(match (quant, parts.as_slice()) {
-                (WeightQuant::Blocks(blocks), [codes, scales, zero_points]) => {
-                    let mut inputs = vec![x, codes, scales, zero_points];
-                    if let Some(bias) = &bias {
-                        // g_idx (input 4) left out: blocks are in order.
-                        inputs.extend([&none, bias]);
-                    }
-                    self.ms_op(
-                        "MatMulNBits",
-                        &inputs,
-                        vec![
-                            Attr::int("K", inp),
-                            Attr::int("N", out),
-                            Attr::int("bits", i64::from(blocks.bits)),
-                            Attr::int("block_size", blocks.block as i64),
-                            Attr::int("accuracy_level", MATMUL_NBITS_ACCURACY),
-                        ],
-                    )
-                }
-                (WeightQuant::Channels8, [codes, scales]) => {
-                    let mut inputs = vec![x, codes, scales];
-                    if let Some(bias) = &bias {
-                        // B's zero point (input 3) left out: the codes are symmetric.
-                        inputs.extend([&none, bias]);
-                    }
-                    self.ms_op("DynamicQuantizeMatMul", &inputs, vec![])
-                }
-                _ => {
-                    return Err(crate::error::BuilderError::Graph {
-                        graph: String::new(),
-                        message: format!("{weight_name}: {quant:?} gave {} parts", parts.len()),
-                    });
-                }
+            let mut inputs: Vec<&Value> = std::iter::once(x).chain(parts.iter()).collect();
+            if let Some(bias) = &bias {
+                // Both kernels take one optional input between the weight's parts and the bias
+                // (MatMulNBits' g_idx: blocks are in order; DynamicQuantizeMatMul's zero point
+                // of B: the codes are symmetric): left out.
+                inputs.extend([&none, bias]);
+            }
+            return Ok(match quant {
+                WeightQuant::Blocks(blocks) => self.ms_op(
+                    "MatMulNBits",
+                    &inputs,
+                    vec![
+                        Attr::int("K", inp),
+                        Attr::int("N", out),
+                        Attr::int("bits", i64::from(blocks.bits)),
+                        Attr::int("block_size", blocks.block as i64),
+                        Attr::int("accuracy_level", MATMUL_NBITS_ACCURACY),
+                    ],
+                ),
+                WeightQuant::Channels8 => self.ms_op("DynamicQuantizeMatMul", &inputs, vec![]),
             });
         }
         let w = self.weight(ckpt, &weight_name)?;
