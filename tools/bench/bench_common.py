@@ -42,8 +42,9 @@ def set_threads(threads: int, *, torch_too: bool) -> None:
 
 
 def transformer_path(folder: Path) -> Path:
-    """The transformer graph flux-core loads from an ONNX model folder: float32 first."""
-    for precision in ("fp32", "bf16", "fp16"):
+    """The transformer graph flux-core loads from an ONNX model folder: float32 first, then the
+    builder's quantized graphs (a folder built with --precision int8|int4 has only those)."""
+    for precision in ("fp32", "bf16", "fp16", "int8", "int4"):
         path = folder / "transformer.opt" / precision / "model.onnx"
         if path.exists():
             return path

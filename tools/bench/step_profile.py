@@ -16,7 +16,7 @@ profilers' own cost is in neither the step nor "the rest". Prints one JSON docum
      "onnxruntime_built": {...} or null, "flops": {"linear", "attention"}}
 
 With --built-model, the same weights built by flux-builder (fused MultiHeadAttention, counted as
-attention; MatMulNBits as linear) are profiled the same way.
+attention; MatMulNBits and DynamicQuantizeMatMul as linear) are profiled the same way.
 
     python step_profile.py --onnx-model .cache/models/medium-flux-dev \
         --diffusers-model .cache/bench/diffusers/medium-flux-dev --size 1024x576 --threads 2
@@ -142,7 +142,7 @@ def profile_onnxruntime(model: Path, image_tokens: int, threads: int, repeats: i
             attention += microseconds
         elif op in ("MatMul", "FusedMatMul") and len(ranks) >= 2 and ranks[0] == 4 and ranks[1] == 4:
             attention += microseconds
-        elif op in ("MatMul", "FusedMatMul", "Gemm", "MatMulNBits"):
+        elif op in ("MatMul", "FusedMatMul", "Gemm", "MatMulNBits", "DynamicQuantizeMatMul"):
             linear += microseconds
     return split(walls, attention, linear, repeats), text_length(session.get_inputs())
 
