@@ -159,7 +159,7 @@ pub(super) fn built_targets(out: &mut String, results: &BenchResults) {
 
 /// The step at `--precision int8` against the export's, from flux-rs's own pipeline runs (per
 /// step of the longest run; the fp32 row above is ONNX Runtime's profiler on one step).
-fn int8_step_target(out: &mut String, results: &BenchResults) {
+pub(super) fn int8_step_target(out: &mut String, results: &BenchResults) {
     let size = [1024, 576];
     let step = |implementation| per_step(results, implementation, "medium", size);
     if let (Some(int8), Some(fp32), Some(export)) = (

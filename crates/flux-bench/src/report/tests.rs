@@ -367,3 +367,42 @@ fn relative_links_from_the_docs_folder() {
     );
     assert_eq!(relative_to(Path::new("/repo/docs/x.json"), docs), "x.json");
 }
+
+#[test]
+fn int8_step_target_reads_the_medium_landscape_runs() -> Result<()> {
+    let mut results = synthetic_results();
+    // Per-step seconds at 1024×576: export 2.0, built fp32 1.6, int8 1.0 → 2.00×, met.
+    for (implementation, per_step) in [
+        (implementation::FLUX_RS, 2.0),
+        (implementation::FLUX_RS_BUILT, 1.6),
+        (implementation::FLUX_RS_BUILT_INT8, 1.0),
+    ] {
+        let entry = results
+            .pipeline
+            .iter_mut()
+            .find(|entry| entry.document.implementation == implementation)
+            .expect("the synthetic results have every implementation");
+        let mut run = entry.document.runs[0].clone();
+        (run.width, run.height, run.image_tokens, run.steps) = (1024, 576, 64 * 36, 8);
+        run.median.insert(stage::PER_STEP.to_owned(), per_step);
+        entry.document.runs.push(run.clone());
+        // A shorter run at the same size must not be the one read.
+        run.steps = 2;
+        run.median.insert(stage::PER_STEP.to_owned(), 9.0);
+        entry.document.runs.push(run);
+    }
+    let mut out = String::new();
+    built::int8_step_target(&mut out, &results);
+    assert!(
+        out.contains("| 2.00× (1000 vs 2000 ms; fp32 built graphs 1600 ms) | met |"),
+        "{out}"
+    );
+    // Without the int8 runs there is no row (nothing measured, nothing claimed).
+    results
+        .pipeline
+        .retain(|entry| entry.document.implementation != implementation::FLUX_RS_BUILT_INT8);
+    let mut out = String::new();
+    built::int8_step_target(&mut out, &results);
+    assert!(out.is_empty(), "{out}");
+    Ok(())
+}
