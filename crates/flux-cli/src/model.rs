@@ -44,7 +44,7 @@ struct BuildArgs {
 
     /// `auto` (fp32 for the CPU; fp16 for CUDA where known to be correct), `fp32`, `fp16`,
     /// `bf16`, or `int8`/`int4` (CPU: the transformer's and T5's linear weights in 8/4 bits;
-    /// int8 multiplies in integers, faster at large sizes on a VNNI/AMX CPU, int4 is the
+    /// int8 multiplies in integers, 1.5-1.8x fp32's step on a VNNI/AMX CPU, int4 is the
     /// smallest); one the device cannot run is refused.
     #[arg(
         long,

@@ -70,9 +70,10 @@ impl Graph {
         // run returns it (228 MiB idle after a 2048² request instead of 1113 MiB); without an
         // arena at all the VAE ran about 2x slower. The shrink is not free: the next decode
         // faults its pages in again, 0.3-0.5 s of a 1.2 s decode at 1024x576 on the medium
-        // model (docs/benchmarks.md's notes; a shared arena released when idle is the fix
-        // measured in the issue notes). The
-        // transformer's arena grows the same way with the tokens and the batch (3.4 GiB kept
+        // model (docs/benchmarks.md's notes). Keeping the arena instead would sit beside the
+        // transformer's during the next request (arenas are per session); one arena shared by
+        // all sessions and shrunk when the engine is idle avoids both. The transformer's arena
+        // grows the same way with the tokens and the batch (3.4 GiB kept
         // after a 2048² × 4 request on the medium model), but it runs once per step, and giving
         // its pages back after every step would fault them in again on the next: it shrinks
         // after the last step only ([`Self::run_and_shrink`]).
