@@ -13,6 +13,9 @@
 //!   live jobs), and is answered `Cancelled` on the engine thread at the next step boundary or
 //!   when the engine reaches it, whichever comes first; it never runs.
 //! - Shutdown closes the queue, finishes every job already queued, then joins the thread.
+//! - Memory a job left in ONNX Runtime's CPU arena goes back to the system once the engine has
+//!   been idle for [`RELEASE_AFTER_IDLE`] ([`JobRunner::release_idle_memory`]; see
+//!   [`crate::cpu_arena`] for why it is kept until then).
 //!
 //! Loading happens on the engine thread and [`Engine::start`] waits for it, so a broken model
 //! folder is reported by `start` itself; callers that must not block (an async server) run
@@ -24,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::SessionConfig;
 use crate::denoise::StepControl;
@@ -72,6 +75,11 @@ impl JobHandle {
     }
 }
 
+/// How long the engine waits, idle after a job, before it gives the memory the job left behind
+/// back to the system. Back-to-back requests (a client's next one, a queue being drained) reuse
+/// it; a server left alone returns to its idle size.
+pub const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(10);
+
 /// What the engine thread runs jobs on: the real pipeline, or a stand-in in tests.
 pub trait JobRunner {
     fn run_job(
@@ -79,6 +87,10 @@ pub trait JobRunner {
         params: &GenerationParams,
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> Result<PipelineOutput>;
+
+    /// Called once the engine has been idle for its release delay after a job: gives back memory
+    /// kept for the next job. Nothing by default.
+    fn release_idle_memory(&mut self) {}
 }
 
 impl JobRunner for FluxPipeline {
@@ -88,6 +100,13 @@ impl JobRunner for FluxPipeline {
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> Result<PipelineOutput> {
         self.generate(params, on_step)
+    }
+
+    fn release_idle_memory(&mut self) {
+        match self.release_memory() {
+            Ok(()) => tracing::debug!("idle: the CPU arena's free memory was given back"),
+            Err(error) => tracing::warn!(%error, "idle: the CPU arena could not be shrunk"),
+        }
     }
 }
 
@@ -114,6 +133,9 @@ struct Waiting {
     open: bool,
     /// The engine thread is blocked waiting for work (a capacity of 0 admits a job only then).
     idle: bool,
+    /// How long the engine waits idle after a job before [`JobRunner::release_idle_memory`];
+    /// `None`: never.
+    release_after_idle: Option<Duration>,
 }
 
 impl Waiting {
@@ -121,6 +143,15 @@ impl Waiting {
     fn live(&self) -> usize {
         self.jobs.iter().filter(|job| !job.is_cancelled()).count()
     }
+}
+
+/// What the engine thread does next.
+enum Next {
+    Run(Envelope),
+    /// Idle for the release delay: give the memory back.
+    ReleaseMemory,
+    /// Closed and empty: the thread ends.
+    Closed,
 }
 
 /// The queue shared by the submitters and the engine thread.
@@ -136,23 +167,38 @@ impl Queue {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Blocks until a job waits (returned in order, cancelled ones too) or the queue is closed
-    /// and empty (`None`).
-    fn next(&self) -> Option<Envelope> {
+    /// Blocks until a job waits (returned in order, cancelled ones too), the queue is closed and
+    /// empty, or (when the runner `holds_memory` from a job) the release delay passes idle.
+    fn next(&self, holds_memory: bool) -> Next {
         let mut waiting = self.lock();
+        let idle_since = Instant::now();
         loop {
             if let Some(envelope) = waiting.jobs.pop_front() {
                 waiting.idle = false;
-                return Some(envelope);
+                return Next::Run(envelope);
             }
             if !waiting.open {
-                return None;
+                return Next::Closed;
             }
+            // `idle` stays set while the memory is released: a job arriving meanwhile is admitted
+            // as to an idle engine and waits only for that short run.
             waiting.idle = true;
-            waiting = self
-                .work
-                .wait(waiting)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            waiting = match waiting.release_after_idle.filter(|_| holds_memory) {
+                None => self
+                    .work
+                    .wait(waiting)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Some(delay) => {
+                    let left = delay.saturating_sub(idle_since.elapsed());
+                    if left.is_zero() {
+                        return Next::ReleaseMemory;
+                    }
+                    self.work
+                        .wait_timeout(waiting, left)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0
+                }
+            };
         }
     }
 
@@ -265,6 +311,7 @@ impl Engine {
                 jobs: VecDeque::new(),
                 open: true,
                 idle: false,
+                release_after_idle: Some(RELEASE_AFTER_IDLE),
             }),
             work: Condvar::new(),
         });
@@ -364,6 +411,14 @@ impl Engine {
         }
     }
 
+    /// How long the engine waits idle after a job before it gives that job's memory back
+    /// ([`RELEASE_AFTER_IDLE`] by default); `None`: never.
+    pub fn set_release_after_idle(&self, delay: Option<Duration>) {
+        self.queue.lock().release_after_idle = delay;
+        // A thread already waiting re-reads the delay.
+        self.queue.work.notify_all();
+    }
+
     /// The memory limit jobs are admitted under and the loaded model's memory figures.
     pub fn memory(&self) -> Option<(MemoryModel, u64)> {
         self.memory
@@ -442,8 +497,19 @@ impl Drop for Engine {
 }
 
 fn serve<R: JobRunner>(mut runner: R, queue: &Queue) {
-    // After close, `next` keeps returning the jobs that wait, then ends the loop.
-    while let Some(envelope) = queue.next() {
+    let mut holds_memory = false;
+    loop {
+        // After close, `next` keeps returning the jobs that wait, then ends the loop.
+        let envelope = match queue.next(holds_memory) {
+            Next::Run(envelope) => envelope,
+            Next::ReleaseMemory => {
+                runner.release_idle_memory();
+                holds_memory = false;
+                continue;
+            }
+            Next::Closed => break,
+        };
+        holds_memory = true;
         let Envelope {
             job,
             reply,

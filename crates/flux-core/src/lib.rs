@@ -2,6 +2,7 @@
 //! sampler, VAE decode and image encoding, owned by one engine thread. Synchronous.
 
 pub mod config;
+pub mod cpu_arena;
 pub mod denoise;
 mod device_stepper;
 pub mod engine;

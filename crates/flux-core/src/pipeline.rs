@@ -20,10 +20,9 @@ use crate::device_stepper::{DeviceStepper, EulerGraph};
 use crate::error::{FluxError, Result};
 use crate::model::source::BuildOptions;
 use crate::model::{FluxModel, Graph, ModelDescription};
-use crate::sampling;
 use crate::tensors::{self, NamedInput};
 use crate::transformer_velocity::TransformerVelocity;
-use crate::{pixels, rng, safety};
+use crate::{cpu_arena, pixels, rng, safety, sampling};
 
 pub use crate::params::GenerationParams;
 
@@ -252,10 +251,15 @@ impl FluxPipeline {
         timings.denoise = denoise_started.elapsed();
 
         let vae_started = Instant::now();
+        // A request beyond the largest preset gives its memory back with its last decode; smaller
+        // ones leave it to the next request or to [`Self::release_memory`].
+        let release =
+            cpu_arena::releases_arena_after(params.width, params.height, params.num_images);
         let images = self.decode_timed(
             final_latents.view(),
             params.height,
             params.width,
+            release,
             &mut timings,
         )?;
         timings.vae = vae_started.elapsed();
@@ -268,6 +272,27 @@ impl FluxPipeline {
             images,
             timings,
         })
+    }
+
+    /// Gives the free memory of the process's CPU arena back to the system (see
+    /// [`crate::cpu_arena`]): what a long-lived caller does once it has been idle a while, as the
+    /// engine does. Costs one CLIP run on the empty prompt (the cheapest run every model has);
+    /// nothing on other execution providers.
+    pub fn release_memory(&mut self) -> Result<()> {
+        if !self.model.clip.shrinks_arena() {
+            return Ok(());
+        }
+        let ids = self.model.clip_tokenizer.encode("")?;
+        let graph = &mut self.model.clip;
+        let ids = tensors::id_value(
+            &[1, ids.len()],
+            &ids,
+            graph.id_type("input_ids"),
+            graph.label,
+        )?;
+        let inputs: Vec<NamedInput<'_>> = vec![("input_ids".into(), SessionInputValue::from(ids))];
+        graph.run_and_shrink(inputs, &mut Duration::default())?;
+        Ok(())
     }
 
     /// Tokenizes and encodes a prompt (CLIP pooled + T5 hidden states), batch 1.
@@ -308,7 +333,7 @@ impl FluxPipeline {
         height: u32,
         width: u32,
     ) -> Result<Array4<f32>> {
-        self.decode_timed(packed, height, width, &mut StageTimings::default())
+        self.decode_timed(packed, height, width, false, &mut StageTimings::default())
     }
 
     /// The safety checker's nsfw probability per image; `None` when the folder has no checker.
@@ -399,6 +424,7 @@ impl FluxPipeline {
         packed: ArrayView3<'_, f32>,
         height: u32,
         width: u32,
+        release: bool,
         timings: &mut StageTimings,
     ) -> Result<Array4<f32>> {
         let mut latents = sampling::unpack_latents(packed, height as usize, width as usize)?;
@@ -419,7 +445,7 @@ impl FluxPipeline {
             let mut images = Array4::<f32>::zeros((batch, 3, height as usize, width as usize));
             for index in 0..batch {
                 let one = latents.slice(ndarray::s![index..index + 1, .., .., ..]);
-                let decoded = self.run_vae(one, timings)?;
+                let decoded = self.run_vae(one, release && index + 1 == batch, timings)?;
                 check_decoded(&decoded, 1, height, width)?;
                 images
                     .slice_mut(ndarray::s![index..index + 1, .., .., ..])
@@ -427,16 +453,18 @@ impl FluxPipeline {
             }
             Ok(images)
         } else {
-            let decoded = self.run_vae(latents.view(), timings)?;
+            let decoded = self.run_vae(latents.view(), release, timings)?;
             check_decoded(&decoded, batch, height, width)?;
             Ok(decoded)
         }
     }
 
-    /// One run of the VAE decoder on (unscaled) latents `[B,16,h,w]`.
+    /// One run of the VAE decoder on (unscaled) latents `[B,16,h,w]`; with `release`, the CPU
+    /// arena's free memory goes back to the system after it.
     fn run_vae(
         &mut self,
         latents: ArrayView4<'_, f32>,
+        release: bool,
         timings: &mut StageTimings,
     ) -> Result<Array4<f32>> {
         let graph = &mut self.model.vae;
@@ -445,7 +473,11 @@ impl FluxPipeline {
             "latent".into(),
             tensors::float_input(latents.into_dyn(), element, "VAE")?,
         )];
-        let outputs = graph.run(inputs, &mut timings.ort_session_total)?;
+        let outputs = if release {
+            graph.run_and_shrink(inputs, &mut timings.ort_session_total)?
+        } else {
+            graph.run(inputs, &mut timings.ort_session_total)?
+        };
         outputs
             .f32("images")?
             .into_dimensionality::<Ix4>()

@@ -214,7 +214,9 @@ fn build_environment(library: &Path, pool: Option<SharedPool>) -> Result<Environ
             .map_err(ort_error)?;
         builder = builder.with_global_thread_pool(options);
     }
-    builder.build().map_err(ort_error)
+    let environment = builder.build().map_err(ort_error)?;
+    crate::cpu_arena::register_shared_cpu_arena(&environment).map_err(ort_error)?;
+    Ok(environment)
 }
 
 /// `ORT_DYLIB_PATH`, checked: a set but wrong path is an error, not a reason to look elsewhere.

@@ -114,23 +114,6 @@ impl<'a> TransformerVelocity<'a> {
 
 impl VelocityModel for TransformerVelocity<'_> {
     fn velocity(&mut self, latents: ArrayView3<'_, f32>, sigma: f32) -> Result<Array3<f32>> {
-        self.run(latents, sigma, false)
-    }
-
-    /// The last step shrinks the transformer's CPU arena after its run, so a large request's
-    /// activations do not stay resident once it is done.
-    fn last_velocity(&mut self, latents: ArrayView3<'_, f32>, sigma: f32) -> Result<Array3<f32>> {
-        self.run(latents, sigma, true)
-    }
-}
-
-impl TransformerVelocity<'_> {
-    fn run(
-        &mut self,
-        latents: ArrayView3<'_, f32>,
-        sigma: f32,
-        shrink: bool,
-    ) -> Result<Array3<f32>> {
         let stage = "transformer";
         // diffusers passes timestep = sigma (round-tripped through its ×1000 storage); the
         // exported graph scales it by 1000 itself.
@@ -158,11 +141,7 @@ impl TransformerVelocity<'_> {
         for (name, value) in &self.constants {
             inputs.push(((*name).into(), SessionInputValue::from(value)));
         }
-        let outputs = if shrink {
-            self.graph.run_and_shrink(inputs, &mut self.session_time)?
-        } else {
-            self.graph.run(inputs, &mut self.session_time)?
-        };
+        let outputs = self.graph.run(inputs, &mut self.session_time)?;
         let velocity = outputs.f32("latent")?;
         if velocity.shape() != latents.shape() {
             return Err(FluxError::Shape {

@@ -1,8 +1,9 @@
 //! Memory bounds of a real `flux serve` with the bundled model (issue 18): the contract's largest
 //! request (2048², 4 images) runs under a `--memory-limit` its estimate fits, within that
 //! estimate; under a smaller limit it is refused at once with 422 `exceeds_memory_limit`; and a
-//! soak of mixed sizes leaves the resident memory bounded (the VAE's arena is shrunk after each
-//! run, so a large request does not keep its peak).
+//! soak of mixed sizes leaves the resident memory bounded (a request beyond 1024² gives its
+//! memory back when it ends, so it does not keep its peak); and a smaller request's memory, kept
+//! for the next request, goes back once the server has been idle for flux-core's release delay.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -213,6 +214,52 @@ async fn the_largest_request_runs_within_its_estimate_and_memory_comes_back() ->
         "RSS reached {highest} MiB during the soak (after the 2048² × 4 request: \
          {after_largest} MiB, peak {peak} MiB)"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_gives_the_memory_a_request_kept_back() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let server = Server::start_in(cwd.path(), None, None)?;
+    let http = reqwest::Client::new();
+    let loaded = server.memory_mib("VmRSS")?;
+    let (status, body) = server.generate(&http, 1024, 1).await?;
+    ensure!(status == 200, "{status} {body}");
+    let answered = std::time::Instant::now();
+    let kept = server.memory_mib("VmRSS")?;
+    // 1024² is the largest size that keeps its memory for the next request (the tiny model's
+    // decode at 1024² holds about 350 MiB).
+    ensure!(
+        kept > loaded + 150,
+        "a 1024² request kept only {} MiB (RSS {kept} MiB, {loaded} MiB after loading)",
+        kept - loaded
+    );
+    let released = loaded + (kept - loaded) / 2;
+    let idle_delay = flux_core::engine::RELEASE_AFTER_IDLE;
+    // Well inside the delay the memory is still there, for a next request...
+    tokio::time::sleep(idle_delay / 4).await;
+    let early = server.memory_mib("VmRSS")?;
+    if answered.elapsed() < idle_delay {
+        ensure!(
+            early > released,
+            "given back {:?} after the answer, before the {idle_delay:?} idle delay ({early} MiB)",
+            answered.elapsed()
+        );
+    }
+    // ...and after it, it goes back.
+    let deadline = answered + idle_delay + Duration::from_secs(30);
+    loop {
+        let now = server.memory_mib("VmRSS")?;
+        if now <= released {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "still {now} MiB resident {:?} after the answer (loaded {loaded}, kept {kept} MiB)",
+            answered.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     Ok(())
 }
 

@@ -24,8 +24,6 @@ pub(crate) struct Graph {
     id_inputs: HashMap<String, IdType>,
     /// Run options asking ONNX Runtime to shrink the CPU arena after the run (CPU graphs).
     shrink_arena: Option<RunOptions>,
-    /// Whether every run shrinks the arena (the VAE's); the others only on [`Self::run_and_shrink`].
-    shrink_every_run: bool,
 }
 
 impl std::fmt::Debug for Graph {
@@ -64,19 +62,10 @@ impl Graph {
                 }
             }
         }
-        // The VAE's activations grow with the image (about 1 GB at 2048² for the tiny model,
-        // far more at real widths) and the CPU arena keeps its peak for ever, so after one
-        // large request the process stayed that much larger. Shrinking the arena after each VAE
-        // run returns it (228 MiB idle after a 2048² request instead of 1113 MiB); without an
-        // arena at all the VAE ran about 2x slower. The shrink is not free: the next decode
-        // faults its pages in again, 0.3-0.5 s of a 1.2 s decode at 1024x576 on the medium
-        // model (docs/benchmarks.md's notes). Keeping the arena instead would sit beside the
-        // transformer's during the next request (arenas are per session); one arena shared by
-        // all sessions and shrunk when the engine is idle avoids both. The transformer's arena
-        // grows the same way with the tokens and the batch (3.4 GiB kept
-        // after a 2048² × 4 request on the medium model), but it runs once per step, and giving
-        // its pages back after every step would fault them in again on the next: it shrinks
-        // after the last step only ([`Self::run_and_shrink`]).
+        // Every CPU session allocates from the process's one arena (crate::cpu_arena, which
+        // says why); these options give its free memory back at the end of a run, which the
+        // pipeline asks for after a large request and when it has been idle
+        // ([`Self::run_and_shrink`]).
         let shrink_arena = if config.execution_provider == ExecutionProvider::Cpu {
             let mut options = RunOptions::new().map_err(|source| FluxError::Ort {
                 stage: label,
@@ -99,7 +88,6 @@ impl Graph {
             float_inputs,
             id_inputs,
             shrink_arena,
-            shrink_every_run: label == VAE_LABEL,
         })
     }
 
@@ -110,18 +98,22 @@ impl Graph {
         inputs: impl Into<SessionInputs<'i, 'v, N>>,
         session_time: &mut Duration,
     ) -> Result<RunOutputs<'s>> {
-        let shrink = self.shrink_every_run;
-        self.run_inner(inputs, session_time, shrink)
+        self.run_inner(inputs, session_time, false)
     }
 
-    /// As [`Self::run`], then gives the CPU arena's free memory back to the system (the last
-    /// denoising step: the activations kept for the next step are not needed any more).
+    /// As [`Self::run`], then gives the CPU arena's free memory back to the system (a no-op
+    /// for graphs on other execution providers).
     pub(crate) fn run_and_shrink<'s, 'i, 'v: 'i, const N: usize>(
         &'s mut self,
         inputs: impl Into<SessionInputs<'i, 'v, N>>,
         session_time: &mut Duration,
     ) -> Result<RunOutputs<'s>> {
         self.run_inner(inputs, session_time, true)
+    }
+
+    /// Whether [`Self::run_and_shrink`] gives memory back (CPU graphs).
+    pub(crate) fn shrinks_arena(&self) -> bool {
+        self.shrink_arena.is_some()
     }
 
     fn run_inner<'s, 'i, 'v: 'i, const N: usize>(
@@ -233,7 +225,10 @@ pub(crate) fn session_builder(
             // ONNX Runtime itself (and its Python package): without it every run re-allocates
             // the large VAE and attention activations, which measured about 2x slower on the VAE.
             let cpu = ort::ep::CPU::default().with_arena_allocator(true);
-            builder = builder.with_execution_providers([cpu.build().error_on_failure()])?;
+            builder = builder
+                .with_execution_providers([cpu.build().error_on_failure()])?
+                // The process's one CPU arena (crate::cpu_arena), not one per session.
+                .with_env_allocators()?;
         }
         #[cfg(feature = "cuda")]
         ExecutionProvider::Cuda { device_id } => {

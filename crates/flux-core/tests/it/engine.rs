@@ -421,6 +421,83 @@ fn an_idle_engine_takes_one_job_and_queues_capacity_more_at_once() -> anyhow::Re
     Ok(())
 }
 
+/// A runner whose jobs succeed at once and which records when it was asked to give memory back.
+struct Releasing {
+    releases: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl JobRunner for Releasing {
+    fn run_job(
+        &mut self,
+        _params: &GenerationParams,
+        _on_step: &mut dyn FnMut(usize, usize) -> StepControl,
+    ) -> flux_core::Result<PipelineOutput> {
+        Ok(PipelineOutput {
+            images: Vec::new(),
+            nsfw: Vec::new(),
+            nsfw_probabilities: None,
+            timings: StageTimings::default(),
+        })
+    }
+
+    fn release_idle_memory(&mut self) {
+        self.releases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Instant::now());
+    }
+}
+
+#[test]
+fn memory_is_given_back_once_the_engine_has_been_idle_for_its_delay_and_only_then()
+-> anyhow::Result<()> {
+    const DELAY: Duration = Duration::from_secs(1);
+    let releases = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&releases);
+    let engine = Engine::start_with(move || Ok(Releasing { releases: recorded }), 4)?;
+    engine.set_release_after_idle(Some(DELAY));
+    let count = || releases.lock().map_or(0, |releases| releases.len());
+    let (sender, replies) = mpsc::channel();
+
+    // Nothing ran yet, so nothing is held: an idle engine never releases.
+    std::thread::sleep(2 * DELAY);
+    assert_eq!(count(), 0, "released before any job");
+
+    // Jobs back to back (each submitted as the previous one is answered): no release between.
+    for _ in 0..3 {
+        submit(&engine, "quick", &sender)?;
+        let (_, result) = next(&replies)?;
+        assert!(result.is_ok(), "{result:?}");
+    }
+    let last_answer = Instant::now();
+    assert_eq!(count(), 0, "released between back-to-back jobs");
+
+    // Idle after them: exactly one release, no earlier than the delay, and none after it.
+    let deadline = Instant::now() + WAIT;
+    while count() == 0 {
+        assert!(Instant::now() < deadline, "never released after going idle");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let released_at = releases.lock().map_or(last_answer, |releases| releases[0]);
+    // The engine starts its wait as it answers, a moment before this thread sees the answer.
+    assert!(
+        released_at.duration_since(last_answer) >= DELAY - Duration::from_millis(50),
+        "released {:?} after the last answer, before the {DELAY:?} delay",
+        released_at.duration_since(last_answer)
+    );
+    std::thread::sleep(3 * DELAY);
+    assert_eq!(count(), 1, "released again without another job");
+
+    // Switched off: a job leaves its memory held.
+    engine.set_release_after_idle(None);
+    submit(&engine, "quick", &sender)?;
+    let (_, result) = next(&replies)?;
+    assert!(result.is_ok(), "{result:?}");
+    std::thread::sleep(3 * DELAY);
+    assert_eq!(count(), 1, "released with the release switched off");
+    Ok(())
+}
+
 #[test]
 fn a_detached_shutdown_does_not_wait_and_the_running_job_is_still_answered() -> anyhow::Result<()> {
     let (engine, open_gate) = stand_in_engine(2)?;
