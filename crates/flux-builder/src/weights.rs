@@ -5,7 +5,7 @@
 //! open (a truncated file, offsets that lie, overlapping data, a shape that does not match the byte
 //! count...), so that later reads cannot fail on a malformed header and nothing ever panics on a
 //! file a user controls. Tensor data is read with plain positioned reads in bounded chunks: memory
-//! never depends on the checkpoint's size (the workspace forbids `unsafe`, hence no mmap).
+//! never depends on the checkpoint's size (the workspace denies `unsafe`, hence no mmap).
 
 use std::collections::BTreeMap;
 use std::fs::File;
