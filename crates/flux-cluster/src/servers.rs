@@ -41,7 +41,7 @@ pub use seaweed::SeaweedS3;
 use crate::ClusterError;
 
 /// Sends `signal` (a name such as `TERM`, `STOP`, `CONT`, `KILL`, with or without the `SIG`
-/// prefix) to the process `pid`, with `kill -s` (the workspace has no unsafe code or libc).
+/// prefix) to the process `pid`, with `kill -s` (the workspace denies unsafe code and has no libc).
 ///
 /// For tests that pause, resume or stop processes they did not start through this module; a
 /// [`NatsServer`] or [`SeaweedS3`] is better killed through its own methods, which also reap it.
