@@ -15,6 +15,12 @@ use crate::{FluxError, Result};
 pub trait VelocityModel {
     /// The velocity, shaped like `latents`.
     fn velocity(&mut self, latents: ArrayView3<f32>, sigma: f32) -> Result<Array3<f32>>;
+
+    /// The velocity of the last step (the one ending at sigma 0): a model may give back memory it
+    /// kept for the next step. The same numbers as [`Self::velocity`].
+    fn last_velocity(&mut self, latents: ArrayView3<f32>, sigma: f32) -> Result<Array3<f32>> {
+        self.velocity(latents, sigma)
+    }
 }
 
 /// What the progress callback wants after a step.
@@ -78,7 +84,12 @@ impl<'m, M: VelocityModel + ?Sized> HostStepper<'m, M> {
 
 impl<M: VelocityModel + ?Sized> Stepper for HostStepper<'_, M> {
     fn step(&mut self, sigma: f32, sigma_next: f32) -> Result<()> {
-        let velocity = self.model.velocity(self.latents.view(), sigma)?;
+        // FLUX schedules end at exactly 0: that step is the last one.
+        let velocity = if sigma_next == 0.0 {
+            self.model.last_velocity(self.latents.view(), sigma)?
+        } else {
+            self.model.velocity(self.latents.view(), sigma)?
+        };
         euler_step(
             &mut self.latents.view_mut(),
             velocity.view(),

@@ -23,6 +23,9 @@ pub(crate) struct TransformerVelocity<'a> {
     batch: usize,
     scheduler: SchedulerConfig,
     pub(crate) session_time: Duration,
+    /// Whether the last step gives the CPU arena's free memory back after its run (a request
+    /// beyond [`crate::cpu_arena::KEEP_ARENA_MAX_PIXELS`]).
+    pub(crate) release_after_last_step: bool,
 }
 
 impl<'a> TransformerVelocity<'a> {
@@ -108,12 +111,31 @@ impl<'a> TransformerVelocity<'a> {
             batch,
             scheduler: scheduler.clone(),
             session_time: Duration::ZERO,
+            release_after_last_step: false,
         })
     }
 }
 
 impl VelocityModel for TransformerVelocity<'_> {
     fn velocity(&mut self, latents: ArrayView3<'_, f32>, sigma: f32) -> Result<Array3<f32>> {
+        self.run(latents, sigma, false)
+    }
+
+    /// After a large request's last step its activations are given back before the decode
+    /// (crate::cpu_arena says why); smaller requests keep them for the decode to reuse.
+    fn last_velocity(&mut self, latents: ArrayView3<'_, f32>, sigma: f32) -> Result<Array3<f32>> {
+        let release = self.release_after_last_step;
+        self.run(latents, sigma, release)
+    }
+}
+
+impl TransformerVelocity<'_> {
+    fn run(
+        &mut self,
+        latents: ArrayView3<'_, f32>,
+        sigma: f32,
+        shrink: bool,
+    ) -> Result<Array3<f32>> {
         let stage = "transformer";
         // diffusers passes timestep = sigma (round-tripped through its ×1000 storage); the
         // exported graph scales it by 1000 itself.
@@ -141,7 +163,11 @@ impl VelocityModel for TransformerVelocity<'_> {
         for (name, value) in &self.constants {
             inputs.push(((*name).into(), SessionInputValue::from(value)));
         }
-        let outputs = self.graph.run(inputs, &mut self.session_time)?;
+        let outputs = if shrink {
+            self.graph.run_and_shrink(inputs, &mut self.session_time)?
+        } else {
+            self.graph.run(inputs, &mut self.session_time)?
+        };
         let velocity = outputs.f32("latent")?;
         if velocity.shape() != latents.shape() {
             return Err(FluxError::Shape {
