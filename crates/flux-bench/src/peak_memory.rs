@@ -1,8 +1,9 @@
 //! Peak resident memory per request size (issue 18's table): one fresh worker process per model,
 //! size and batch loads the model through the path `flux serve` uses (a diffusers folder through
 //! the model builder's graphs: fused attention, image-by-image decoding, one CPU arena for all
-//! sessions, given back after a request beyond 1024²), runs one 1-step request, and reports its `VmHWM` beside flux-core's admission
-//! estimate for the same request, so the report shows whether the estimate stays an envelope.
+//! sessions, given back after a request beyond 1024²), runs one 1-step request, and reports its
+//! `VmHWM` beside flux-core's admission estimate for the same request, so the report shows
+//! whether the estimate stays an envelope.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -250,17 +250,11 @@ impl FluxPipeline {
         )?;
         timings.denoise = denoise_started.elapsed();
 
-        // A request beyond the largest preset gives its memory back after each decode (and after
-        // its last step, in the denoise); smaller ones leave it to the next request or to
-        // [`Self::release_memory`].
-        let release =
-            cpu_arena::releases_arena_after(params.width as usize, params.height as usize, batch);
         let vae_started = Instant::now();
         let images = self.decode_timed(
             final_latents.view(),
             params.height,
             params.width,
-            release,
             &mut timings,
         )?;
         timings.vae = vae_started.elapsed();
@@ -284,15 +278,13 @@ impl FluxPipeline {
             return Ok(());
         }
         let ids = self.model.clip_tokenizer.encode("")?;
-        let graph = &mut self.model.clip;
-        let ids = tensors::id_value(
-            &[1, ids.len()],
+        run_encoder(
+            &mut self.model.clip,
             &ids,
-            graph.id_type("input_ids"),
-            graph.label,
+            "pooled_embeddings",
+            true,
+            &mut StageTimings::default(),
         )?;
-        let inputs: Vec<NamedInput<'_>> = vec![("input_ids".into(), SessionInputValue::from(ids))];
-        graph.run_and_shrink(inputs, &mut Duration::default())?;
         Ok(())
     }
 
@@ -334,7 +326,7 @@ impl FluxPipeline {
         height: u32,
         width: u32,
     ) -> Result<Array4<f32>> {
-        self.decode_timed(packed, height, width, false, &mut StageTimings::default())
+        self.decode_timed(packed, height, width, &mut StageTimings::default())
     }
 
     /// The safety checker's nsfw probability per image; `None` when the folder has no checker.
@@ -357,6 +349,7 @@ impl FluxPipeline {
             &mut self.model.clip,
             &clip_ids,
             "pooled_embeddings",
+            false,
             timings,
         )?
         .into_dimensionality::<Ix2>()
@@ -364,9 +357,15 @@ impl FluxPipeline {
         timings.clip = clip_started.elapsed();
 
         let t5_started = Instant::now();
-        let text = run_encoder(&mut self.model.t5, &t5_ids, "text_embeddings", timings)?
-            .into_dimensionality::<Ix3>()
-            .map_err(|_| shape_error("T5 text_embeddings", "[1, L, D]"))?;
+        let text = run_encoder(
+            &mut self.model.t5,
+            &t5_ids,
+            "text_embeddings",
+            false,
+            timings,
+        )?
+        .into_dimensionality::<Ix3>()
+        .map_err(|_| shape_error("T5 text_embeddings", "[1, L, D]"))?;
         timings.t5 = t5_started.elapsed();
         Ok(TextEmbeddings {
             clip_ids,
@@ -430,7 +429,6 @@ impl FluxPipeline {
         packed: ArrayView3<'_, f32>,
         height: u32,
         width: u32,
-        release: bool,
         timings: &mut StageTimings,
     ) -> Result<Array4<f32>> {
         let mut latents = sampling::unpack_latents(packed, height as usize, width as usize)?;
@@ -446,6 +444,10 @@ impl FluxPipeline {
         // full resolution) scale with the batch, and decoding is independent per image, so
         // this is exact and cuts the peak by the batch size.
         let batch = shape[0];
+        // Beyond the largest preset the memory goes back after each decode (and after the last
+        // step, in the denoise); smaller requests leave it to the next one or to
+        // [`Self::release_memory`].
+        let release = cpu_arena::releases_arena_after(width as usize, height as usize, batch);
         let per_image = batch > 1 && self.model.check_vae_serves(1, shape[2], shape[3]).is_ok();
         if per_image {
             let mut images = Array4::<f32>::zeros((batch, 3, height as usize, width as usize));
@@ -481,11 +483,7 @@ impl FluxPipeline {
             "latent".into(),
             tensors::float_input(latents.into_dyn(), element, "VAE")?,
         )];
-        let outputs = if release {
-            graph.run_and_shrink(inputs, &mut timings.ort_session_total)?
-        } else {
-            graph.run(inputs, &mut timings.ort_session_total)?
-        };
+        let outputs = graph.run_shrinking(inputs, &mut timings.ort_session_total, release)?;
         outputs
             .f32("images")?
             .into_dimensionality::<Ix4>()
@@ -515,11 +513,13 @@ fn shape_error(op: &'static str, expected: &str) -> FluxError {
     }
 }
 
-/// Runs a text encoder on one prompt's ids and returns the named output.
+/// Runs a text encoder on one prompt's ids and returns the named output; with `shrink`, the CPU
+/// arena's free memory goes back to the system after the run.
 fn run_encoder(
     graph: &mut Graph,
     ids: &[i64],
     output: &str,
+    shrink: bool,
     timings: &mut StageTimings,
 ) -> Result<ndarray::ArrayD<f32>> {
     let ids = tensors::id_value(
@@ -529,7 +529,7 @@ fn run_encoder(
         graph.label,
     )?;
     let inputs: Vec<NamedInput<'_>> = vec![("input_ids".into(), SessionInputValue::from(ids))];
-    let outputs = graph.run(inputs, &mut timings.ort_session_total)?;
+    let outputs = graph.run_shrinking(inputs, &mut timings.ort_session_total, shrink)?;
     outputs.f32(output)
 }
 

@@ -163,11 +163,9 @@ impl TransformerVelocity<'_> {
         for (name, value) in &self.constants {
             inputs.push(((*name).into(), SessionInputValue::from(value)));
         }
-        let outputs = if shrink {
-            self.graph.run_and_shrink(inputs, &mut self.session_time)?
-        } else {
-            self.graph.run(inputs, &mut self.session_time)?
-        };
+        let outputs = self
+            .graph
+            .run_shrinking(inputs, &mut self.session_time, shrink)?;
         let velocity = outputs.f32("latent")?;
         if velocity.shape() != latents.shape() {
             return Err(FluxError::Shape {

@@ -13,9 +13,9 @@ pub(super) fn peak_memory_section(out: &mut String, results: &BenchResults) {
         out,
         "## Peak RSS per request size\n\n\
          One 1-step request per fresh process, loaded as `flux serve --model DIR` loads a diffusers folder \
-         (the model builder's graphs: fused attention, batch decoded image by image, one CPU arena for all \
-         sessions, given back after a request beyond 1024²). Peak = `VmHWM` of that process (MiB); after = `VmRSS` once the answer is made; \
-         estimate = flux-core's admission estimate for the request (`--memory-limit` refuses a job whose \
+         (the model builder's graphs: fused attention, batch decoded image by image, one CPU arena for \
+         all sessions, given back after a request beyond 1024²). Peak = `VmHWM` of that process (MiB); \
+         after = `VmRSS` once the answer is made; estimate = flux-core's admission estimate for the request (`--memory-limit` refuses a job whose \
          estimate is over the limit), which must stay at or above the peak.\n\n\
          | model | request | after load | peak | after the answer | estimate | estimate / peak | seconds |\n\
          |---|---|---:|---:|---:|---:|---:|---:|"

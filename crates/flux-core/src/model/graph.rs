@@ -65,7 +65,7 @@ impl Graph {
         // Every CPU session allocates from the process's one arena (crate::cpu_arena, which
         // says why); these options give its free memory back at the end of a run, which the
         // pipeline asks for after a large request and when it has been idle
-        // ([`Self::run_and_shrink`]).
+        // ([`Self::run_shrinking`]).
         let shrink_arena = if config.execution_provider == ExecutionProvider::Cpu {
             let mut options = RunOptions::new().map_err(|source| FluxError::Ort {
                 stage: label,
@@ -98,25 +98,12 @@ impl Graph {
         inputs: impl Into<SessionInputs<'i, 'v, N>>,
         session_time: &mut Duration,
     ) -> Result<RunOutputs<'s>> {
-        self.run_inner(inputs, session_time, false)
+        self.run_shrinking(inputs, session_time, false)
     }
 
-    /// As [`Self::run`], then gives the CPU arena's free memory back to the system (a no-op
-    /// for graphs on other execution providers).
-    pub(crate) fn run_and_shrink<'s, 'i, 'v: 'i, const N: usize>(
-        &'s mut self,
-        inputs: impl Into<SessionInputs<'i, 'v, N>>,
-        session_time: &mut Duration,
-    ) -> Result<RunOutputs<'s>> {
-        self.run_inner(inputs, session_time, true)
-    }
-
-    /// Whether [`Self::run_and_shrink`] gives memory back (CPU graphs).
-    pub(crate) fn shrinks_arena(&self) -> bool {
-        self.shrink_arena.is_some()
-    }
-
-    fn run_inner<'s, 'i, 'v: 'i, const N: usize>(
+    /// As [`Self::run`]; with `shrink`, then gives the CPU arena's free memory back to the system
+    /// (a no-op for graphs on other execution providers).
+    pub(crate) fn run_shrinking<'s, 'i, 'v: 'i, const N: usize>(
         &'s mut self,
         inputs: impl Into<SessionInputs<'i, 'v, N>>,
         session_time: &mut Duration,
@@ -137,6 +124,11 @@ impl Graph {
     }
 
     /// The declared element type of a float input (checked at load).
+    /// Whether [`Self::run_shrinking`] gives memory back (CPU graphs).
+    pub(crate) fn shrinks_arena(&self) -> bool {
+        self.shrink_arena.is_some()
+    }
+
     pub(crate) fn float_type(&self, input: &str) -> FloatType {
         self.float_inputs
             .get(input)
