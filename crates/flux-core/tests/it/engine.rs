@@ -38,6 +38,16 @@ fn job(prompt: &str, steps: u32) -> Job {
     }
 }
 
+/// What the stand-in runners answer a job with.
+fn no_images() -> PipelineOutput {
+    PipelineOutput {
+        images: Vec::new(),
+        nsfw: Vec::new(),
+        nsfw_probabilities: None,
+        timings: StageTimings::default(),
+    }
+}
+
 /// A runner that answers by prompt: "fail" errors, "panic" panics, "wait" blocks until the test
 /// opens the gate, anything else succeeds after calling on_step for each step.
 struct StandIn {
@@ -70,12 +80,7 @@ impl JobRunner for StandIn {
                 return Err(FluxError::Cancelled);
             }
         }
-        Ok(PipelineOutput {
-            images: Vec::new(),
-            nsfw: Vec::new(),
-            nsfw_probabilities: None,
-            timings: StageTimings::default(),
-        })
+        Ok(no_images())
     }
 }
 
@@ -432,12 +437,7 @@ impl JobRunner for Releasing {
         _params: &GenerationParams,
         _on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> flux_core::Result<PipelineOutput> {
-        Ok(PipelineOutput {
-            images: Vec::new(),
-            nsfw: Vec::new(),
-            nsfw_probabilities: None,
-            timings: StageTimings::default(),
-        })
+        Ok(no_images())
     }
 
     fn release_idle_memory(&mut self) {
