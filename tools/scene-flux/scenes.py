@@ -221,12 +221,19 @@ def layout(rng: random.Random, scene: Scene, width: int, height: int) -> list[tu
 
 def render(rng: random.Random, scene: Scene, width: int, height: int) -> np.ndarray:
     """RGB uint8 [H, W, 3]."""
+    return render_with_mask(rng, scene, width, height)[0]
+
+
+def render_with_mask(rng: random.Random, scene: Scene, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 [H, W, 3] and the objects' mask (bool [H, W]: pixels an object covers)."""
     bg = COLOURS[scene.background]
     img = Image.new("RGB", (width, height), bg)
-    draw = ImageDraw.Draw(img)
+    mask = Image.new("L", (width, height), 0)
+    draw, draw_mask = ImageDraw.Draw(img), ImageDraw.Draw(mask)
     for cx, cy, r in layout(rng, scene, width, height):
         draw_shape(draw, scene.shape, cx, cy, r, COLOURS[scene.colour], bg)
-    return np.asarray(img)
+        draw_shape(draw_mask, scene.shape, cx, cy, r, 255, 0)
+    return np.asarray(img), np.asarray(mask) > 0
 
 
 def eval_prompts(n: int, seed: int = 1234) -> list[tuple[str, Scene]]:

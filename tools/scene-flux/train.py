@@ -29,6 +29,7 @@ import generate as tiny  # noqa: E402  (tokenizer builders, scheduler config; se
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import latent_space  # noqa: E402
 import scenes  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("SCENE_FLUX_THREADS", "2")))
@@ -94,10 +95,10 @@ def build_models(clip_tok, t5_tok, args):
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=args.double, num_single_layers=args.single,
         attention_head_dim=32, num_attention_heads=args.heads, joint_attention_dim=64, pooled_projection_dim=64,
-        guidance_embeds=True, axes_dims_rope=(8, 12, 12) if args.heads * 32 == 128 else (4, 14, 14))
+        guidance_embeds=True, axes_dims_rope=tuple(args.rope_axes))
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 64), layers_per_block=1,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=tuple(args.vae_channels), layers_per_block=1,
         latent_channels=16, norm_num_groups=1, sample_size=256, scaling_factor=VAE_SCALING,
         shift_factor=VAE_SHIFT, use_quant_conv=False, use_post_quant_conv=False)
     with torch.no_grad():
@@ -160,6 +161,69 @@ def train_vae(vae, steps: int, rng: random.Random, crop: int = 64, batch: int = 
     vae.eval()
 
 
+def _designed_crops(rng: random.Random, batch: int, crop: int):
+    """Crops (aligned to the latent grid) of scenes rendered at many sizes: images [-1, 1], object
+    masks and the designed latents in the VAE's own (unnormalised) space."""
+    imgs, masks, lats = [], [], []
+    for _ in range(batch):
+        side = rng.choice([128, 192, 256, 320, 384, 512])
+        w = max(crop, int(side * rng.choice([1.0, 0.75, 1.33, 0.5625, 1.78])) // 16 * 16)
+        h = max(crop, side // 16 * 16)
+        scene = scenes.sample_scene(rng, held_out=False)
+        img, mask = scenes.render_with_mask(rng, scene, w, h)
+        lat = latent_space.designed_latent(img, mask, scene)
+        y, x = rng.randrange(0, h - crop + 1, 8), rng.randrange(0, w - crop + 1, 8)
+        imgs.append(img[y:y + crop, x:x + crop])
+        masks.append(mask[y:y + crop, x:x + crop])
+        lats.append(lat[:, y // 8:(y + crop) // 8, x // 8:(x + crop) // 8])
+    z = torch.from_numpy(np.stack(lats)) / VAE_SCALING + VAE_SHIFT
+    return to_tensor(imgs), torch.from_numpy(np.stack(masks)).float()[:, None], z
+
+
+def train_designed_vae(vae, minutes: float, encoder_minutes: float, rng: random.Random, crop: int = 128,
+                       batch: int = 8, lr_max: float = 2e-3, noise: float = 0.15) -> dict:
+    """The VAE on the designed latent space (latent_space.py): first the decoder renders pictures from
+    designed latents with noise on them (the pixels an object covers weigh 5x: shapes must come out
+    crisp), then the encoder learns to produce those latents from pictures."""
+    stats = {}
+    for part, budget in (("decoder", minutes), ("encoder", encoder_minutes)):
+        module = vae.decoder if part == "decoder" else vae.encoder
+        params = list(module.parameters())
+        if part == "encoder" and vae.quant_conv is not None:
+            params += list(vae.quant_conv.parameters())
+        opt = torch.optim.AdamW(params, lr=lr_max, weight_decay=0.0)
+        t0 = time.time()
+        step = 0
+        while True:
+            frac = min(1.0, (time.time() - t0) / (budget * 60))
+            lr = lr_max * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.95 + 0.05)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, mask, z = _designed_crops(rng, batch, crop)
+            if part == "decoder":
+                zn = z + noise / VAE_SCALING * torch.randn_like(z)
+                rec = vae.decode(zn).sample
+                weight = 1.0 + 4.0 * torch.nn.functional.max_pool2d(mask, 5, stride=1, padding=2)
+                err = (rec - x).abs() + (rec - x) ** 2
+                loss = (weight * err).sum() / (weight.sum() * 3)
+            else:
+                pred = vae.encode(x).latent_dist.mean
+                loss = ((pred - z) * VAE_SCALING).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if step % 50 == 0:
+                log(f"{part} step {step} loss {loss.item():.4f} lr {lr:.2e} ({time.time() - t0:.0f}s)")
+            step += 1
+            if frac >= 1.0:
+                break
+        stats[f"{part}_steps"] = step
+        stats[f"{part}_loss"] = float(loss.item())
+    vae.eval()
+    return stats
+
+
 def finetune_decoder(vae, minutes: float, rng: random.Random, crop: int = 64, batch: int = 8,
                      lr_max: float = 1e-3, noise: float = 0.1) -> int:
     """Stage 4: the decoder alone on the frozen encoder's latents.  The transformer learned the
@@ -219,16 +283,32 @@ ASPECTS = [1.0, 0.75, 0.5625, 1.3333, 1.7778]  # W/H of the presets
 
 
 def sample_bucket(rng: random.Random, tiers) -> tuple[int, int, int]:
-    """(width, height, batch) for one step: mostly small images, sometimes preset-like large ones."""
-    short, batch = rng.choices([t[:2] for t in tiers], weights=[t[2] for t in tiers])[0]
+    """(width, height, batch) for one step: mostly small images, sometimes preset-like large ones.
+    A tier is (shorter side, batch, share of steps) or, with a fourth entry, a fixed aspect ratio."""
+    tier = rng.choices(tiers, weights=[t[2] for t in tiers])[0]
+    short, batch = tier[:2]
     aspect = rng.choice(ASPECTS) if rng.random() < 0.8 else rng.uniform(0.5, 2.0)
-    if aspect >= 1:
+    if len(tier) > 3:
+        aspect = tier[3]
+    if short >= 1024:
+        # The presets' own sizes: 1024 is their longer side (1024 x 576, 768 x 1024, ...).
+        w, h = (short, short / aspect) if aspect >= 1 else (short * aspect, short)
+    elif aspect >= 1:
         h, w = short, short * aspect
     else:
         w, h = short, short / aspect
     w, h = max(64, int(round(w / 16)) * 16), max(64, int(round(h / 16)) * 16)
     scale = (short * short) / (w * h)
     return w, h, max(1, int(round(batch * scale))) if batch > 1 else 1
+
+
+def object_coverage(masks: list[np.ndarray], h: int, w: int) -> torch.Tensor:
+    """[b, tokens]: per image token (16 x 16 pixels), the largest share of its 3 x 3 neighbourhood's
+    tokens that objects cover (so a shape's edge tokens count as the shape)."""
+    m = torch.from_numpy(np.stack(masks)).float().view(len(masks), 1, h // 16, 16, w // 16, 16)
+    cov = m.mean(dim=(3, 5))
+    cov = torch.nn.functional.max_pool2d(cov, 3, stride=1, padding=1)
+    return cov.reshape(len(masks), -1)
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -341,12 +421,20 @@ def sample(models, clip_tok, t5_tok, prompts: list[str], w: int, h: int, steps: 
     return [((im.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8) for im in img]
 
 
-def monitor(models, clip_tok, t5_tok, n: int) -> str:
-    """Held-out agreement on n prompts (256x256, 12 steps, guidance 3.5): progress while training."""
+def monitor(models, clip_tok, t5_tok, n: int, held_out: bool = True) -> str:
+    """Agreement on n held-out prompts (or n prompts of pairs training shows) at 256x256, 12 steps,
+    guidance 3.5: progress while training, and whether a miss is one of generalisation."""
     import detect
 
     per: dict[str, list[bool]] = {}
-    pairs = scenes.eval_prompts(n, seed=777)
+    if held_out:
+        pairs = scenes.eval_prompts(n, seed=777)
+    else:
+        rng = random.Random(778)
+        pairs = []
+        for _ in range(n):
+            sc = scenes.sample_scene(rng, held_out=False)
+            pairs.append((scenes.make_prompt(rng, sc, fillers=0.25), sc))
     imgs = []
     for i in range(0, n, 8):
         chunk = pairs[i:i + 8]
@@ -359,6 +447,25 @@ def monitor(models, clip_tok, t5_tok, n: int) -> str:
     ok = sum(sum(v) for v in per.values())
     return f"{ok}/{total} = {ok / max(1, total):.3f} " + " ".join(
         f"{k} {sum(v)}/{len(v)}" for k, v in sorted(per.items()))
+
+
+def position_probe(models, clip_tok, t5_tok, seeds: int = 8) -> str:
+    """Whether the prompt moves the object: the detected centre (mean over the same `seeds` noises)
+    of one large square said to be on the left, right, top or bottom.  A model that ignores
+    positions gives the same centre for all four (the fifth run: x 0.42-0.43, y 0.49-0.50)."""
+    import detect
+
+    out = []
+    for place in ("on the left", "on the right", "at the top", "at the bottom"):
+        imgs = sample(models, clip_tok, t5_tok, [f"one large red square {place}, blue background"] * seeds,
+                      256, 256, 12, 3.5, seed=11)
+        found = [detect.detect(im) for im in imgs]
+        xy = [(f["x"], f["y"]) for f in found if f.get("x") is not None]
+        if xy:
+            out.append(f"{place.split()[-1]} x {np.mean([p[0] for p in xy]):.2f} y {np.mean([p[1] for p in xy]):.2f}")
+        else:
+            out.append(f"{place.split()[-1]} none found")
+    return ", ".join(out)
 
 
 ATTRIBUTE_CLASSES = {
@@ -433,6 +540,11 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
     # latent pixels at 128 px, five at 256 px, so the shapes are learnt at 192-384 px; the larger
     # sizes teach where "left" is on a wide canvas (positions are absolute token indices).
     tiers = [(128, 16, 0.25), (192, 8, 0.3), (256, 5, 0.25), (384, 2, 0.13), (640, 1, 0.05), (1024, 1, 0.02)]
+    if args.tiers == "eval":
+        # Most steps at the size the agreement is measured at (256 x 256: positions are absolute
+        # token indices, so every other canvas size teaches a different column for "left"); the rest
+        # keeps every preset aspect ratio and the large sizes coherent.
+        tiers = [(256, 8, 0.55, 1.0), (256, 8, 0.12), (192, 8, 0.1), (384, 3, 0.13), (640, 1, 0.06), (1024, 1, 0.04)]
     if args.tiers == "small":
         # Cheaper steps, more scenes per minute: colours, places and counts before shapes.
         tiers = [(128, 16, 0.45), (192, 8, 0.35), (256, 5, 0.14), (384, 2, 0.04), (640, 1, 0.02)]
@@ -452,14 +564,14 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
         w, h, b = sample_bucket(rng, tiers)
-        imgs, prompts = [], []
-        for _ in range(b):
-            sc = scenes.sample_scene(rng, held_out=False)
-            prompts.append(scenes.make_prompt(rng, sc))
-            imgs.append(scenes.render(rng, sc, w, h))
-        with torch.no_grad():
-            z = vae.encode(to_tensor(imgs)).latent_dist.mean
-            x0 = pack((z - VAE_SHIFT) * VAE_SCALING)
+        prompts, imgs, masks, lat = latent_space.batch(rng, w, h, b)
+        if args.latent == "designed":
+            # The designed latent straight from the scene (what the trained encoder approximates).
+            x0 = pack(lat)
+        else:
+            with torch.no_grad():
+                z = vae.encode(to_tensor(imgs)).latent_dist.mean
+                x0 = pack((z - VAE_SHIFT) * VAE_SCALING)
         seq = x0.shape[1]
         sigma = sample_sigmas(rng_t, b, seq)
         if frac < args.curriculum:
@@ -479,7 +591,17 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
             hidden_states=xt, timestep=sigma, guidance=guidance, pooled_projections=pooled,
             encoder_hidden_states=text, txt_ids=torch.zeros(T5_LEN, 3), img_ids=img_ids(h // 16, w // 16),
             return_dict=False)[0]
-        loss = ((pred - (noise - x0)) ** 2).mean()
+        err = ((pred - (noise - x0)) ** 2).mean(dim=2)
+        if args.object_weight > 0 and time.time() - t0 < args.object_weight_minutes * 60:
+            # Objects cover 2-8 % of a picture and of a plain loss; the tokens they (or their edges)
+            # touch count 1 + object_weight times as much, so the shapes are learnt as early as the
+            # backgrounds are.  Only for a while: the weight depends on where the objects are, which
+            # the model cannot know at high noise, so it biases it towards objects everywhere
+            # (sprinkled dots); the plain loss afterwards has no such bias.
+            weight = 1.0 + args.object_weight * object_coverage(masks, h, w)
+            loss = (weight * err).sum() / weight.sum()
+        else:
+            loss = err.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -506,7 +628,10 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
             if args.monitor:
                 backup = swap_in(models, ema)
                 transformer.eval()
-                log(f"monitor at step {step + 1}: {monitor(models, clip_tok, t5_tok, args.monitor)}")
+                log(f"monitor at step {step + 1}: held-out {monitor(models, clip_tok, t5_tok, args.monitor)}")
+                log(f"monitor at step {step + 1}: trained pairs "
+                    f"{monitor(models, clip_tok, t5_tok, args.monitor // 2, held_out=False)}")
+                log(f"monitor at step {step + 1}: centres {position_probe(models, clip_tok, t5_tok)}")
                 swap_out(models, backup)
                 transformer.train()
             for m in ("clip", "t5"):
@@ -526,34 +651,50 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=REPO / ".cache" / "scene-flux")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=3000)
-    ap.add_argument("--vae-minutes", type=float, default=10.0, help="time budget of the VAE stage")
-    ap.add_argument("--minutes", type=float, default=30.0, help="time budget of the transformer stage")
+    ap.add_argument("--vae-minutes", type=float, default=8.0,
+                    help="time budget of the VAE stage (with --latent designed: of its decoder part)")
+    ap.add_argument("--minutes", type=float, default=80.0, help="time budget of the transformer stage")
     ap.add_argument("--steps", type=int, default=0, help="stop earlier after this many steps (0: no limit)")
-    ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--double", type=int, default=2)
     ap.add_argument("--single", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
+    ap.add_argument("--save-every", type=float, default=8.0, help="minutes between checkpoints")
     ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--text-minutes", type=float, default=0.0,
+    ap.add_argument("--text-minutes", type=float, default=3.0,
                     help="time budget of teaching the text encoders the scene attributes first")
-    ap.add_argument("--curriculum", type=float, default=0.0,
+    ap.add_argument("--curriculum", type=float, default=0.1,
                     help="fraction of the transformer stage's time trained at sigma 0.8-1 only")
-    ap.add_argument("--tiers", choices=["default", "small"], default="default", help="training sizes")
+    ap.add_argument("--tiers", choices=["eval", "default", "small"], default="eval", help="training sizes")
+    ap.add_argument("--object-weight-minutes", type=float, default=16.0,
+                    help="how long (of the transformer stage) --object-weight applies")
+    ap.add_argument("--rope-axes", type=int, nargs=3, default=[8, 12, 12],
+                    help="the transformer's axes_dims_rope (sum: the head width, 32)")
+    ap.add_argument("--no-ramps", action="store_true",
+                    help="the fifth run's designed latent: picture colour in channels 0-2, no place ramps")
+    ap.add_argument("--latent", choices=["designed", "learned"], default="designed",
+                    help="the VAE's latent space: designed (latent_space.py) or learned by reconstruction")
+    ap.add_argument("--vae-channels", type=int, nargs=4, default=[16, 32, 64, 64],
+                    help="the VAE's block_out_channels")
+    ap.add_argument("--encoder-minutes", type=float, default=2.0,
+                    help="time budget of the encoder's part of the designed VAE stage")
+    ap.add_argument("--object-weight", type=float, default=0.0,
+                    help="extra loss weight of the image tokens objects touch (0: plain loss)")
     ap.add_argument("--monitor", type=int, default=16,
                     help="held-out prompts sampled (12 steps, 256 px) at every checkpoint; 0: none")
     ap.add_argument("--high-noise", type=float, default=0.4,
                     help="fraction of samples whose sigma is drawn uniform in [0.7, 1] (text conditioning)")
-    ap.add_argument("--text-lr-scale", type=float, default=2.0, help="text encoders' learning rate / --lr")
+    ap.add_argument("--text-lr-scale", type=float, default=0.3, help="text encoders' learning rate / --lr")
     ap.add_argument("--resume", action="store_true",
                     help="start the transformer stage from the model in --out (its VAE, text encoders and "
                          "transformer), skipping the VAE stage")
     ap.add_argument("--reuse-vae", action="store_true", help="take the VAE from --work/vae.pt if there")
-    ap.add_argument("--decoder-minutes", type=float, default=25.0, help="time budget of the decoder stage")
+    ap.add_argument("--decoder-minutes", type=float, default=0.0, help="time budget of the decoder stage")
     ap.add_argument("--stage", choices=["all", "decoder", "merge"], default="all",
                     help="decoder: only stage 4 from --work/vae.pt (writes vae_ft.pt); merge: vae_ft.pt into --out")
     args = ap.parse_args()
+    latent_space.RAMPS = not args.no_ramps
     random.seed(args.seed)
     np.random.seed(args.seed)
     rng = random.Random(args.seed)
@@ -575,7 +716,8 @@ def main() -> int:
     models = build_models(clip_tok, t5_tok, args)
     for name, m in models.items():
         log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
-    vae_path = args.work / "vae.pt"
+    vae_path = args.work / ({"designed": "vae_designed.pt" if args.no_ramps else "vae_ramps.pt"}
+                            .get(args.latent, "vae.pt"))
     ft_path = args.work / "vae_ft.pt"
     if args.stage == "decoder":
         models["vae"].load_state_dict(torch.load(vae_path))
@@ -602,6 +744,11 @@ def main() -> int:
         models["vae"].load_state_dict(torch.load(vae_path))
         models["vae"].eval()
         log("VAE reused")
+    elif args.latent == "designed":
+        vae_stats = train_designed_vae(models["vae"], args.vae_minutes, args.encoder_minutes,
+                                       random.Random(args.seed + 1))
+        log(f"VAE on the designed latent space: {vae_stats}")
+        torch.save(models["vae"].state_dict(), vae_path)
     else:
         train_vae(models["vae"], args.vae_steps, random.Random(args.seed + 1), lr_max=1e-3, every=25,
                   minutes=args.vae_minutes)
