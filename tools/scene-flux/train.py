@@ -112,6 +112,24 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
+def timed_lr(lr_max: float, step: int, frac: float, warmup: int, floor: float) -> float:
+    """Every stage's schedule: linear warm-up over `warmup` steps, then a cosine over the stage's
+    elapsed share of its time budget (`frac`), from lr_max down to floor * lr_max."""
+    return lr_max * min(1.0, (step + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * frac)) * (1 - floor) + floor)
+
+
+CROP_ASPECTS = [1.0, 0.75, 1.33, 0.5625, 1.78]
+
+
+def random_canvas(rng: random.Random, sides: list[int], crop: int) -> tuple[int, int]:
+    """(width, height) of a scene that VAE crops are cut from: one of `sides` as the height, an
+    aspect ratio near a preset's, multiples of 16, never smaller than the crop."""
+    side = rng.choice(sides)
+    w = max(crop, int(side * rng.choice(CROP_ASPECTS)) // 16 * 16)
+    h = max(crop, side // 16 * 16)
+    return w, h
+
+
 # ------------------------------------------------------------------------------------------------
 # Stage 2: VAE
 # ------------------------------------------------------------------------------------------------
@@ -127,14 +145,12 @@ def train_vae(vae, steps: int, rng: random.Random, crop: int = 64, batch: int = 
     for step in range(steps):
         # Time-based cosine (as the transformer stage): the stage fits its budget on a busy machine.
         frac = min(1.0, 1 - (t_end - time.time()) / (minutes * 60))
-        lr = lr_max * min(1.0, (step + 1) / 30) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
+        lr = timed_lr(lr_max, step, frac, warmup=30, floor=0.1)
         for g in opt.param_groups:
             g["lr"] = lr
         crops = []
         for _ in range(batch):
-            side = rng.choice([96, 128, 192, 256, 384, 512])
-            w = max(crop, int(side * rng.choice([1.0, 0.75, 1.33, 0.5625, 1.78])) // 16 * 16)
-            h = max(crop, side // 16 * 16)
+            w, h = random_canvas(rng, [96, 128, 192, 256, 384, 512], crop)
             img = scenes.render(rng, scenes.sample_scene(rng, held_out=None), w, h)
             y, x = rng.randrange(h - crop + 1), rng.randrange(w - crop + 1)
             crops.append(img[y:y + crop, x:x + crop])
@@ -166,9 +182,7 @@ def _designed_crops(rng: random.Random, batch: int, crop: int):
     masks and the designed latents in the VAE's own (unnormalised) space."""
     imgs, masks, lats = [], [], []
     for _ in range(batch):
-        side = rng.choice([128, 192, 256, 320, 384, 512])
-        w = max(crop, int(side * rng.choice([1.0, 0.75, 1.33, 0.5625, 1.78])) // 16 * 16)
-        h = max(crop, side // 16 * 16)
+        w, h = random_canvas(rng, [128, 192, 256, 320, 384, 512], crop)
         scene = scenes.sample_scene(rng, held_out=False)
         img, mask = scenes.render_with_mask(rng, scene, w, h)
         lat = latent_space.designed_latent(img, mask, scene)
@@ -196,7 +210,7 @@ def train_designed_vae(vae, minutes: float, encoder_minutes: float, rng: random.
         step = 0
         while True:
             frac = min(1.0, (time.time() - t0) / (budget * 60))
-            lr = lr_max * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.95 + 0.05)
+            lr = timed_lr(lr_max, step, frac, warmup=50, floor=0.05)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, mask, z = _designed_crops(rng, batch, crop)
@@ -237,14 +251,12 @@ def finetune_decoder(vae, minutes: float, rng: random.Random, crop: int = 64, ba
     step = 0
     while True:
         frac = min(1.0, (time.time() - t0) / (minutes * 60))
-        lr = lr_max * min(1.0, (step + 1) / 20) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1)
+        lr = timed_lr(lr_max, step, frac, warmup=20, floor=0.1)
         for g in opt.param_groups:
             g["lr"] = lr
         crops = []
         for _ in range(batch):
-            side = rng.choice([96, 128, 192, 256, 384, 512])
-            w = max(crop, int(side * rng.choice([1.0, 0.75, 1.33, 0.5625, 1.78])) // 16 * 16)
-            h = max(crop, side // 16 * 16)
+            w, h = random_canvas(rng, [96, 128, 192, 256, 384, 512], crop)
             img = scenes.render(rng, scenes.sample_scene(rng, held_out=None), w, h)
             y, x = rng.randrange(h - crop + 1), rng.randrange(w - crop + 1)
             crops.append(img[y:y + crop, x:x + crop])
@@ -560,7 +572,7 @@ def train_transformer(models, clip_tok, t5_tok, args, out: Path, tok_src: Path, 
     for step in range(10**9):
         # Time-based schedule: the run fits its budget whatever else the machine is doing.
         frac = min(1.0, (time.time() - t0) / budget)
-        lr = args.lr * min(1.0, (step + 1) / 200) * (0.5 * (1 + math.cos(math.pi * frac)) * 0.95 + 0.05)
+        lr = timed_lr(args.lr, step, frac, warmup=200, floor=0.05)
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
         w, h, b = sample_bucket(rng, tiers)
@@ -689,7 +701,9 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true",
                     help="start the transformer stage from the model in --out (its VAE, text encoders and "
                          "transformer), skipping the VAE stage")
-    ap.add_argument("--reuse-vae", action="store_true", help="take the VAE from --work/vae.pt if there")
+    ap.add_argument("--reuse-vae", action="store_true",
+                    help="take the VAE from --work if there (vae_ramps.pt, with --no-ramps vae_designed.pt, "
+                         "with --latent learned vae.pt)")
     ap.add_argument("--decoder-minutes", type=float, default=0.0, help="time budget of the decoder stage")
     ap.add_argument("--stage", choices=["all", "decoder", "merge"], default="all",
                     help="decoder: only stage 4 from --work/vae.pt (writes vae_ft.pt); merge: vae_ft.pt into --out")
@@ -716,8 +730,10 @@ def main() -> int:
     models = build_models(clip_tok, t5_tok, args)
     for name, m in models.items():
         log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
-    vae_path = args.work / ({"designed": "vae_designed.pt" if args.no_ramps else "vae_ramps.pt"}
-                            .get(args.latent, "vae.pt"))
+    if args.latent == "learned":
+        vae_path = args.work / "vae.pt"
+    else:
+        vae_path = args.work / ("vae_designed.pt" if args.no_ramps else "vae_ramps.pt")
     ft_path = args.work / "vae_ft.pt"
     if args.stage == "decoder":
         models["vae"].load_state_dict(torch.load(vae_path))
